@@ -1,0 +1,36 @@
+# Two commands: `make demo` (train the demo preset on built-in data, then sample) and `make test`.
+# Both bootstrap a virtual environment on a fresh machine; nothing is downloaded but packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The tested PyTorch pair; any torch>=2.4 works (setup.py declares the ranges).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test lint venv clean soak
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ddgan.cli demo --outdir=$(DEMO_DIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+soak: $(STAMP)
+	$(PY) -m ddgan.soak
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

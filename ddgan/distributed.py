@@ -1,0 +1,70 @@
+"""torch.distributed set-up for torchrun (one process per GPU, or several CPU processes with gloo)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who this process is: rank among world_size, and the device it drives."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device: str | None = None) -> Context:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs), or run alone."""
+    cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    if not launched_by_torchrun():
+        chosen = torch.device(device) if device else torch.device("cuda" if cuda else "cpu")
+        return Context(device=chosen)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        chosen = torch.device("cuda", local_rank)
+    else:
+        chosen = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return Context(rank, world_size, local_rank, chosen)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_true(flag: bool, context: Context) -> bool:
+    """True on every rank when `flag` is true on any rank (so all ranks stop together)."""
+    if not context.distributed:
+        return flag
+    device = context.device if context.device.type == "cuda" else torch.device("cpu")
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def barrier(context: Context) -> None:
+    if context.distributed:
+        dist.barrier()

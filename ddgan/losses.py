@@ -1,0 +1,27 @@
+"""The adversarial losses of DDGAN: non-saturating GAN loss on denoising pairs and the R1 penalty."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def d_loss_real(logits: torch.Tensor) -> torch.Tensor:
+    """softplus(-D(real pair)), averaged: pushes D's logits on q's pairs up."""
+    return F.softplus(-logits.float()).mean()
+
+
+def d_loss_fake(logits: torch.Tensor) -> torch.Tensor:
+    """softplus(D(fake pair)), averaged: pushes D's logits on generated pairs down."""
+    return F.softplus(logits.float()).mean()
+
+
+def g_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The non-saturating generator loss softplus(-D(fake pair)), averaged."""
+    return F.softplus(-logits.float()).mean()
+
+
+def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """gamma/2 * E ||grad_{x_t} D(x_t, t, x_{t+1})||^2 on real pairs, differentiable for D's update."""
+    (grad,) = torch.autograd.grad(logits.float().sum(), x_t, create_graph=True)
+    return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()

@@ -1,0 +1,239 @@
+"""One DDGAN training iteration, the state it changes, and how that state is saved and restored.
+
+An iteration follows the paper: a D step on a real pair (x_t, x_{t+1}) ~ q with the R1 penalty every
+`lazy_reg` steps and a fake pair whose x_t is drawn from the posterior given G's x'_0; then a G step on
+fresh t and pairs with the non-saturating loss; then the EMA of G. The learning rates follow a cosine in
+images seen, so the schedule does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ddgan import losses
+from ddgan.config import Config
+from ddgan.diffusion import Diffusion
+from ddgan.distributed import Context
+from ddgan.models import build_discriminator, build_generator
+
+
+class NonFiniteError(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def autocast_dtype(config: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the run uses: --amp, or bf16 by default on CUDA, none on the CPU."""
+    amp = config.amp if config.amp is not None else ("bf16" if device.type == "cuda" else "none")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def cosine_lr(base: float, minimum: float, progress: float) -> float:
+    """Cosine decay from `base` at progress 0 to `minimum` at progress 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    return minimum + (base - minimum) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """G, D, the EMA of G, their optimizers and the iteration's random stream, for one process."""
+
+    def __init__(self, config: Config, context: Context | None = None):
+        self.config = config
+        self.context = context or Context()
+        device = self.device = self.context.device
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.G = build_generator(config).to(device)
+        self.D = build_discriminator(config).to(device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+        if self.channels_last:
+            for net in (self.G, self.D, self.G_ema):
+                net.to(memory_format=torch.channels_last)
+        self.diffusion = Diffusion(config.num_timesteps, config.beta_min, config.beta_max, config.schedule).to(device)
+        fused = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
+        betas = (config.beta1, config.beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas, **fused)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas, **fused)
+        self.amp_dtype = autocast_dtype(config, device)
+        # fp16 needs loss scaling; bf16 keeps fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+        # Every rank draws its own t, noise and z; the stream is part of the saved state.
+        self.rng = torch.Generator(device=device)
+        self.rng.manual_seed(config.seed * 1_000_003 + self.context.rank)
+        self.step = 0
+        self.images_seen = 0  # over all ranks
+
+        self.G_train, self.D_train = self.G, self.D
+        if self.context.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.G_train = DistributedDataParallel(self.G, device_ids=ids, broadcast_buffers=False)
+            self.D_train = DistributedDataParallel(self.D, device_ids=ids, broadcast_buffers=False)
+        if config.compile if config.compile is not None else False:
+            self.G_forward = torch.compile(self.G)
+        else:
+            self.G_forward = self.G
+
+    # -- one iteration -------------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _randn(self, *shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.rng, device=self.device)
+
+    def _random_pairs(self, x0: torch.Tensor):
+        """t uniform in 0..T-1 and a pair (x_t, x_{t+1}) ~ q given the data batch."""
+        t = torch.randint(0, self.config.num_timesteps, (x0.shape[0],), generator=self.rng, device=self.device)
+        x_t, x_next = self.diffusion.q_sample_pairs(x0, t, generator=self.rng)
+        return t, x_t, x_next
+
+    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_{t+1}, x'_0) with x'_0 = G(x_{t+1}, t, z); posterior arithmetic in fp32."""
+        z = self._randn(x_next.shape[0], self.config.nz)
+        with self.autocast():
+            x0_pred = generator(x_next, t, z)
+        return self.diffusion.posterior_sample(x0_pred.float(), x_next, t, generator=self.rng)
+
+    def set_learning_rates(self) -> float:
+        """Cosine decay in images seen (or constant with --no_lr_decay); returns the progress in [0, 1]."""
+        c = self.config
+        progress = self.images_seen / (c.kimg * 1000)
+        for opt, base in ((self.opt_G, c.lr_g), (self.opt_D, c.lr_d)):
+            lr = base if c.no_lr_decay else cosine_lr(base, c.lr_min, progress)
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return progress
+
+    def flip(self, x0: torch.Tensor) -> torch.Tensor:
+        """Random horizontal flips drawn from the iteration's stream (so a resumed run flips alike)."""
+        if not self.config.hflip:
+            return x0
+        mask = torch.rand(x0.shape[0], generator=self.rng, device=self.device) < 0.5
+        return torch.where(mask.view(-1, 1, 1, 1), x0.flip(3), x0)
+
+    def train_step(self, x0: torch.Tensor, check_finite: bool = True) -> dict:
+        """One D step and one G step on a data batch in [-1, 1]; returns the step's scalars as tensors."""
+        c = self.config
+        x0 = x0.to(self.device, non_blocking=True).float()
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        x0 = self.flip(x0)
+        self.set_learning_rates()
+        stats = {}
+
+        # D step: real pairs (+ R1), then fake pairs from the current G.
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        t, x_t, x_next = self._random_pairs(x0)
+        apply_r1 = c.r1_gamma > 0 and (c.lazy_reg is None or self.step % c.lazy_reg == 0)
+        x_t.requires_grad_(apply_r1)
+        sync_later = self.D_train.no_sync() if self.context.distributed else nullcontext()
+        with sync_later:
+            with self.autocast():
+                real_logits = self.D_train(x_t, t, x_next).view(-1)
+            loss_real = losses.d_loss_real(real_logits)
+            loss = loss_real
+            if apply_r1:
+                r1 = losses.r1_penalty(real_logits, x_t, c.r1_gamma)
+                loss = loss + r1
+                stats["loss/r1"] = r1.detach()
+            self.scaler.scale(loss).backward()
+        with torch.no_grad():
+            x_fake = self._fake_sample(self.G_forward, x_next, t)
+        with self.autocast():
+            fake_logits = self.D_train(x_fake, t, x_next).view(-1)
+        loss_fake = losses.d_loss_fake(fake_logits)
+        self.scaler.scale(loss_fake).backward()
+        loss_D = loss_real.detach() + loss_fake.detach()
+        if check_finite:
+            self._check_finite("D loss", loss_D)
+        self.scaler.step(self.opt_D)
+
+        # G step: fresh t and pairs; D is only read, so its plain module is used (no DDP sync).
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        t, _, x_next = self._random_pairs(x0)
+        x_fake = self._fake_sample(self.G_train, x_next, t)
+        with self.autocast():
+            logits = self.D(x_fake, t, x_next).view(-1)
+        loss_G = losses.g_loss(logits)
+        self.scaler.scale(loss_G).backward()
+        if check_finite:
+            self._check_finite("G loss", loss_G.detach())
+        self.scaler.step(self.opt_G)
+        self.scaler.update()
+        self.update_ema()
+
+        self.step += 1
+        self.images_seen += x0.shape[0] * self.context.world_size
+        stats.update({
+            "loss/D": loss_D, "loss/D_real": loss_real.detach(), "loss/D_fake": loss_fake.detach(),
+            "loss/G": loss_G.detach(), "logits/D_real": real_logits.detach().float().mean(),
+            "logits/D_fake": fake_logits.detach().float().mean(),
+        })
+        return stats
+
+    def _check_finite(self, quantity: str, value: torch.Tensor) -> None:
+        if not torch.isfinite(value).all():
+            raise NonFiniteError(
+                f"{quantity} became {value.item()} at step {self.step} ({self.images_seen / 1000:.1f} kimg); "
+                "lower --lr_g/--lr_d or raise --r1_gamma, or pass --skip_nonfinite=N to tolerate a few")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """G_ema <- decay * G_ema + (1 - decay) * G (buffers copied)."""
+        decay = self.config.ema_decay if self.config.use_ema else 0.0
+        ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    def grad_norms(self) -> dict:
+        """Global gradient norms of G and D from the last step (for monitoring; syncs the host)."""
+        out = {}
+        for name, net in (("G", self.G), ("D", self.D)):
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            if grads:
+                out[f"grad_norm/{name}"] = torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(g.float()) for g in grads]))
+        return out
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything that a resumed run needs to continue exactly (this rank's random stream included)."""
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "scaler": self.scaler.state_dict(), "step": self.step, "images_seen": self.images_seen,
+            "rng": {"iteration": self.rng.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from `state_dict` (or a checkpoint holding the same keys)."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        rng = state.get("rng") or {}
+        if rng.get("iteration") is not None and not self.context.distributed:
+            self.rng.set_state(rng["iteration"])
+        elif self.context.distributed:
+            # Other ranks' streams are not saved; reseed from the step so each rank still differs.
+            self.rng.manual_seed(self.config.seed * 1_000_003 + self.context.rank + 7919 * self.step)
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

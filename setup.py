@@ -1,0 +1,31 @@
+"""ddgan: Denoising Diffusion GANs (Xiao, Kreis & Vahdat, ICLR 2022)."""
+
+from setuptools import setup
+
+setup(
+    name="ddgan",
+    version="0.1.0",
+    description="Denoising Diffusion GANs: train and sample few-step diffusion models whose steps are GANs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["ddgan", "networks", "ops", "eval"],
+    package_data={"ops": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
+    py_modules=["train"],
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pillow>=9.0",
+        "fire>=0.5",
+        "tqdm>=4.60",
+        "tensorboard>=2.12",
+        "clean-fid>=0.1.35",
+        "lmdb>=1.4",
+        "ninja>=1.11",
+    ],
+    extras_require={"dev": ["pytest>=7.0", "ruff>=0.5"]},
+    entry_points={"console_scripts": ["ddgan=ddgan.cli:main"]},
+    license="MIT",
+)

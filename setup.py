@@ -1,6 +1,6 @@
 """ddgan: Denoising Diffusion GANs (Xiao, Kreis & Vahdat, ICLR 2022)."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="ddgan",
@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["ddgan", "networks", "ops", "eval"],
+    packages=find_packages(include=["ddgan", "ddgan.*", "networks", "networks.*", "ops", "ops.*", "eval", "eval.*"]),
     package_data={"ops": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
     py_modules=["train"],
     install_requires=[

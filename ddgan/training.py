@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 import networks
 from ddgan import __version__, checkpoint, distributed
@@ -230,12 +232,12 @@ def write_sample_grid(trainer: Trainer, path: Path, monitor=None, n: int = 64) -
     """Sample a grid from the EMA generator with fixed seeds 0..n-1 (the same images every time)."""
     from eval.sample import generate, save_grid
 
-    images = next(iter(generate(trainer.G_ema, trainer.config, list(range(n)), batch=n, device=trainer.device)))
+    images = next(iter(generate(trainer.G_ema, trainer.config, list(range(n)), batch=n, device=trainer.device,
+                                progress=False)))
     save_grid(images, path)
     if monitor is not None:
-        from eval.sample import grid_image
-
-        monitor.image("samples", trainer.images_seen / 1000, grid_image(images))
+        with Image.open(path) as grid:
+            monitor.image("samples", trainer.images_seen / 1000, np.asarray(grid.convert("RGB")))
     return path
 
 

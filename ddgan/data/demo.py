@@ -1,0 +1,102 @@
+"""A built-in toy dataset: one big flat-coloured shape per image, simple enough to learn in minutes."""
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+# (background, foreground) pairs, light or dark, with colours that stay distinct in grayscale too.
+COLOR_SCHEMES = (
+    ((235, 235, 235), (210, 40, 40)),
+    ((235, 235, 235), (40, 70, 200)),
+    ((235, 235, 235), (30, 140, 60)),
+    ((25, 25, 35), (245, 205, 40)),
+    ((25, 25, 35), (60, 200, 220)),
+    ((25, 25, 35), (225, 80, 200)),
+)
+
+# ITU-R 601 luma, the weights PIL uses for 'RGB' -> 'L', so grayscale demo images match converted ones.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class DemoShapes(Dataset):
+    """Procedural images of one circle, square, triangle or cross, half the image wide, on a plain background.
+
+    Deterministic for a seed; built once at construction into `images`, a uint8 tensor (N, C, H, W).
+    Items are float32 tensors (C, H, W) in [-1, 1]; `shapes[i]` names the shape of image i.
+    """
+
+    def __init__(self, image_size: int = 32, num_channels: int = 3, size: int = 8192, seed: int = 0):
+        if image_size < 8:
+            raise ValueError(f"image_size={image_size}: the demo shapes need at least 8 pixels")
+        if num_channels not in (1, 3):
+            raise ValueError(f"num_channels={num_channels}: expected 1 (grayscale) or 3 (RGB)")
+        if size < 1:
+            raise ValueError(f"size={size}: expected at least 1 image")
+        self.image_size, self.num_channels, self.seed = image_size, num_channels, seed
+        rng = np.random.default_rng(seed)
+        kinds = rng.integers(len(SHAPES), size=size)
+        schemes = rng.integers(len(COLOR_SCHEMES), size=size)
+        centers = 0.5 + rng.uniform(-0.08, 0.08, size=(size, 2))
+        radii = rng.uniform(0.22, 0.28, size=size)
+        # Chunks bound the temporary float arrays to a few megabytes.
+        chunks = [render_shapes(kinds[i:i + 1024], schemes[i:i + 1024], centers[i:i + 1024],
+                                radii[i:i + 1024], image_size, num_channels) for i in range(0, size, 1024)]
+        self.images = torch.from_numpy(np.concatenate(chunks))
+        self.shapes = [SHAPES[k] for k in kinds]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index].float() / 127.5 - 1
+
+
+def render_shapes(kinds: np.ndarray, schemes: np.ndarray, centers: np.ndarray, radii: np.ndarray,
+                  image_size: int, num_channels: int) -> np.ndarray:
+    """Draw one antialiased shape per image; returns uint8 (N, C, H, W)."""
+    pixel = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
+    dx = pixel[None, None, :] - centers[:, 0, None, None].astype(np.float32)
+    dy = pixel[None, :, None] - centers[:, 1, None, None].astype(np.float32)
+    r = radii[:, None, None].astype(np.float32)
+    distance = np.select([kinds[:, None, None] == k for k in range(len(SHAPES))],
+                         [circle(dx, dy, r), square(dx, dy, r), triangle(dx, dy, r), cross(dx, dy, r)])
+    # A signed distance in pixels gives each edge pixel its covered fraction: crisp yet not jagged.
+    coverage = np.clip(0.5 - distance * image_size, 0, 1)[:, None]
+    palette = np.asarray(COLOR_SCHEMES, dtype=np.float32)[schemes]
+    background, foreground = palette[:, 0, :, None, None], palette[:, 1, :, None, None]
+    rgb = background + (foreground - background) * coverage
+    if num_channels == 1:
+        rgb = np.einsum("nchw,c->nhw", rgb, LUMA)[:, None]
+    return np.round(rgb).astype(np.uint8)
+
+
+def box(dx: np.ndarray, dy: np.ndarray, half_width, half_height) -> np.ndarray:
+    """Signed distance to an axis-aligned rectangle centred at the origin (exact on and inside its edges)."""
+    return np.maximum(np.abs(dx) - half_width, np.abs(dy) - half_height)
+
+
+def circle(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance to a disc of radius r."""
+    return np.hypot(dx, dy) - r
+
+
+def square(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance to a square of about the disc's area."""
+    return box(dx, dy, 0.87 * r, 0.87 * r)
+
+
+def triangle(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance to an upright equilateral triangle, its bounding box centred like the other shapes."""
+    circumradius = 1.4 * r
+    # The centroid sits a quarter circumradius below the box centre (image y grows downwards).
+    dy = dy - circumradius / 4
+    sin30, cos30 = 0.5, np.float32(np.sqrt(3) / 2)
+    edges = np.maximum(dy, np.maximum(-cos30 * dx - sin30 * dy, cos30 * dx - sin30 * dy))
+    return edges - circumradius / 2
+
+
+def cross(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance to a plus sign: two crossing bars."""
+    return np.minimum(box(dx, dy, 1.05 * r, 0.36 * r), box(dx, dy, 0.36 * r, 1.05 * r))

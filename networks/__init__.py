@@ -1,0 +1,35 @@
+"""Networks of Denoising Diffusion GANs: the NCSN++ generator with AdaGN and the two discriminators.
+
+`build`, `from_reference`, `to_reference` and `load_reference_file` speak the original implementation's
+config names and weight layout (NVlabs/denoising-diffusion-gan), so its checkpoints load unchanged.
+"""
+
+from networks.discriminator import Discriminator, DiscriminatorLarge, DiscriminatorSmall
+from networks.generator import NCSNpp
+from networks.reference import (
+    KINDS,
+    REFERENCE_DEFAULTS,
+    build,
+    count_parameters,
+    from_reference,
+    load_reference_file,
+    load_reference_state_dict,
+    reference_config,
+    to_reference,
+)
+
+__all__ = [
+    "KINDS",
+    "REFERENCE_DEFAULTS",
+    "Discriminator",
+    "DiscriminatorLarge",
+    "DiscriminatorSmall",
+    "NCSNpp",
+    "build",
+    "count_parameters",
+    "from_reference",
+    "load_reference_file",
+    "load_reference_state_dict",
+    "reference_config",
+    "to_reference",
+]

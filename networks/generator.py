@@ -1,0 +1,389 @@
+"""NCSN++ generator of Denoising Diffusion GANs: x'_0 = G(x_t, t, z).
+
+A U-Net (Song et al., 2021) of BigGAN-style residual blocks whose group norms are modulated by a latent
+code z through a mapping network (adaptive group norm, AdaGN), as in Xiao, Kreis & Vahdat (2022).
+Numbers and initialisation follow the original implementation; `networks.reference` converts weights
+to and from its flat `all_modules` layout.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.layers import (
+    SQRT2,
+    ConvDownsample,
+    GaussianFourierProjection,
+    Resample,
+    ResnetBlockBigGAN,
+    SelfAttention,
+    conv2d,
+    dense,
+    group_norm,
+    linear,
+    positional_embedding,
+)
+
+RESBLOCK_TYPES = ("biggan",)
+PROGRESSIVE = ("none", "output_skip")
+PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
+COMBINE_METHODS = ("sum", "cat")
+EMBEDDING_TYPES = ("positional", "fourier")
+
+
+class MappingNetwork(nn.Module):
+    """z -> z_emb: PixelNorm, then n_mlp + 1 dense layers each followed by SiLU."""
+
+    def __init__(self, nz: int, z_emb_dim: int, n_mlp: int):
+        super().__init__()
+        widths = [nz] + [z_emb_dim] * (n_mlp + 1)
+        self.layers = nn.ModuleList(dense(i, o) for i, o in zip(widths[:-1], widths[1:], strict=True))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Map a batch of latents [B, nz] to style vectors [B, z_emb_dim]."""
+        z = z / torch.sqrt(torch.mean(z**2, dim=1, keepdim=True) + 1e-8)
+        for layer in self.layers:
+            z = F.silu(layer(z))
+        return z
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal (step index) or Gaussian-Fourier (log time) features, then a 2-layer MLP to 4 nf."""
+
+    def __init__(self, nf: int, embedding_type: str, fourier_scale: float, conditional: bool):
+        super().__init__()
+        self.nf = nf
+        self.fourier = GaussianFourierProjection(nf, fourier_scale) if embedding_type == "fourier" else None
+        features = 2 * nf if self.fourier is not None else nf
+        self.dense_0 = linear(features, 4 * nf) if conditional else None
+        self.dense_1 = linear(4 * nf, 4 * nf) if conditional else None
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Embed a 1-D batch of times; None for an unconditional network."""
+        if self.dense_0 is None:
+            return None
+        if self.fourier is None:
+            temb = positional_embedding(t, self.nf)
+        elif not torch.is_floating_point(t):
+            raise ValueError(f"t must be a positive float time for the fourier embedding, got dtype {t.dtype}")
+        else:
+            # Fourier features see log(t) of a continuous time (positional ones the integer step index).
+            temb = self.fourier(torch.log(t))
+        return self.dense_1(F.silu(self.dense_0(temb)))
+
+
+class InputSkip(nn.Module):
+    """progressive_input='input_skip': FIR-downsample the image and merge it in with a 1x1 conv."""
+
+    def __init__(self, image_channels: int, channels: int, method: str, fir: bool, fir_kernel):
+        super().__init__()
+        self.method = method
+        self.downsample = Resample(up=False, fir=fir, fir_kernel=fir_kernel)
+        self.conv = conv2d(image_channels, channels, 1)
+
+    def forward(self, pyramid: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (downsampled image, features combined with it)."""
+        pyramid = self.downsample(pyramid)
+        merged = self.conv(pyramid)
+        return pyramid, (torch.cat([merged, h], dim=1) if self.method == "cat" else merged + h)
+
+
+class ResidualInputPyramid(nn.Module):
+    """progressive_input='residual': a strided-conv path from the image, summed into the features."""
+
+    def __init__(self, in_ch: int, out_ch: int, skip_rescale: bool, fir: bool, fir_kernel):
+        super().__init__()
+        self.skip_rescale = skip_rescale
+        self.down = ConvDownsample(in_ch, out_ch, fir=fir, fir_kernel=fir_kernel)
+
+    def forward(self, pyramid: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the new pyramid level, which also replaces the features."""
+        pyramid = self.down(pyramid) + h
+        pyramid = pyramid / SQRT2 if self.skip_rescale else pyramid
+        return pyramid, pyramid
+
+
+class OutputSkip(nn.Module):
+    """progressive='output_skip': each decoder level adds its own image to the upsampled coarser one."""
+
+    def __init__(self, channels: int, image_channels: int, fir: bool, fir_kernel):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.conv = conv2d(channels, image_channels, 3, init_scale=0.0)
+        self.upsample = Resample(up=True, fir=fir, fir_kernel=fir_kernel)
+
+    def forward(self, h: torch.Tensor, pyramid: torch.Tensor | None) -> torch.Tensor:
+        """Return this level's output image (the coarsest level starts the pyramid)."""
+        image = self.conv(F.silu(self.norm(h)))
+        return image if pyramid is None else self.upsample(pyramid) + image
+
+
+class EncoderLevel(nn.Module):
+    """One resolution of the contracting path: residual blocks (+attention), then a down block."""
+
+    def __init__(self, blocks: list[nn.Module], attentions: list[nn.Module], down: nn.Module | None,
+                 input_pyramid: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attentions = nn.ModuleList(attentions)
+        self.down = down
+        self.input_pyramid = input_pyramid
+
+    def forward(self, h, pyramid, temb, zemb, skips: list[torch.Tensor]):
+        """Advance (features, image pyramid) by one level, appending every output to `skips`."""
+        for block, attention in zip(self.blocks, self.attentions, strict=True):
+            h = attention(block(h, temb, zemb))
+            skips.append(h)
+        if self.down is not None:
+            h = self.down(h, temb, zemb)
+            if self.input_pyramid is not None:
+                pyramid, h = self.input_pyramid(pyramid, h)
+            skips.append(h)
+        return h, pyramid
+
+
+class DecoderLevel(nn.Module):
+    """One resolution of the expanding path: residual blocks fed by skips, attention, up block."""
+
+    def __init__(self, blocks: list[nn.Module], attention: nn.Module, output_skip: nn.Module | None,
+                 up: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attention = attention
+        self.output_skip = output_skip
+        self.up = up
+
+    def forward(self, h, pyramid, temb, zemb, skips: list[torch.Tensor]):
+        """Advance (features, output pyramid) by one level, consuming skips from the end of `skips`."""
+        for block in self.blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), temb, zemb)
+        h = self.attention(h)
+        if self.output_skip is not None:
+            pyramid = self.output_skip(h, pyramid)
+        if self.up is not None:
+            h = self.up(h, temb, zemb)
+        return h, pyramid
+
+
+class Encoder(nn.Module):
+    """Contracting path; `levels[i]` works at resolution image_size / 2**i."""
+
+    def __init__(self, levels: list[EncoderLevel]):
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+
+    def forward(self, h, image, temb, zemb) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return the bottom features and the skip connections (input conv output first)."""
+        skips = [h]
+        pyramid = image
+        for level in self.levels:
+            h, pyramid = level(h, pyramid, temb, zemb, skips)
+        return h, skips
+
+
+class Middle(nn.Module):
+    """Bottleneck at the lowest resolution: residual block, attention, residual block."""
+
+    def __init__(self, block_0: nn.Module, attention: nn.Module, block_1: nn.Module):
+        super().__init__()
+        self.block_0 = block_0
+        self.attention = attention
+        self.block_1 = block_1
+
+    def forward(self, h, temb, zemb) -> torch.Tensor:
+        """Apply the bottleneck."""
+        return self.block_1(self.attention(self.block_0(h, temb, zemb)), temb, zemb)
+
+
+class Decoder(nn.Module):
+    """Expanding path; `levels[i]` works at resolution image_size / 2**i and runs from i = L-1 to 0."""
+
+    def __init__(self, levels: list[DecoderLevel]):
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+
+    def forward(self, h, skips, temb, zemb) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the top features and the output-skip image (None without progressive output)."""
+        pyramid = None
+        for level in reversed(self.levels):
+            h, pyramid = level(h, pyramid, temb, zemb, skips)
+        if skips:
+            raise RuntimeError(f"{len(skips)} skip connections left unused")
+        return h, pyramid
+
+
+class NCSNpp(nn.Module):
+    """NCSN++ with AdaGN: predicts x_0 from (x_t, t) and a latent z ~ N(0, I).
+
+    Argument names follow the original code, except `nf` (its `num_channels_dae`).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        num_channels: int = 3,
+        nf: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.0,
+        resamp_with_conv: bool = True,
+        conditional: bool = True,
+        fir: bool = True,
+        fir_kernel: Sequence[int] = (1, 3, 3, 1),
+        skip_rescale: bool = True,
+        resblock_type: str = "biggan",
+        progressive: str = "none",
+        progressive_input: str = "residual",
+        progressive_combine: str = "sum",
+        embedding_type: str = "positional",
+        fourier_scale: float = 16.0,
+        not_use_tanh: bool = False,
+        nz: int = 100,
+        z_emb_dim: int = 256,
+        n_mlp: int = 3,
+        centered: bool = True,
+    ):
+        super().__init__()
+        progressive, progressive_input = progressive.lower(), progressive_input.lower()
+        progressive_combine, embedding_type = progressive_combine.lower(), embedding_type.lower()
+        _check_choices(resblock_type.lower(), progressive, progressive_input, progressive_combine,
+                       embedding_type)
+        self.resolutions = _check_resolutions(image_size, ch_mult, attn_resolutions)
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.nf = nf
+        self.ch_mult = tuple(ch_mult)
+        self.num_res_blocks = num_res_blocks
+        self.attn_resolutions = tuple(attn_resolutions)
+        self.conditional = conditional
+        self.centered = centered
+        self.not_use_tanh = not_use_tanh
+        self.progressive = progressive
+        self.progressive_input = progressive_input
+        self.progressive_combine = progressive_combine
+        self.embedding_type = embedding_type
+        self.fir = fir
+        self.fir_kernel = tuple(fir_kernel)
+        self.skip_rescale = skip_rescale
+        self.nz = nz
+        # resamp_with_conv only matters for the original's DDPM blocks (unsupported); BigGAN blocks
+        # resample without a separate conv, so it is accepted and ignored.
+
+        self.time_embed = TimeEmbedding(nf, embedding_type, fourier_scale, conditional)
+        self.z_mapping = MappingNetwork(nz, z_emb_dim, n_mlp)
+        # Every block owns a time projection, even when unconditional (as in the original layout).
+        block = functools.partial(ResnetBlockBigGAN, temb_dim=4 * nf, z_emb_dim=z_emb_dim, dropout=dropout,
+                                  fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale)
+        self.input_conv = conv2d(num_channels, nf)
+        self.encoder, skip_channels = self._build_encoder(block)
+        bottom = skip_channels[-1]
+        self.middle = Middle(block(bottom), SelfAttention(bottom, skip_rescale), block(bottom))
+        self.decoder, top = self._build_decoder(block, skip_channels)
+        if progressive == "output_skip":
+            self.output_norm, self.output_conv = None, None
+        else:
+            self.output_norm = group_norm(top)
+            self.output_conv = conv2d(top, num_channels, init_scale=0.0)
+
+    def _attention(self, level: int, channels: int) -> nn.Module:
+        """Self-attention where the level's resolution is listed in attn_resolutions, else identity."""
+        if self.resolutions[level] in self.attn_resolutions:
+            return SelfAttention(channels, self.skip_rescale)
+        return nn.Identity()
+
+    def _build_encoder(self, block) -> tuple[Encoder, list[int]]:
+        """Contracting path, and the channel count of every skip connection it produces."""
+        levels, skip_channels = [], [self.nf]
+        in_ch, pyramid_ch = self.nf, self.num_channels
+        for i, mult in enumerate(self.ch_mult):
+            out_ch = self.nf * mult
+            blocks = [block(in_ch if j == 0 else out_ch, out_ch) for j in range(self.num_res_blocks)]
+            attentions = [self._attention(i, out_ch) for _ in range(self.num_res_blocks)]
+            skip_channels += [out_ch] * self.num_res_blocks
+            in_ch = out_ch
+            down = input_pyramid = None
+            if i != len(self.ch_mult) - 1:
+                down = block(in_ch, down=True)
+                if self.progressive_input == "input_skip":
+                    input_pyramid = InputSkip(pyramid_ch, in_ch, self.progressive_combine, self.fir,
+                                              self.fir_kernel)
+                    in_ch *= 2 if self.progressive_combine == "cat" else 1
+                elif self.progressive_input == "residual":
+                    input_pyramid = ResidualInputPyramid(pyramid_ch, in_ch, self.skip_rescale, self.fir,
+                                                         self.fir_kernel)
+                    pyramid_ch = in_ch
+                skip_channels.append(in_ch)
+            levels.append(EncoderLevel(blocks, attentions, down, input_pyramid))
+        return Encoder(levels), skip_channels
+
+    def _build_decoder(self, block, skip_channels: list[int]) -> tuple[Decoder, int]:
+        """Expanding path (consumes a copy of skip_channels) and its output channel count."""
+        skip_channels = list(skip_channels)
+        in_ch = skip_channels[-1]
+        levels = {}
+        for i in reversed(range(len(self.ch_mult))):
+            out_ch = self.nf * self.ch_mult[i]
+            blocks = []
+            for _ in range(self.num_res_blocks + 1):
+                blocks.append(block(in_ch + skip_channels.pop(), out_ch))
+                in_ch = out_ch
+            output_skip = None
+            if self.progressive == "output_skip":
+                output_skip = OutputSkip(in_ch, self.num_channels, self.fir, self.fir_kernel)
+            up = block(in_ch, up=True) if i != 0 else None
+            levels[i] = DecoderLevel(blocks, self._attention(i, in_ch), output_skip, up)
+        return Decoder([levels[i] for i in range(len(self.ch_mult))]), in_ch
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Predict x_0 from x_t [B, C, H, W], time t [B] (int step, or float time for fourier), z [B, nz]."""
+        zemb = self.z_mapping(z)
+        temb = self.time_embed(t)
+        # Every residual block reads act(temb): compute it once.
+        temb = F.silu(temb) if temb is not None else None
+        if not self.centered:
+            x = 2 * x - 1.0
+        h, skips = self.encoder(self.input_conv(x), x, temb, zemb)
+        h = self.middle(h, temb, zemb)
+        h, pyramid = self.decoder(h, skips, temb, zemb)
+        h = pyramid if self.output_conv is None else self.output_conv(F.silu(self.output_norm(h)))
+        return h if self.not_use_tanh else torch.tanh(h)
+
+
+def _check_choices(resblock_type, progressive, progressive_input, progressive_combine, embedding_type):
+    """Raise for options the original does not have, or that crash there."""
+    if resblock_type == "ddpm":
+        raise NotImplementedError("resblock_type='ddpm' crashes in the original implementation; use 'biggan'")
+    if progressive == "residual":
+        raise NotImplementedError("progressive='residual' crashes in the original implementation; "
+                                  "use 'none' or 'output_skip'")
+    for name, value, allowed in [
+        ("resblock_type", resblock_type, RESBLOCK_TYPES),
+        ("progressive", progressive, PROGRESSIVE),
+        ("progressive_input", progressive_input, PROGRESSIVE_INPUT),
+        ("progressive_combine", progressive_combine, COMBINE_METHODS),
+        ("embedding_type", embedding_type, EMBEDDING_TYPES),
+    ]:
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_resolutions(image_size: int, ch_mult: Sequence[int], attn_resolutions: Sequence[int]) -> list[int]:
+    """Return the resolution of every level, checking image_size and attn_resolutions against them."""
+    if len(ch_mult) < 1:
+        raise ValueError("ch_mult must list at least one channel multiplier")
+    factor = 2 ** (len(ch_mult) - 1)
+    if image_size < factor or image_size % factor != 0:
+        raise ValueError(f"image_size must be a positive multiple of 2**(len(ch_mult)-1) = {factor} "
+                         f"for {len(ch_mult)} levels, got {image_size}")
+    resolutions = [image_size // 2**i for i in range(len(ch_mult))]
+    for res in attn_resolutions:
+        if res not in resolutions:
+            raise ValueError(f"attn_resolutions entry {res} never occurs; the levels have resolutions "
+                             f"{resolutions}")
+    return resolutions

@@ -1,0 +1,269 @@
+"""Networks: exact agreement with the original implementation, weight conversion, loading, errors."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import networks
+from networks.discriminator import minibatch_stddev
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURE_CASES = ["generator_cifar10_tiny", "generator_celeba256_tiny", "generator_fourier_tiny",
+                 "discriminator_small_tiny", "discriminator_large_tiny"]
+
+# Small configs, in the original's argument names, that together exercise every supported option.
+TINY_GENERATORS = {
+    "default": dict(image_size=16, num_channels_dae=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8],
+                    nz=4, z_emb_dim=8, n_mlp=1),
+    "output_skip_input_skip_cat": dict(image_size=16, num_channels_dae=8, ch_mult=[1, 2, 1], num_res_blocks=1,
+                                       attn_resolutions=[16, 4], progressive="output_skip",
+                                       progressive_input="input_skip", progressive_combine="cat",
+                                       nz=4, z_emb_dim=8, n_mlp=1),
+    "no_fir_unconditional": dict(image_size=8, num_channels_dae=8, ch_mult=[1, 1], num_res_blocks=2,
+                                 attn_resolutions=[], fir=False, conditional=False, skip_rescale=False,
+                                 progressive_input="none", centered=False, nz=4, z_emb_dim=8, n_mlp=0),
+    "fourier_no_fir_residual": dict(image_size=8, num_channels=1, num_channels_dae=8, ch_mult=[1, 2],
+                                    num_res_blocks=1, attn_resolutions=[4], fir=False,
+                                    embedding_type="fourier", not_use_tanh=True, nz=4, z_emb_dim=8, n_mlp=1),
+}
+TINY_DISCRIMINATOR = dict(num_channels=3, ngf=2, t_emb_dim=8)
+CIFAR10 = dict(num_channels_dae=128, ch_mult=[1, 2, 2, 2], num_res_blocks=2, attn_resolutions=[16], nz=100,
+               z_emb_dim=256, n_mlp=4, ngf=64, t_emb_dim=256)
+
+
+def load_fixture(name: str) -> dict:
+    """A reference test vector, or skip when the shared fixtures are absent."""
+    path = FIXTURES / f"{name}.pt"
+    if not path.exists():
+        pytest.skip(f"reference fixture {path} not found (needs ../shared/fixtures next to the repo)")
+    return torch.load(path, weights_only=False)
+
+
+def run(kind: str, net: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """Forward a network on fixture-style inputs."""
+    if kind == "NCSNpp":
+        return net(inputs["x_t"], inputs["t"], inputs["z"])
+    return net(inputs["x_prev"], inputs["t"], inputs["x_t"])
+
+
+def tiny_inputs(kind: str, config: dict, batch: int = 2, seed: int = 0) -> dict:
+    """Random inputs matching a reference config."""
+    cfg = networks.reference_config(config)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, cfg["num_channels"], cfg["image_size"], cfg["image_size"])
+    if kind == "NCSNpp":
+        t = (torch.rand(batch, generator=gen) + 0.1 if cfg["embedding_type"] == "fourier"
+             else torch.randint(0, 4, (batch,), generator=gen))
+        z = torch.randn(batch, cfg["nz"], generator=gen)
+        return {"x_t": torch.randn(shape, generator=gen), "t": t, "z": z}
+    return {"x_prev": torch.randn(shape, generator=gen), "t": torch.randint(0, 4, (batch,), generator=gen),
+            "x_t": torch.randn(shape, generator=gen)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Agreement with the original implementation.
+
+
+@pytest.mark.parametrize("name", FIXTURE_CASES)
+def test_matches_reference_outputs(name):
+    fixture = load_fixture(name)
+    net = networks.from_reference(fixture["reference_kind"], fixture["config"], fixture["state_dict"]).eval()
+    with torch.no_grad():
+        out = run(fixture["reference_kind"], net, fixture["inputs"])
+    assert out.shape == fixture["output"].shape
+    assert (out - fixture["output"]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", FIXTURE_CASES)
+def test_reference_layout_round_trip(name):
+    fixture = load_fixture(name)
+    kind = fixture["reference_kind"]
+    net = networks.from_reference(kind, fixture["config"], fixture["state_dict"])
+    back = networks.to_reference(kind, net)
+    assert list(back) == list(fixture["state_dict"])  # same keys, in the original's order
+    for key, value in fixture["state_dict"].items():
+        assert torch.equal(back[key], value), key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our layout <-> reference layout.
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Equal keys and bit-identical tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize("variant", list(TINY_GENERATORS))
+def test_generator_round_trip_is_identity(variant):
+    config = TINY_GENERATORS[variant]
+    net = networks.build("NCSNpp", config)
+    copy = networks.from_reference("NCSNpp", config, networks.to_reference("NCSNpp", net))
+    assert_same_state(net, copy)
+    inputs = tiny_inputs("NCSNpp", config)
+    with torch.no_grad():
+        out = run("NCSNpp", net.eval(), inputs)
+        assert torch.equal(out, run("NCSNpp", copy.eval(), inputs))
+    assert out.shape == inputs["x_t"].shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kind", ["Discriminator_small", "Discriminator_large"])
+def test_discriminator_round_trip_is_identity(kind):
+    net = networks.build(kind, TINY_DISCRIMINATOR)
+    copy = networks.from_reference(kind, TINY_DISCRIMINATOR, networks.to_reference(kind, net))
+    assert_same_state(net, copy)
+
+
+def test_to_reference_uses_original_names():
+    net = networks.build("NCSNpp", TINY_GENERATORS["default"])
+    keys = networks.to_reference("NCSNpp", net)
+    # Positional, conditional: two time dense layers, then the input conv at index 2, then the first block.
+    assert {"all_modules.0.weight", "all_modules.2.weight", "all_modules.3.GroupNorm_0.style.weight",
+            "z_transform.1.weight", "z_transform.3.weight"} <= set(keys)
+    # Attention projections are stored as the original's NIN matrices W [in, out].
+    nin = [key for key in keys if key.endswith("NIN_0.W")]
+    assert nin and keys[nin[0]].ndim == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sizes and initialisation.
+
+
+def test_cifar10_parameter_counts():
+    millions = lambda kind, config: round(networks.count_parameters(networks.build(kind, config)) / 1e6, 2)
+    # The README's CIFAR-10 command (n_mlp 4) gives 48.43 M; train_ddgan.py's default n_mlp 3 gives 48.37 M.
+    assert millions("NCSNpp", CIFAR10) == 48.43
+    assert millions("NCSNpp", {**CIFAR10, "n_mlp": 3}) == 48.37
+    assert millions("Discriminator_small", CIFAR10) == 12.74
+
+
+def uniform_bound(tensor: torch.Tensor) -> float:
+    """sqrt(3) * std: the half-width of a uniform distribution with the tensor's spread."""
+    return math.sqrt(3) * tensor.std().item()
+
+
+def test_initialisation_matches_reference_rules():
+    torch.manual_seed(0)
+    net = networks.build("NCSNpp", {**TINY_GENERATORS["default"], "num_channels_dae": 32, "z_emb_dim": 64})
+    block = net.encoder.levels[0].blocks[0]
+    # DDPM default_init (fan_avg) on a 3x3 conv 32 -> 32: bound sqrt(3 / (32 * 9)).
+    assert uniform_bound(block.conv_0.weight) == pytest.approx(math.sqrt(3 / 288), rel=0.05)
+    assert block.conv_0.weight.abs().max() <= math.sqrt(3 / 288)
+    # The original `dense` init uses fan_out: AdaGN style 64 -> 64 gives bound sqrt(3 / 64).
+    assert uniform_bound(block.norm_0.style.weight) == pytest.approx(math.sqrt(3 / 64), rel=0.05)
+    assert torch.equal(block.norm_0.style.bias, torch.cat([torch.ones(32), torch.zeros(32)]))
+    # Zero-initialised layers (scale 1e-10) and zero biases.
+    assert block.conv_1.weight.abs().max() < 1e-5 and not block.conv_1.bias.any()
+    assert net.output_conv.weight.abs().max() < 1e-5
+    torch.manual_seed(0)
+    disc = networks.build("Discriminator_small", dict(ngf=32, t_emb_dim=64))
+    # Discriminator conv 3x3 64 -> 128 with fan_out: bound sqrt(3 / (128 * 9)).
+    assert uniform_bound(disc.blocks[1].conv_0.weight) == pytest.approx(math.sqrt(3 / 1152), rel=0.05)
+    assert disc.final_conv.weight.abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoint files of the original code.
+
+
+def test_load_netG_file_with_ddp_prefix(tmp_path):
+    config = TINY_GENERATORS["default"]
+    net = networks.build("NCSNpp", config).eval()
+    ddp = {f"module.{key}": value for key, value in networks.to_reference("NCSNpp", net).items()}
+    torch.save(ddp, tmp_path / "netG_1200.pth")
+    loaded = networks.load_reference_file(tmp_path / "netG_1200.pth", config).eval()
+    assert_same_state(net, loaded)
+
+
+def test_load_content_file(tmp_path):
+    config = {**TINY_GENERATORS["default"], "ngf": 2, "t_emb_dim": 8}
+    gen = networks.build("NCSNpp", config)
+    disc = networks.build("Discriminator_small", config)
+    prefixed = lambda kind, net: {f"module.{k}": v for k, v in networks.to_reference(kind, net).items()}
+    optimizer = torch.optim.Adam(gen.parameters())
+    content = {"epoch": 5, "global_step": 10, "args": argparse.Namespace(**config),
+               "netG_dict": prefixed("NCSNpp", gen), "optimizerG": optimizer.state_dict(),
+               "netD_dict": prefixed("Discriminator_small", disc), "optimizerD": optimizer.state_dict()}
+    torch.save(content, tmp_path / "content.pth")
+    assert_same_state(gen, networks.load_reference_file(tmp_path / "content.pth", config))
+    # Without a config, the saved args are used.
+    loaded = networks.load_reference_file(tmp_path / "content.pth", kind="Discriminator_small")
+    assert_same_state(disc, loaded)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_shape_mismatch_names_first_parameter():
+    config = TINY_GENERATORS["default"]
+    state = networks.to_reference("NCSNpp", networks.build("NCSNpp", {**config, "num_channels_dae": 16}))
+    with pytest.raises(ValueError, match=r"all_modules\.0\.weight.*\(64, 16\).*\(32, 8\)"):
+        networks.from_reference("NCSNpp", config, state)
+
+
+def test_missing_and_unexpected_keys_are_listed():
+    config = TINY_GENERATORS["default"]
+    state = networks.to_reference("NCSNpp", networks.build("NCSNpp", config))
+    del state["all_modules.3.Conv_0.bias"]
+    state["all_modules.99.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"missing keys \(1\): all_modules\.3\.Conv_0\.bias") as info:
+        networks.from_reference("NCSNpp", config, state)
+    assert "unexpected keys (1): all_modules.99.weight" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(image_size=12, ch_mult=[1, 2, 2, 2]), ValueError, "image_size"),
+        (dict(attn_resolutions=[12]), ValueError, "attn_resolutions"),
+        (dict(progressive="residual"), NotImplementedError, "progressive"),
+        (dict(resblock_type="ddpm"), NotImplementedError, "resblock_type"),
+        (dict(progressive_combine="mean"), ValueError, "progressive_combine"),
+        (dict(embedding_type="learned"), ValueError, "embedding_type"),
+        (dict(ch_mult=None), ValueError, "ch_mult"),
+    ],
+)
+def test_bad_generator_config(change, error, match):
+    with pytest.raises(error, match=match):
+        networks.build("NCSNpp", {**TINY_GENERATORS["default"], **change})
+
+
+def test_fourier_generator_needs_float_time():
+    config = TINY_GENERATORS["fourier_no_fir_residual"]
+    inputs = tiny_inputs("NCSNpp", config)
+    with pytest.raises(ValueError, match="float time"):
+        networks.build("NCSNpp", config)(inputs["x_t"], torch.tensor([1, 2]), inputs["z"])
+
+
+def test_bad_kind():
+    with pytest.raises(ValueError, match="kind"):
+        networks.build("Discriminator_medium", {})
+
+
+def test_minibatch_stddev_needs_divisible_batch():
+    with pytest.raises(ValueError, match="batch size"):
+        minibatch_stddev(torch.zeros(6, 2, 2, 2), group_size=4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training-time behaviour.
+
+
+def test_discriminator_r1_double_backward():
+    disc = networks.build("Discriminator_small", TINY_DISCRIMINATOR)
+    inputs = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=4)
+    x_prev = inputs["x_prev"].requires_grad_(True)
+    logits = disc(x_prev, inputs["t"], inputs["x_t"])
+    (grad,) = torch.autograd.grad(logits.sum(), x_prev, create_graph=True)
+    grad.square().sum().backward()
+    assert logits.shape == (4, 1)
+    assert disc.blocks[0].conv_0.weight.grad is not None and disc.blocks[0].conv_0.weight.grad.abs().sum() > 0

@@ -1,0 +1,179 @@
+"""Reference bias_act against direct formulas, plus gradients, dispatch and errors."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ops.bias_act import ACTIVATIONS, bias_act
+
+SQRT2 = math.sqrt(2)
+SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
+
+# Each activation written out from its textbook formula, with its documented default gain.
+FORMULAS = {
+    "linear": (lambda z: z, 1.0),
+    "relu": (lambda z: torch.where(z > 0, z, 0.0), SQRT2),
+    "lrelu": (lambda z: torch.where(z > 0, z, 0.2 * z), SQRT2),
+    "tanh": (lambda z: (torch.exp(2 * z) - 1) / (torch.exp(2 * z) + 1), 1.0),
+    "sigmoid": (lambda z: 1 / (1 + torch.exp(-z)), 1.0),
+    "elu": (lambda z: torch.where(z > 0, z, torch.exp(z) - 1), 1.0),
+    "selu": (lambda z: SELU_SCALE * torch.where(z > 0, z, SELU_ALPHA * (torch.exp(z) - 1)), 1.0),
+    "softplus": (lambda z: torch.log1p(torch.exp(z)), 1.0),
+    "silu": (lambda z: z / (1 + torch.exp(-z)), 1.0),
+    "swish": (lambda z: z / (1 + torch.exp(-z)), 1.0),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_every_activation_has_a_formula():
+    assert set(FORMULAS) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("act", sorted(FORMULAS))
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_formula(act, dim, with_bias):
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64) * 2
+    b = torch.randn(x.shape[dim], dtype=torch.float64) if with_bias else None
+    formula, def_gain = FORMULAS[act]
+    shape = [-1 if i == dim else 1 for i in range(x.ndim)]
+    z = x + b.reshape(shape) if with_bias else x
+    torch.testing.assert_close(bias_act(x, b, dim=dim, act=act, impl="ref"), formula(z) * def_gain)
+
+
+@pytest.mark.parametrize("act", ["lrelu", "tanh", "silu"])
+def test_explicit_gain_alpha_and_clamp(act):
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64) * 3
+    b = torch.randn(8, dtype=torch.float64)
+    z = x + b[None, :, None, None]
+    formula, _ = FORMULAS[act]
+    expected = formula(z) * 0.7
+    if act == "lrelu":
+        expected = torch.where(z > 0, z, 0.05 * z) * 0.7
+    expected = expected.clamp(-0.5, 0.5)
+    got = bias_act(x, b, act=act, alpha=0.05, gain=0.7, clamp=0.5, impl="ref")
+    torch.testing.assert_close(got, expected)
+    assert got.abs().max() <= 0.5
+
+
+def test_negative_dim_and_2d_input():
+    x = torch.randn(5, 7)
+    b = torch.randn(7)
+    torch.testing.assert_close(bias_act(x, b, dim=-1, act="relu"), torch.relu(x + b) * SQRT2)
+    torch.testing.assert_close(bias_act(x, b, dim=1, act="relu"), torch.relu(x + b) * SQRT2)
+
+
+def test_channels_last():
+    x = torch.randn(2, 6, 4, 5).to(memory_format=torch.channels_last)
+    b = torch.randn(6)
+    expected = bias_act(x.contiguous(), b, act="lrelu", impl="ref")
+    torch.testing.assert_close(bias_act(x, b, act="lrelu", impl="ref"), expected)
+
+
+@pytest.mark.parametrize("act,clamp", [("lrelu", None), ("tanh", 0.8), ("silu", None), ("linear", 1.0)])
+def test_gradcheck(act, clamp):
+    x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():  # keep samples away from the kinks, where finite differences are meaningless
+        x += 0.05 * torch.sign(x)
+    fn = lambda x, b: bias_act(x, b, act=act, gain=1.3, clamp=clamp, impl="ref")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+def test_cuda_impl_falls_back_on_cpu():
+    x = torch.randn(2, 3, 4, 4)
+    b = torch.randn(3)
+    expected = bias_act(x, b, act="lrelu", impl="ref")
+    torch.testing.assert_close(bias_act(x, b, act="lrelu"), expected, rtol=0, atol=0)
+
+
+def test_bad_input():
+    x = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="act"):
+        bias_act(x, act="gelu2")
+    with pytest.raises(ValueError, match="b must"):
+        bias_act(x, torch.zeros(4))
+    with pytest.raises(ValueError, match="b must"):
+        bias_act(x, torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="dim"):
+        bias_act(x, torch.zeros(3), dim=4)
+    with pytest.raises(ValueError, match="clamp"):
+        bias_act(x, clamp=-1)
+    with pytest.raises(ValueError, match="impl"):
+        bias_act(x, impl="triton")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The CUDA path's autograd Functions, run on the CPU against an emulated kernel.
+
+
+def _derivatives(act_id: int, z: torch.Tensor, alpha: float):
+    """act(z), act'(z), act''(z) as the CUDA kernel evaluates them (ids as in ACTIVATIONS)."""
+    one, zero, pos = torch.ones_like(z), torch.zeros_like(z), z > 0
+    s, e = torch.sigmoid(z), torch.exp(z)
+    if act_id == 2:
+        return torch.where(pos, z, zero), torch.where(pos, one, zero), zero
+    if act_id == 3:
+        return torch.where(pos, z, alpha * z), torch.where(pos, one, alpha * one), zero
+    if act_id == 4:
+        t = torch.tanh(z)
+        return t, 1 - t * t, -2 * t * (1 - t * t)
+    if act_id == 5:
+        return s, s * (1 - s), s * (1 - s) * (1 - 2 * s)
+    if act_id == 6:
+        return torch.where(pos, z, e - 1), torch.where(pos, one, e), torch.where(pos, zero, e)
+    if act_id == 7:
+        neg = SELU_SCALE * SELU_ALPHA * e
+        return (torch.where(pos, SELU_SCALE * z, neg - SELU_SCALE * SELU_ALPHA),
+                torch.where(pos, SELU_SCALE * one, neg), torch.where(pos, zero, neg))
+    if act_id == 8:
+        return torch.log1p(e), s, s * (1 - s)
+    if act_id == 9:
+        return z * s, s + z * s * (1 - s), s * (1 - s) * (2 + z * (1 - 2 * s))
+    return z, one, zero
+
+
+class _EmulatedPlugin:
+    @staticmethod
+    def bias_act(x, b, dy, grad, dim, act, alpha, gain, clamp):
+        """Stand-in for the compiled bias_act kernel: value (grad=0) or dy times a derivative."""
+        x = x.detach()
+        z = x + b.detach().reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b.numel() else x
+        value, first, second = _derivatives(act, z, alpha)
+        y = value * gain
+        if grad == 0:
+            return y.clamp(-clamp, clamp) if clamp >= 0 else y
+        inside = (y >= -clamp) & (y <= clamp) if clamp >= 0 else torch.ones_like(y, dtype=torch.bool)
+        return torch.where(inside, dy.detach() * gain * (first if grad == 1 else second), 0.0)
+
+
+@pytest.mark.parametrize("act", sorted(FORMULAS))
+@pytest.mark.parametrize("clamp", [None, 0.9])
+def test_cuda_functions_with_emulated_kernel(monkeypatch, act, clamp):
+    from ops.bias_act import _bias_act_cuda
+
+    monkeypatch.setattr("ops.custom_ops.get_plugin", lambda: _EmulatedPlugin)
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():  # keep samples away from the kinks, where finite differences are meaningless
+        x += 0.05 * torch.sign(x)
+    x.requires_grad_()
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, b: _bias_act_cuda(2, act, 0.1, 1.3, clamp if clamp is not None else -1.0).apply(x, b)  # noqa: E731
+    torch.testing.assert_close(fn(x, b), bias_act(x, b, dim=2, act=act, alpha=0.1, gain=1.3, clamp=clamp))
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+def test_activation_ids_match_the_kernel():
+    source = (Path(__file__).resolve().parents[1] / "ops" / "csrc" / "bias_act.cu").read_text()
+    kernel_ids = {name.lower(): int(i) for name, i in re.findall(r"\bk(\w+) = (\d+),", source)}
+    for name, spec in ACTIVATIONS.items():
+        assert kernel_ids["silu" if name == "swish" else name] == spec.cuda_idx

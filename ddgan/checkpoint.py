@@ -92,6 +92,14 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by a save that was killed mid-write (they never replaced a checkpoint)."""
+    stale = [p for p in Path(run_dir).glob(".*.pt.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def prune(run_dir: str | os.PathLike, keep: int) -> list[Path]:
     """Delete all but the newest `keep` regular checkpoints (`ckpt-*.pt`); return what was deleted."""
     regular = [p for p in list_checkpoints(run_dir) if p.name.startswith("ckpt-")]

@@ -19,7 +19,7 @@ def friendly_errors(command):
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, OSError, KeyError) as error:
+        except (ValueError, OSError, KeyError, ArithmeticError) as error:
             if "DDGAN_TRACEBACK" in __import__("os").environ:
                 raise
             print(f"ddgan {command.__name__}: error: {error}", file=sys.stderr)

@@ -22,7 +22,7 @@ from ddgan.distributed import Context
 from ddgan.models import build_discriminator, build_generator
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(ArithmeticError):
     """A loss became NaN or infinite."""
 
 

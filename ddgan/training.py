@@ -125,6 +125,8 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
         resumed = checkpoint.load(file)
         trainer.load_state_dict(resumed)
         run_dir = file.parent
+        if context.is_main:
+            checkpoint.remove_stale_temporaries(run_dir)
     else:
         run_dir = new_run_dir(config.outdir, config) if context.is_main else None
     if context.distributed:  # every rank learns rank 0's folder

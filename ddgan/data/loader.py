@@ -1,5 +1,6 @@
 """An endless, resumable, rank-aware stream of training batches."""
 
+import signal
 from collections.abc import Iterator, Sized
 
 import numpy as np
@@ -69,5 +70,11 @@ def make_loader(dataset: Dataset, batch_size: int, rank: int = 0, num_replicas: 
     worker_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(worker_seed))
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(worker_seed),
+                        worker_init_fn=ignore_interrupts if workers > 0 else None)
     return iter(loader)
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; workers leave it to the trainer, which saves and stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -64,15 +64,15 @@ def presets():
 
 
 def _commands() -> dict:
-    from eval.benchmark import bench
-    from eval.fid import FidCommands
+    from eval.benchmark import bench_command
+    from eval.fid import fid_command
     from eval.sample import sample
 
     return {
         "train": train,
         "sample": friendly_errors(sample),
-        "fid": FidCommands,
-        "bench": friendly_errors(bench),
+        "fid": friendly_errors(fid_command),
+        "bench": friendly_errors(bench_command),
         "demo": demo,
         "info": info,
         "presets": presets,

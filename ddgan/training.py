@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 import networks
 from ddgan import __version__, checkpoint, distributed
@@ -232,14 +230,13 @@ def _next_mark(images_seen: int, every_kimg: float) -> float:
 
 def write_sample_grid(trainer: Trainer, path: Path, monitor=None, n: int = 64) -> Path:
     """Sample a grid from the EMA generator with fixed seeds 0..n-1 (the same images every time)."""
-    from eval.sample import generate, save_grid
+    from eval.sample import generate, grid_image, save_grid
 
     images = next(iter(generate(trainer.G_ema, trainer.config, list(range(n)), batch=n, device=trainer.device,
                                 progress=False)))
     save_grid(images, path)
     if monitor is not None:
-        with Image.open(path) as grid:
-            monitor.image("samples", trainer.images_seen / 1000, np.asarray(grid.convert("RGB")))
+        monitor.image("samples", trainer.images_seen / 1000, grid_image(images))
     return path
 
 

@@ -28,7 +28,9 @@ class Activation:
     cuda_idx: int
 
 
-# Gains of sqrt(2) keep the second moment of ReLU-like activations of unit-variance inputs at 1.
+# Gains of sqrt(2) keep the second moment of ReLU-like activations of unit-variance inputs at 1. The
+# smooth activations default to gain 1 (unlike StyleGAN's table) because NCSN++ uses plain SiLU.
+# `alpha` is the negative slope of lrelu and is ignored by the others.
 ACTIVATIONS: dict[str, Activation] = {
     "linear": Activation(lambda x, alpha: x, 0.0, 1.0, 1),
     "relu": Activation(lambda x, alpha: F.relu(x), 0.0, math.sqrt(2), 2),

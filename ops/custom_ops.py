@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from filelock import FileLock
 
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ddgan_ops.cpp", "upfirdn2d.cu", "bias_act.cu")
@@ -48,10 +49,11 @@ def get_plugin(verbose: bool = False) -> ModuleType | None:
         return _plugin
     try:
         _plugin = build_plugin(verbose=verbose)
-    except Exception as error:  # noqa: BLE001 - any build failure must leave the reference path working
+    except Exception as error:  # any build failure must leave the reference path working
         _plugin_failed = True
+        reason = str(error) if len(str(error)) <= 2000 else str(error)[:2000] + " [...]"
         warnings.warn(
-            f"ddgan_ops: could not build the CUDA extension ({type(error).__name__}: {error}); "
+            f"ddgan_ops: could not build the CUDA extension ({type(error).__name__}: {reason}); "
             f"using the slower PyTorch reference ops. Set {REFERENCE_ENV}=1 to skip the build.",
             RuntimeWarning,
             stacklevel=2,
@@ -62,13 +64,11 @@ def get_plugin(verbose: bool = False) -> ModuleType | None:
 def build_plugin(verbose: bool = False, build_root: str | os.PathLike | None = None) -> ModuleType:
     """Compile (or reuse the cached build of) the extension and import it; raises on failure."""
     cpp_extension = _import_cpp_extension()
-    name = f"ddgan_ops_{source_hash()[:16]}"
+    name = extension_name()
     if name in sys.modules:
         return sys.modules[name]
     build_dir = Path(build_root or default_build_root()) / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
-
     # An OS-level lock dies with its process, unlike torch's own lock file, which a rank killed
     # mid-build would leave behind for the others to wait on forever; so hold ours and clear theirs.
     with FileLock(str(build_dir) + ".lock"):
@@ -87,25 +87,33 @@ def build_plugin(verbose: bool = False, build_root: str | os.PathLike | None = N
 
 def built_library(build_root: str | os.PathLike | None = None) -> Path:
     """Path where the compiled shared library of the current sources lives (or will)."""
-    name = f"ddgan_ops_{source_hash()[:16]}"
+    name = extension_name()
     return Path(build_root or default_build_root()) / name / f"{name}.so"
 
 
+def extension_name() -> str:
+    """Module name of the current build: unique per source hash, so stale builds are never loaded."""
+    return f"ddgan_ops_{source_hash()[:16]}"
+
+
 def default_build_root() -> Path:
-    """DDGAN_OPS_BUILD_DIR if set, else torch_extensions' default directory."""
-    if os.environ.get(BUILD_DIR_ENV):
-        return Path(os.environ[BUILD_DIR_ENV])
+    """DDGAN_OPS_BUILD_DIR if set, else TORCH_EXTENSIONS_DIR, else torch_extensions' default directory."""
+    for variable in (BUILD_DIR_ENV, "TORCH_EXTENSIONS_DIR"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable])
     cpp_extension = _import_cpp_extension()
     return Path(cpp_extension.get_default_build_root())
 
 
 def source_hash() -> str:
-    """Hash of everything the compiled binary depends on: sources, torch, CUDA and target archs."""
+    """Hash of everything the compiled binary depends on: sources, Python, torch, CUDA and target archs."""
     digest = hashlib.sha256()
     for filename in SOURCES + HEADERS:
         digest.update(filename.encode())
         digest.update((SOURCE_DIR / filename).read_bytes())
-    digest.update(f"torch={torch.__version__} cuda={torch.version.cuda} archs={_target_archs()}".encode())
+    python = f"{sys.version_info.major}.{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    digest.update(f"python={python} torch={torch.__version__} cuda={torch.version.cuda}".encode())
+    digest.update(f"archs={_target_archs()}".encode())
     return digest.hexdigest()
 
 

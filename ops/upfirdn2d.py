@@ -55,6 +55,13 @@ def _as_pair(value: IntPair, name: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def _as_filter(f) -> torch.Tensor | None:
+    """Accept a filter as a tensor, array or nested list."""
+    if f is None or isinstance(f, torch.Tensor):
+        return f
+    return torch.as_tensor(f, dtype=torch.float32)
+
+
 def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
     """Return (width, height) of a 1-D (separable) or 2-D filter; an absent filter is 1x1."""
     if f is None:
@@ -104,7 +111,7 @@ def setup_filter(
     gain: float = 1,
     separable: bool | None = None,
 ) -> torch.Tensor:
-    """Make a float32 FIR filter from a list/array/tensor: normalised, scaled and separable if possible."""
+    """Make a float32 FIR filter from a list/array/tensor: normalised, scaled; 1-D stays separable."""
     if f is None:
         f = 1
     f = torch.as_tensor(f, dtype=torch.float32)
@@ -143,6 +150,7 @@ def upfirdn2d(
 ) -> torch.Tensor:
     """Upsample by zero insertion, pad, convolve with f and keep every down-th sample of an NCHW tensor."""
     _check_input(x)
+    f = _as_filter(f)
     _filter_size(f)
     up_xy = _parse_scaling(up, "up")
     down_xy = _parse_scaling(down, "down")
@@ -166,6 +174,7 @@ def filter2d(
     impl: str = "cuda",
 ) -> torch.Tensor:
     """Filter an NCHW tensor with f, keeping its size (padding widens it further)."""
+    f = _as_filter(f)
     fw, fh = _filter_size(f)
     px0, px1, py0, py1 = _parse_padding(padding)
     pad = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
@@ -183,6 +192,7 @@ def upsample2d(
 ) -> torch.Tensor:
     """Upsample an NCHW tensor by `up` with the FIR filter f; the output is exactly up times larger."""
     upx, upy = _parse_scaling(up, "up")
+    f = _as_filter(f)
     fw, fh = _filter_size(f)
     px0, px1, py0, py1 = _parse_padding(padding)
     # Centre the filter on the zero-inserted grid; the split of (taps - up) decides the odd extra tap.
@@ -209,6 +219,7 @@ def downsample2d(
 ) -> torch.Tensor:
     """Downsample an NCHW tensor by `down` with the FIR filter f; the output is exactly down times smaller."""
     downx, downy = _parse_scaling(down, "down")
+    f = _as_filter(f)
     fw, fh = _filter_size(f)
     px0, px1, py0, py1 = _parse_padding(padding)
     pad = [

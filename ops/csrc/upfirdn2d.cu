@@ -38,7 +38,10 @@ template <typename scalar_t, typename filter_t, bool kChannelsLast>
 __global__ void upfirdn2d_kernel(const scalar_t* __restrict__ x, const filter_t* __restrict__ f,
                                  scalar_t* __restrict__ y, const Upfirdn2dParams p, const filter_t gain) {
     using acc_t = at::opmath_type<scalar_t>;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.total; i += gridDim.x * blockDim.x) {
+    // The grid covers every output once; 64-bit here so the last block cannot overflow.
+    const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (index < p.total) {
+        const int i = static_cast<int>(index);
         int n, c, oy, ox, rest;
         if (kChannelsLast) {
             c = i % p.c;

@@ -1,0 +1,255 @@
+"""`ddgan bench`: how fast sampling, a training iteration, or the custom ops run on this machine.
+
+Every measurement warms up first, synchronises the device around each timed repeat, and reports the
+median time per call together with the throughput over all repeats. Each one is printed in a table
+and as a JSON line (device, torch version, dtype and options included); `--json_out` appends the
+JSON lines to a file so that runs on different machines can be compared.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python eval/benchmark.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from ddgan.config import Config, make_config
+from ddgan.diffusion import Diffusion
+from ddgan.models import build_generator
+
+WHAT = ("sample", "train", "ops")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+DEFAULT_SAMPLE_BATCH = 100
+TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "ms_median", "images_per_s", "iters_per_s", "peak_mem_mb")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """--amp, or by default bf16 on CUDA (as training does) and full precision on the CPU."""
+    amp = amp if amp is not None else ("bf16" if device.type == "cuda" else "none")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"--amp must be bf16, fp16 or none, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Seconds per call of `run` over `repeats` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: allocated on the GPU since the timing began, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def capture_cuda_graph(run: Callable[[], object]) -> Callable[[], None]:
+    """Record `run` (static inputs and outputs) as a CUDA graph; returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up allocations and autotuning outside the graph
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def bench_config(preset: str, width: int | None, **overrides) -> Config:
+    """The preset's config, optionally with a narrower generator (num_channels_dae = width)."""
+    if width is not None:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"--width must be a positive integer (the generator's num_channels_dae), got {width!r}")
+        overrides["num_channels_dae"] = width
+    return make_config(preset, **overrides)
+
+
+def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool, compile: bool,
+                 cuda_graph: bool, repeats: int, warmup: int) -> dict:
+    """One T-step sampling pass of a batch with a randomly initialised generator."""
+    G = build_generator(config).to(device).eval().requires_grad_(False)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    G = G.to(memory_format=memory_format)
+    net = torch.compile(G) if compile else G
+    diffusion = Diffusion(config.num_timesteps, config.beta_min, config.beta_max, config.schedule).to(device)
+    T, image = config.num_timesteps, (config.num_channels, config.image_size, config.image_size)
+    x_T = torch.randn(batch, *image, device=device).contiguous(memory_format=memory_format)
+    latents = torch.randn(T, batch, config.nz, device=device)
+    noises = torch.randn(T, batch, *image, device=device)
+    # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
+    precision = (torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not cuda_graph) if amp_dtype
+                 else nullcontext())
+
+    def run():
+        with precision:
+            return diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises)
+
+    times = time_calls(capture_cuda_graph(run) if cuda_graph else run, device, repeats, warmup)
+    return {"images_per_s": batch * len(times) / sum(times), "ms_median": 1000 * statistics.median(times),
+            "ms_mean": 1000 * statistics.fmean(times), "T": T, "peak_mem_mb": peak_memory_mb(device)}
+
+
+def bench_train(config: Config, device: torch.device, batch: int, repeats: int, warmup: int) -> dict:
+    """Full training iterations (D step with lazy R1, G step, EMA) on a synthetic batch in [-1, 1]."""
+    try:
+        from ddgan.distributed import Context
+        from ddgan.trainer import Trainer
+    except ImportError as error:
+        raise NotImplementedError(f"--what=train needs ddgan.trainer.Trainer, which cannot be imported here "
+                                  f"({error})") from None
+    trainer = Trainer(config, Context(device=device))
+    shape = (batch, config.num_channels, config.image_size, config.image_size)
+    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
+    times = time_calls(lambda: trainer.train_step(x0), device, repeats, warmup)
+    # The mean includes the R1 penalty every lazy_reg steps; the median mostly misses it.
+    return {"images_per_s": batch * len(times) / sum(times), "iters_per_s": len(times) / sum(times),
+            "ms_median": 1000 * statistics.median(times), "ms_mean": 1000 * statistics.fmean(times),
+            "T": config.num_timesteps, "peak_mem_mb": peak_memory_mb(device)}
+
+
+def bench_ops_rows(device: torch.device, repeats: int, warmup: int) -> list[dict]:
+    """The custom ops' measurements from eval.bench_ops."""
+    try:
+        from eval import bench_ops
+    except ImportError as error:
+        raise NotImplementedError(f"--what=ops needs eval.bench_ops, which cannot be imported here ({error})") from None
+    return bench_ops.bench_ops(device=device, repeats=repeats, warmup=warmup)
+
+
+def check_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int | None = None, amp: str | None = None,
+          channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False, repeats: int = 10,
+          warmup: int = 3, width: int | None = None, json_out: str | None = None) -> list[dict]:
+    """Measure sampling (`--what=sample`), training iterations (`train`) or the custom ops (`ops`).
+
+    preset: the architecture and T to measure, with random weights (no checkpoint needed).
+    batch: images per call; default 100 for sampling, the preset's per-process batch for training.
+    amp: bf16, fp16 or none; default bf16 on CUDA, none on the CPU.
+    channels_last: NHWC layout; default on for CUDA.
+    compile: torch.compile the generator. cuda_graph: replay sampling as one CUDA graph (CUDA only).
+    width: shrink the generator to num_channels_dae=width (for quick runs on a CPU).
+    json_out: append the JSON lines to this file.
+    Returns the measurements as dicts (also printed as a table and as JSON lines).
+    """
+    if what not in WHAT:
+        raise ValueError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
+    check_count("repeats", repeats, 1)
+    check_count("warmup", warmup, 0)
+    if batch is not None:
+        check_count("batch", batch, 1)
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if cuda_graph and (device.type != "cuda" or what != "sample"):
+        raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
+    channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+    amp_dtype = resolve_amp(amp, device) if what != "ops" else None  # the ops are timed in float32
+    common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+              "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,
+              "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,
+              "warmup": warmup}
+
+    if what == "ops":
+        records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
+    elif what == "sample":
+        config = bench_config(preset, width)
+        batch = batch or DEFAULT_SAMPLE_BATCH
+        result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
+        records = [{"what": "sample", **common, "batch": batch, **result}]
+    else:
+        amp_flag = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+        config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))
+        batch = batch or config.batch_size
+        result = bench_train(config, device, batch, repeats, warmup)
+        records = [{"what": "train", **common, "batch": batch, **result}]
+
+    print(format_table(records))
+    lines = [json.dumps(record) for record in records]
+    print("\n".join(lines))
+    if json_out:
+        with open(Path(json_out).expanduser(), "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+    return records
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """A fixed-width text table of the main columns (for ops, of every column the rows share)."""
+    columns = [c for c in TABLE_COLUMNS if any(c in r for r in records)]
+    if records and records[0].get("what") == "ops":
+        common = {"what", "preset", "device", "device_type", "torch", "dtype", "channels_last", "compile",
+                  "cuda_graph", "width", "repeats", "warmup"}
+        columns = [c for c in records[0] if c not in common]
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return "" if value is None else str(value)
+
+    rows = [[cell(r.get(c)) for c in columns] for r in records]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+@functools.wraps(bench)  # fire shows and parses bench's flags
+def bench_command(*args, **flags) -> None:
+    bench(*args, **flags)  # it prints the table and JSON lines; returning None keeps fire from echoing them
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python eval/benchmark.py [--what=sample|train|ops] ...`; bad input exits with its message."""
+    import fire
+
+    try:
+        fire.Fire(bench_command, command=list(argv) if argv is not None else None, name="bench")
+    except (ValueError, NotImplementedError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

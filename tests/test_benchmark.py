@@ -1,0 +1,72 @@
+"""`ddgan bench` on a tiny generator on the CPU: sane numbers, the JSON keys, and bad flags."""
+
+import importlib.util
+import json
+
+import pytest
+
+from eval import benchmark
+
+KEYS = {"what", "preset", "device", "device_type", "torch", "dtype", "channels_last", "compile", "cuda_graph",
+        "width", "repeats", "warmup", "batch", "T", "images_per_s", "ms_median", "ms_mean", "peak_mem_mb"}
+
+
+def test_sample_benchmark_numbers_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    out.write_text('{"earlier": 1}\n')
+    records = benchmark.bench(preset="demo", what="sample", device="cpu", batch=2, width=8, repeats=2, warmup=1,
+                              json_out=str(out))
+    (record,) = records
+    assert KEYS <= set(record)
+    assert record["what"] == "sample" and record["device_type"] == "cpu" and record["dtype"] == "float32"
+    assert record["batch"] == 2 and record["T"] == 2 and record["width"] == 8 and record["channels_last"] is False
+    assert 0 < record["ms_median"] < 60_000 and record["peak_mem_mb"] > 10
+    # throughput is over all repeats: batch / mean time
+    assert record["images_per_s"] == pytest.approx(2000 / record["ms_mean"], rel=1e-6)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:3] == ["what", "preset", "batch"]
+    assert json.loads(printed[-1]) == record
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1]) == record  # appended, not overwritten
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ddgan.trainer") is None, reason="ddgan.trainer not present")
+def test_train_benchmark():
+    (record,) = benchmark.bench(preset="demo", what="train", device="cpu", batch=2, width=8, repeats=1, warmup=0)
+    assert record["what"] == "train" and record["batch"] == 2
+    assert record["iters_per_s"] > 0 and record["images_per_s"] == pytest.approx(2 * record["iters_per_s"])
+
+
+def test_ops_rows_get_the_common_fields(monkeypatch, capsys):
+    from eval import bench_ops
+
+    def fake(device, repeats, warmup):
+        return [{"op": "upsample2d", "shape": [8, 64, 32, 32], "device": str(device), "repeats": repeats,
+                 "ref_ms": 1.5}]
+
+    monkeypatch.setattr(bench_ops, "bench_ops", fake)
+    (record,) = benchmark.bench(what="ops", device="cpu", repeats=2)
+    assert record["op"] == "upsample2d" and record["ref_ms"] == 1.5 and record["repeats"] == 2
+    assert record["device_type"] == "cpu" and record["device"] != "cpu" and record["torch"]
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split() == ["op", "shape", "ref_ms"] and "1.5" in row
+
+
+@pytest.mark.parametrize("flags, words", [
+    (dict(what="speed"), "--what must be one of"),
+    (dict(repeats=0), "--repeats must be an integer >= 1"),
+    (dict(batch=0), "--batch must be"),
+    (dict(width=0), "--width must be a positive integer"),
+    (dict(amp="fp8"), "--amp must be"),
+    (dict(cuda_graph=True), "--cuda_graph applies"),
+    (dict(preset="imagenet"), "unknown --preset"),
+])
+def test_bad_flags(flags, words):
+    with pytest.raises(ValueError, match=words):
+        benchmark.bench(**{"device": "cpu", "preset": "demo", **flags})
+
+
+def test_command_prints_only_its_own_lines(capsys):
+    benchmark.main(["--preset=demo", "--device=cpu", "--batch=1", "--width=8", "--repeats=1", "--warmup=0"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["batch"] == 1  # header, row, one JSON line

@@ -1,0 +1,199 @@
+"""`ddgan sample`: seeds, per-seed determinism, output formats and the errors users meet."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddgan import checkpoint
+from ddgan.config import make_config
+from ddgan.data import read_image_array
+from ddgan.models import build_generator, load_generator
+from eval import sample as sampling
+
+
+def tiny_config():
+    return make_config("demo", image_size=8, num_channels_dae=8, ch_mult=[1, 2], nz=4, z_emb_dim=8, t_emb_dim=8,
+                       n_mlp=1, ngf=8)
+
+
+def tiny_generator(config, seed: int = 0):
+    """A tiny generator with perturbed weights: at init its output layer is zero, so every image is flat grey."""
+    G = build_generator(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator))
+    return G.eval().requires_grad_(False)
+
+
+def write_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A ddgan checkpoint of the tiny generator in `folder`."""
+    config = tiny_config()
+    state = tiny_generator(config, seed).state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    return checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
+                                   "config": config.to_dict(), "G": state, "G_ema": state, "images_seen": 0,
+                                   "kimg": 0.0}, folder / "ckpt-000000000000.pt")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt):
+    """Seeds 0..5 sampled in one batch: what every other split must reproduce."""
+    G, config = load_generator(ckpt)
+    return np.concatenate(list(sampling.generate(G, config, range(6), batch=6, device="cpu", progress=False)))
+
+
+# ----------------------------------------------------------------------------------------------- seeds
+
+@pytest.mark.parametrize("spec, expected", [
+    (3, [0, 1, 2]), ("0-4", [0, 1, 2, 3, 4]), ("1,5,7", [1, 5, 7]), ((1, 5, 7), [1, 5, 7]),
+    ("3,10-12", [3, 10, 11, 12]), ("7", [7]), ([9, 2], [9, 2]),
+])
+def test_parse_seeds(spec, expected):
+    assert sampling.parse_seeds(spec) == expected
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("5-2", "empty"), ("a-b", "cannot read"), ("1,1", "repeats"), (0, ">= 1"), ("-3", "cannot read"),
+    ([-1], "0.."), ("", "no seeds"), (True, "count"),
+])
+def test_parse_seeds_rejects(spec, words):
+    with pytest.raises(ValueError, match="--seeds") as error:
+        sampling.parse_seeds(spec)
+    assert words in str(error.value)
+
+
+def test_seed_list_n_and_seeds():
+    assert sampling.seed_list(None, None) == list(range(64))
+    assert sampling.seed_list(3, None) == [0, 1, 2]
+    assert sampling.seed_list(2, "4-5") == [4, 5]
+    with pytest.raises(ValueError, match="--n=3 disagrees"):
+        sampling.seed_list(3, "4-5")
+    with pytest.raises(ValueError, match="--n must be"):
+        sampling.seed_list(0, None)
+
+
+def test_seed_noise_depends_on_its_seed_only():
+    config = tiny_config()
+    x_T, latents, noises = sampling.seed_noise([3, 1, 4], config)
+    T = config.num_timesteps
+    assert x_T.shape == (3, 3, 8, 8) and latents.shape == (T, 3, 4) and noises.shape == (T, 3, 3, 8, 8)
+    alone = sampling.seed_noise([1], config)
+    torch.testing.assert_close(alone[0][0], x_T[1], rtol=0, atol=0)
+    torch.testing.assert_close(alone[1][:, 0], latents[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(alone[2][:, 0], noises[:, 1], rtol=0, atol=0)
+    assert not torch.equal(x_T[0], x_T[1]) and not torch.equal(noises[0, 0], noises[1, 0])
+    assert abs(float(x_T.std()) - 1) < 0.2
+
+
+def test_to_uint8_inverts_the_data_pipeline_and_clamps():
+    u = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(sampling.to_uint8(u.float() / 127.5 - 1), u)
+    assert sampling.to_uint8(torch.tensor([-3.0, 3.0, 0.0])).tolist() == [0, 255, 128]
+
+
+# ----------------------------------------------------------------------------------------- determinism
+
+def test_images_are_not_flat(reference):
+    assert reference.shape == (6, 8, 8, 3) and reference.dtype == np.uint8
+    assert reference.std() > 10 and len({im.tobytes() for im in reference}) == 6
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+def test_same_images_for_any_batch_size(ckpt, reference, batch):
+    G, config = load_generator(ckpt)
+    images = np.concatenate(list(sampling.generate(G, config, range(6), batch=batch, device="cpu", progress=False)))
+    np.testing.assert_array_equal(images, reference)
+
+
+def test_same_images_for_any_split_or_order(ckpt, reference):
+    G, config = load_generator(ckpt)
+    later = next(sampling.generate(G, config, [5, 3], batch=2, device="cpu", progress=False))
+    np.testing.assert_array_equal(later, reference[[5, 3]])
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+def test_npz_output_round_trip(ckpt, reference, tmp_path):
+    out = sampling.sample(str(ckpt), out=str(tmp_path / "s.npz"), seeds="0-5", batch=4, device="cpu")
+    np.testing.assert_array_equal(read_image_array(out), reference)
+
+
+def test_folder_output_named_by_seed(ckpt, reference, tmp_path):
+    out = Path(sampling.sample(str(ckpt), out=str(tmp_path / "pngs"), seeds="1,4", device="cpu"))
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "000004.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "000004.png")), reference[4])
+
+
+def test_default_output_is_a_grid_next_to_the_checkpoint(ckpt, reference, capsys):
+    sampling.main([str(ckpt.parent), "--n=6", "--device=cpu"])
+    expected = ckpt.parent / f"samples-{ckpt.stem}.png"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(expected)
+    grid = np.asarray(Image.open(expected))
+    assert grid.shape == (2 * 8, 3 * 8, 3)  # 6 images in a near-square 3-wide grid
+    np.testing.assert_array_equal(grid[8:16, 0:8], reference[3])
+    np.testing.assert_array_equal(grid[0:8, 16:24], reference[2])
+
+
+def test_save_grid_pads_and_handles_grayscale(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 4, 6, 1), dtype=np.uint8)
+    path = sampling.save_grid(images, tmp_path / "g.png", nrow=2)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (12, 12)
+    np.testing.assert_array_equal(grid[8:12, 0:6], images[4, ..., 0])
+    assert not grid[8:12, 6:12].any()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# -------------------------------------------------------------------------------------------- errors
+
+def test_overwrite_protection(ckpt, tmp_path):
+    out = tmp_path / "s.npz"
+    out.write_bytes(b"precious")
+    with pytest.raises(ValueError, match="--overwrite"):
+        sampling.sample(str(ckpt), out=str(out), n=1, device="cpu")
+    assert out.read_bytes() == b"precious"
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        sampling.sample(str(ckpt), out=str(folder), n=1, device="cpu")
+    sampling.sample(str(ckpt), out=str(out), n=1, device="cpu", overwrite=True)
+    assert read_image_array(out).shape == (1, 8, 8, 3)
+
+
+def test_empty_seed_range_names_the_flag(ckpt):
+    with pytest.raises(ValueError, match=r"--seeds: the range 5-2 is empty"):
+        sampling.sample(str(ckpt), seeds="5-2")
+
+
+@pytest.mark.parametrize("batch", [0, -1, 2.5])
+def test_bad_batch(ckpt, batch):
+    with pytest.raises(ValueError, match="--batch must be an integer >= 1"):
+        sampling.sample(str(ckpt), batch=batch)
+
+
+def test_bad_out_suffix(ckpt, tmp_path):
+    with pytest.raises(ValueError, match=r"\*\.png"):
+        sampling.sample(str(ckpt), out=str(tmp_path / "x.jpg"))
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(checkpoint.CheckpointError, match="not a PyTorch file"):
+        sampling.sample(str(text), device="cpu")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": [1, 2]}, foreign)
+    with pytest.raises(SystemExit, match="error: .*not a ddgan checkpoint"):
+        sampling.main([str(foreign), "--device=cpu"])
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        sampling.sample(str(tmp_path / "missing.pt"))

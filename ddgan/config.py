@@ -94,6 +94,7 @@ class Config:
     log_every: int = 50  # iterations between console/TensorBoard scalars
     snapshot_kimg: float = 500.0  # checkpoint every N kimg
     sample_kimg: float = 500.0  # sample grid every N kimg
+    grid_images: int = 64  # images in each sample grid (fixed seeds 0..N-1)
     keep_checkpoints: int = 3
     fid_every: float = 0.0  # kimg between FID evaluations; 0 = off
     fid_samples: int = 10_000
@@ -136,13 +137,13 @@ PRESETS: dict[str, dict] = {
     "celeba256": dict(
         data="celeba256", image_size=256, num_channels_dae=64, ch_mult=(1, 1, 2, 2, 4, 4), num_timesteps=2,
         batch_size=32, kimg=24_000.0, ema_decay=0.999, r1_gamma=2.0, lr_d=1e-4, lr_g=2e-4, lazy_reg=10,
-        n_mlp=3, snapshot_kimg=250.0, sample_kimg=250.0,
+        n_mlp=3, snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
     ),
     # LSUN Church 256: 8 GPUs x 8 images, 500 epochs of 120k images.
     "lsun256": dict(
         data="lsun256", image_size=256, num_channels_dae=64, ch_mult=(1, 1, 2, 2, 4, 4), num_timesteps=4,
         batch_size=64, kimg=60_000.0, ema_decay=0.999, r1_gamma=1.0, lr_d=1e-4, lr_g=1.6e-4, lazy_reg=10,
-        n_mlp=3, snapshot_kimg=250.0, sample_kimg=250.0,
+        n_mlp=3, snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
     ),
     # Built-in shapes at 16 px: a few minutes on 2 CPU cores give recognisable samples.
     "demo": dict(
@@ -226,6 +227,7 @@ def validate(c: Config) -> None:
          f"--embedding_type must be positional or fourier, got {c.embedding_type!r}")
     for name in ("snapshot_kimg", "sample_kimg", "fid_every"):
         need(getattr(c, name) >= 0, f"--{name} must be >= 0")
+    need(c.grid_images >= 1, f"--grid_images must be >= 1, got {c.grid_images}")
     need(c.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
     from ddgan.diffusion import check_schedule  # one source of truth for schedule limits
 

@@ -228,8 +228,9 @@ def _next_mark(images_seen: int, every_kimg: float) -> float:
     return (math.floor(images_seen / every) + 1) * every
 
 
-def write_sample_grid(trainer: Trainer, path: Path, monitor=None, n: int = 64) -> Path:
+def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
     """Sample a grid from the EMA generator with fixed seeds 0..n-1 (the same images every time)."""
+    n = trainer.config.grid_images
     from eval.sample import generate, grid_image, save_grid
 
     images = next(iter(generate(trainer.G_ema, trainer.config, list(range(n)), batch=n, device=trainer.device,

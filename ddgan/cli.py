@@ -33,9 +33,25 @@ def train(preset: str = "cifar10", **flags):
     """Train a DDGAN: `--preset` (cifar10, celeba256, lsun256, stackmnist, demo) sets every default; any
     field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`). Run under
     torchrun for several GPUs or nodes. Returns the run folder."""
+    if flags.pop("help", False):
+        print(train.__doc__)
+        return None
     from ddgan.training import train_from_flags
 
     return str(train_from_flags(preset, **flags))
+
+
+def _flags_help() -> str:
+    """Every training flag with its cifar10 default, for `ddgan train --help`."""
+    from dataclasses import fields
+
+    from ddgan.config import Config
+
+    return "\n\nFlags (cifar10 defaults; `ddgan presets` shows what each preset changes):\n" + "\n".join(
+        f"    --{f.name}={f.default!r}" for f in fields(Config) if f.name != "preset")
+
+
+train.__doc__ += _flags_help()
 
 
 @friendly_errors

@@ -162,7 +162,8 @@ def check_known(values: dict, source: str) -> None:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean --{close[0]}?" if close else "; `ddgan train --help` lists the flags"
-            raise ValueError(f"unknown {source} setting --{key}{hint}")
+            what = "flag" if source == "flag" else f"{source} setting"
+            raise ValueError(f"unknown {what} --{key}{hint}")
 
 
 def make_config(preset: str = "cifar10", **overrides) -> Config:

@@ -27,6 +27,7 @@ import torch
 from ddgan.config import Config, make_config
 from ddgan.diffusion import Diffusion
 from ddgan.models import build_generator
+from eval.sample import capture_cuda_graph
 
 WHAT = ("sample", "train", "ops")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -83,20 +84,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def capture_cuda_graph(run: Callable[[], object]) -> Callable[[], None]:
-    """Record `run` (static inputs and outputs) as a CUDA graph; returns its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up allocations and autotuning outside the graph
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    return graph.replay
-
-
 def bench_config(preset: str, width: int | None, **overrides) -> Config:
     """The preset's config, optionally with a narrower generator (num_channels_dae = width)."""
     if width is not None:
@@ -126,7 +113,7 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
         with precision:
             return diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises)
 
-    times = time_calls(capture_cuda_graph(run) if cuda_graph else run, device, repeats, warmup)
+    times = time_calls(capture_cuda_graph(run).replay if cuda_graph else run, device, repeats, warmup)
     return {"images_per_s": batch * len(times) / sum(times), "ms_median": 1000 * statistics.median(times),
             "ms_mean": 1000 * statistics.fmean(times), "T": T, "peak_mem_mb": peak_memory_mb(device)}
 
@@ -165,7 +152,8 @@ def check_count(name: str, value, minimum: int) -> None:
 
 def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int | None = None, amp: str | None = None,
           channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False, repeats: int = 10,
-          warmup: int = 3, width: int | None = None, json_out: str | None = None) -> list[dict]:
+          warmup: int = 3, width: int | None = None, json_out: str | None = None,
+          baseline: str | None = None) -> list[dict]:
     """Measure sampling (`--what=sample`), training iterations (`train`) or the custom ops (`ops`).
 
     preset: the architecture and T to measure, with random weights (no checkpoint needed).
@@ -175,6 +163,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     compile: torch.compile the generator. cuda_graph: replay sampling as one CUDA graph (CUDA only).
     width: shrink the generator to num_channels_dae=width (for quick runs on a CPU).
     json_out: append the JSON lines to this file.
+    baseline: 'original' resamples the way the original implementation's CPU path does (one
+        single-channel conv over N*C images), for comparing against it at equal numerics.
     Returns the measurements as dicts (also printed as a table and as JSON lines).
     """
     if what not in WHAT:
@@ -184,6 +174,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     if batch is not None:
         check_count("batch", batch, 1)
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if baseline not in (None, "original"):
+        raise ValueError(f"--baseline must be 'original' or left out, got {baseline!r}")
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
@@ -191,8 +183,25 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,
               "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,
-              "warmup": warmup}
+              "warmup": warmup, "baseline": baseline}
 
+    from eval.baseline import original_resampling
+
+    with original_resampling() if baseline == "original" else nullcontext():
+        records = _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats,
+                           warmup, width, common)
+    print(format_table(records))
+    lines = [json.dumps(record) for record in records]
+    print("\n".join(lines))
+    if json_out:
+        with open(Path(json_out).expanduser(), "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+    return records
+
+
+def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup, width,
+             common) -> list[dict]:
+    """The records of one `bench` call."""
     if what == "ops":
         records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
     elif what == "sample":
@@ -206,13 +215,6 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
         batch = batch or config.batch_size
         result = bench_train(config, device, batch, repeats, warmup)
         records = [{"what": "train", **common, "batch": batch, **result}]
-
-    print(format_table(records))
-    lines = [json.dumps(record) for record in records]
-    print("\n".join(lines))
-    if json_out:
-        with open(Path(json_out).expanduser(), "a") as f:
-            f.write("".join(line + "\n" for line in lines))
     return records
 
 

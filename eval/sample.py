@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python eval/sample.py`: make the repo root importable
@@ -149,12 +150,58 @@ def autocast(device: torch.device, amp: str | None):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
+def capture_cuda_graph(run) -> torch.cuda.CUDAGraph:
+    """Record `run` (which reads and writes static tensors only) as a CUDA graph, after a warm-up."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # allocations and autotuning happen outside the graph
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph
+
+
+class GraphedSampler:
+    """The whole T-step sampling loop replayed as one CUDA graph for a fixed batch size.
+
+    New noise is copied into the graph's static inputs; a smaller last batch is padded with zeros
+    (images do not interact in G, so padding rows change nothing) and cut back after the replay.
+    """
+
+    def __init__(self, G, diffusion: Diffusion, nz: int, x_T, latents, noises, amp_dtype):
+        self.inputs = [x_T.clone(), latents.clone(), noises.clone()]
+        # Autocast's weight cache cannot live across the capture boundary.
+        precision = torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False) if amp_dtype else nullcontext()
+
+        def run():
+            with torch.no_grad(), precision:
+                x_T, latents, noises = self.inputs
+                self.output = diffusion.sample(G, x_T, nz, latents=latents, noises=noises)
+
+        self.graph = capture_cuda_graph(run)
+
+    def __call__(self, x_T, latents, noises) -> torch.Tensor:
+        n = x_T.shape[0]
+        for static, new, batch_dim in zip(self.inputs, (x_T, latents, noises), (0, 1, 1), strict=True):
+            static.narrow(batch_dim, 0, n).copy_(new)
+            static.narrow(batch_dim, n, static.shape[batch_dim] - n).zero_()
+        self.graph.replay()
+        return self.output[:n].clone()
+
+
 def generate(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int = 64, device=None,
-             amp: str | None = None, channels_last: bool = False, progress: bool = True) -> Iterator[np.ndarray]:
+             amp: str | None = None, channels_last: bool = False, progress: bool = True,
+             cuda_graph: bool = False) -> Iterator[np.ndarray]:
     """Sample the images of `seeds` in batches; yields uint8 (B, H, W, C) numpy arrays in seed order."""
     check_batch(batch)
     check_amp(amp)
     device = torch.device(device) if device is not None else next(G.parameters()).device
+    if cuda_graph and device.type != "cuda":
+        raise ValueError("--cuda_graph needs a CUDA device")
+    graphed = None
     diffusion = Diffusion(config.num_timesteps, config.beta_min, config.beta_max, config.schedule).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     starts = range(0, len(seeds), batch)
@@ -164,8 +211,13 @@ def generate(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: in
             rows = rows.pin_memory()
         x_T, latents, noises = split_noise(rows.to(device, non_blocking=True), config)
         x_T = x_T.contiguous(memory_format=memory_format)
-        with torch.no_grad(), autocast(device, amp):
-            x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises)
+        if cuda_graph:
+            # Recorded at the first batch's size; only the last batch can be smaller, and it is padded.
+            graphed = graphed or GraphedSampler(G, diffusion, config.nz, x_T, latents, noises, AMP_DTYPES.get(amp))
+            x = graphed(x_T, latents, noises)
+        else:
+            with torch.no_grad(), autocast(device, amp):
+                x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises)
         yield to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -246,7 +298,8 @@ def check_output(out: Path, kind: str, overwrite: bool) -> None:
 
 def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int = 64, seeds=None, device=None,
            ema: bool = True, overwrite: bool = False, preset: str | None = None, reference_config: str | None = None,
-           amp: str | None = None, channels_last: bool | None = None, compile: bool = False) -> str:
+           amp: str | None = None, channels_last: bool | None = None, compile: bool = False,
+           cuda_graph: bool = False) -> str:
     """Sample images from a checkpoint (file or run folder) and write them; returns the output path.
 
     ckpt: a ddgan checkpoint, a run folder (its newest checkpoint), or an original netG_*.pth /
@@ -259,6 +312,7 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     amp: bf16 or fp16 for faster sampling on CUDA; default full float32.
     channels_last: NHWC memory layout; default on for CUDA.
     compile: torch.compile the generator (pays off for many batches).
+    cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch (CUDA only).
     """
     check_batch(batch)
     check_amp(amp)
@@ -278,7 +332,8 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
         G = G.to(memory_format=torch.channels_last)
     if compile:
         G = torch.compile(G)
-    batches = generate(G, config, seeds, batch, device, amp=amp, channels_last=channels_last)
+    batches = generate(G, config, seeds, batch, device, amp=amp, channels_last=channels_last,
+                       cuda_graph=cuda_graph)
 
     if kind == "folder":
         out_path.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,29 @@ def test_command_prints_only_its_own_lines(capsys):
     benchmark.main(["--preset=demo", "--device=cpu", "--batch=1", "--width=8", "--repeats=1", "--warmup=0"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and json.loads(lines[-1])["batch"] == 1  # header, row, one JSON line
+
+
+def test_original_baseline_has_equal_numerics():
+    import torch
+
+    from eval.baseline import original_resampling, single_channel_upfirdn2d
+    from ops import upfirdn2d as ours
+
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    f = ours.setup_filter([1, 3, 3, 1]).double()
+    for kwargs in (dict(up=2, padding=(2, 1, 2, 1)), dict(down=2, padding=1), dict(up=1, padding=(-1, 2, 0, 1))):
+        want = ours.upfirdn2d(x, f, impl="ref", **kwargs)
+        with original_resampling():
+            got = ours.upfirdn2d(x, f, impl="ref", **kwargs)
+        torch.testing.assert_close(got, want)
+    with original_resampling():
+        assert ours._upfirdn2d_ref is single_channel_upfirdn2d
+    assert ours._upfirdn2d_ref is not single_channel_upfirdn2d
+
+
+def test_bench_with_original_baseline_runs():
+    from eval.benchmark import bench
+
+    (record,) = bench(preset="demo", what="train", device="cpu", batch=2, repeats=1, warmup=0, width=8,
+                      baseline="original")
+    assert record["baseline"] == "original" and record["iters_per_s"] > 0

@@ -197,3 +197,30 @@ def test_not_a_checkpoint(tmp_path, capsys):
         sampling.main([str(foreign), "--device=cpu"])
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         sampling.sample(str(tmp_path / "missing.pt"))
+
+
+def test_bf16_sampling_stays_close_to_fp32(ckpt):
+    # The fast path's tolerance: bf16 autocast changes uint8 pixels by a few levels at most on average.
+    G, config = load_generator(ckpt)
+    fp32 = np.concatenate(list(sampling.generate(G, config, range(8), batch=8, device="cpu", progress=False)))
+    bf16 = np.concatenate(list(sampling.generate(G, config, range(8), batch=8, device="cpu", amp="bf16",
+                                                 progress=False)))
+    difference = np.abs(fp32.astype(np.int32) - bf16.astype(np.int32))
+    assert difference.mean() < 4 and np.percentile(difference, 99) < 24
+
+
+def test_cuda_graph_needs_cuda(ckpt):
+    G, config = load_generator(ckpt)
+    with pytest.raises(ValueError, match="--cuda_graph needs a CUDA device"):
+        next(sampling.generate(G, config, range(2), batch=2, device="cpu", cuda_graph=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_cuda_graph_replay_equals_eager(ckpt, amp):
+    G, config = load_generator(ckpt, device="cuda")
+    seeds = list(range(10))  # batch 4: the last batch of 2 is padded inside the graph
+    eager = np.concatenate(list(sampling.generate(G, config, seeds, batch=4, device="cuda", amp=amp, progress=False)))
+    graph = np.concatenate(list(sampling.generate(G, config, seeds, batch=4, device="cuda", amp=amp, progress=False,
+                                                  cuda_graph=True)))
+    assert np.abs(eager.astype(np.int32) - graph.astype(np.int32)).max() <= 1

@@ -255,11 +255,12 @@ def _fold_separable(f: torch.Tensor) -> torch.Tensor:
 
 def _depthwise_taps(f: torch.Tensor, channels: int, gain: float) -> list[torch.Tensor]:
     """Grouped-conv weights, one per pass: [C,1,fh,fw] for 2-D f, or a row then a column if separable."""
+    # Contiguous copies: oneDNN rejects stride-0 (expanded) weights and falls back to a conv ~4x slower.
     if f.ndim == 2:
-        return [(f * gain)[None, None].expand(channels, 1, *f.shape)]
+        return [(f * gain)[None, None].expand(channels, 1, *f.shape).contiguous()]
     # The gain rides on the first pass only, so it is applied once in total.
-    row = (f * gain)[None, None, None, :].expand(channels, 1, 1, f.numel())
-    column = f[None, None, :, None].expand(channels, 1, f.numel(), 1)
+    row = (f * gain)[None, None, None, :].expand(channels, 1, 1, f.numel()).contiguous()
+    column = f[None, None, :, None].expand(channels, 1, f.numel(), 1).contiguous()
     return [row, column]
 
 

@@ -142,3 +142,23 @@ def test_torchrun_training_run_writes_one_checkpoint(tmp_path):
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     state = checkpoint.load(run_dir)
     assert state["images_seen"] == 12 and state["step"] == 3  # 3 steps of 2 images on each of 2 ranks
+
+
+def test_fid_during_training_is_logged_and_keeps_the_best(tmp_path, monkeypatch):
+    import eval.fid
+
+    scores = iter([5.0, 3.0, 4.0])
+    calls = []
+
+    def fake_fid(G, config, stats, n, batch, device):
+        calls.append((stats, n))
+        assert not G.training
+        return next(scores)
+
+    monkeypatch.setattr(eval.fid, "fid_of_generator", fake_fid)
+    run_dir = train(tiny("demo", tmp_path, kimg=0.012, fid_every=0.004, fid_samples=10, fid_stats="stats.npz"))
+    assert calls == [("stats.npz", 10)] * 3
+    best = checkpoint.load(run_dir / "best.pt")
+    assert best["best_fid"] == 3.0 and best["step"] == 2
+    assert checkpoint.load(run_dir)["best_fid"] == 3.0
+    assert '"fid": 4.0' in (run_dir / "log.jsonl").read_text()

@@ -47,5 +47,5 @@ def test_unknown_preset():
 
 
 def test_architecture_changes_lists_fields():
-    a, b = make_config("demo"), make_config("demo", ngf=16, lr_g=1e-3)
-    assert architecture_changes(a, b) == ["ngf: 32 -> 16"]
+    a, b = make_config("demo"), make_config("demo", ngf=8, lr_g=1e-3)
+    assert architecture_changes(a, b) == ["ngf: 16 -> 8"]

@@ -20,6 +20,7 @@ import networks
 from ddgan import __version__, checkpoint, distributed
 from ddgan.config import Config, architecture_changes, check_known, make_config, validate
 from ddgan.data import describe_dataset, make_loader, open_dataset
+from ddgan.monitor import Monitor
 from ddgan.trainer import NonFiniteError, Trainer
 
 
@@ -132,10 +133,8 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
 
-    monitor_kimg = trainer.images_seen / 1000
-    from ddgan.monitor import Monitor
-
-    monitor = Monitor(run_dir if context.is_main else None, config.kimg, monitor_kimg, enabled=context.is_main)
+    monitor = Monitor(run_dir if context.is_main else None, config.kimg, trainer.images_seen / 1000,
+                      enabled=context.is_main)
     if context.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         monitor.message(f"run folder {run_dir}\ndata: {describe_dataset(dataset)}\n"

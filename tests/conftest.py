@@ -21,3 +21,14 @@ def _few_threads():
     # CI has 2 cores; oversubscription makes tiny ops slower, not faster.
     torch.set_num_threads(min(2, torch.get_num_threads()))
     yield
+
+
+@pytest.fixture
+def seeded_single_thread():
+    """One thread and a fixed seed: tiny tensors gain nothing from threads, and on a loaded machine
+    their spin-waits cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

@@ -27,14 +27,7 @@ FORMULAS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _seeded_single_thread():
-    # Tiny tensors gain nothing from threads, and on a loaded machine their spin-waits cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def test_every_activation_has_a_formula():

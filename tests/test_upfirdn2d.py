@@ -17,14 +17,7 @@ PADDINGS = [(0, 0, 0, 0), (1, 2, 3, 0), (-1, 2, 0, -2), (3, -2, -1, 1)]
 SCALINGS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 1), (1, 4), ((2, 1), (1, 2))]
 
 
-@pytest.fixture(autouse=True)
-def _seeded_single_thread():
-    # Tiny tensors gain nothing from threads, and on a loaded machine their spin-waits cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def _take(z: np.ndarray, axis: int, count: int, step: int, start: int) -> np.ndarray:

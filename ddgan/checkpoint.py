@@ -78,14 +78,20 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return files[-1] if files else None
 
 
+def _newest(files: list[Path | None]) -> Path | None:
+    files = [f for f in files if f is not None]
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name)) if files else None
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint file from a file path or a run folder (its newest checkpoint)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        newest = latest_checkpoint(path)
+        # A run folder, or an --outdir whose run folders hold the checkpoints.
+        newest = latest_checkpoint(path) or _newest([latest_checkpoint(p) for p in path.iterdir() if p.is_dir()])
         if newest is None:
-            raise CheckpointError(f"{path} is a folder with no checkpoint (*.pt) in it; pass a checkpoint file "
-                                  "or a run folder that holds one")
+            raise CheckpointError(f"{path} is a folder with no checkpoint (*.pt) in it or in its run folders; "
+                                  "pass a checkpoint file or a run folder that holds one")
         return newest
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")

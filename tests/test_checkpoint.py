@@ -43,6 +43,14 @@ def test_latest_and_prune(tmp_path):
     assert [p.name for p in deleted] == [checkpoint.checkpoint_name(1000)]
 
 
+def test_an_outdir_means_the_newest_checkpoint_of_its_runs(tmp_path):
+    for i, run in enumerate(("00000-demo-demo", "00001-demo-demo")):
+        (tmp_path / run).mkdir()
+        p = checkpoint.save_atomic(ours(i=i), tmp_path / run / checkpoint.checkpoint_name(1000))
+        os.utime(p, ns=(10**9 * (i + 1), 10**9 * (i + 1)))
+    assert checkpoint.load(tmp_path)["i"] == 1
+
+
 def test_truncated_file_is_a_clear_error(tmp_path):
     good = checkpoint.save_atomic(ours(x=torch.zeros(1000)), tmp_path / "good.pt")
     bad = tmp_path / "bad.pt"

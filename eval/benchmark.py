@@ -223,7 +223,7 @@ def format_table(records: Sequence[dict]) -> str:
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in records)]
     if records and records[0].get("what") == "ops":
         common = {"what", "preset", "device", "device_type", "torch", "dtype", "channels_last", "compile",
-                  "cuda_graph", "width", "repeats", "warmup"}
+                  "cuda_graph", "width", "repeats", "warmup", "baseline"}
         columns = [c for c in records[0] if c not in common]
 
     def cell(value) -> str:

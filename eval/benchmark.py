@@ -26,7 +26,10 @@ import torch
 
 from ddgan.config import Config, make_config
 from ddgan.diffusion import Diffusion
+from ddgan.distributed import Context
 from ddgan.models import build_generator
+from ddgan.trainer import Trainer
+from eval import bench_ops
 from eval.sample import capture_cuda_graph
 
 WHAT = ("sample", "train", "ops")
@@ -120,12 +123,6 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
 
 def bench_train(config: Config, device: torch.device, batch: int, repeats: int, warmup: int) -> dict:
     """Full training iterations (D step with lazy R1, G step, EMA) on a synthetic batch in [-1, 1]."""
-    try:
-        from ddgan.distributed import Context
-        from ddgan.trainer import Trainer
-    except ImportError as error:
-        raise NotImplementedError(f"--what=train needs ddgan.trainer.Trainer, which cannot be imported here "
-                                  f"({error})") from None
     trainer = Trainer(config, Context(device=device))
     shape = (batch, config.num_channels, config.image_size, config.image_size)
     x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
@@ -138,10 +135,6 @@ def bench_train(config: Config, device: torch.device, batch: int, repeats: int, 
 
 def bench_ops_rows(device: torch.device, repeats: int, warmup: int) -> list[dict]:
     """The custom ops' measurements from eval.bench_ops."""
-    try:
-        from eval import bench_ops
-    except ImportError as error:
-        raise NotImplementedError(f"--what=ops needs eval.bench_ops, which cannot be imported here ({error})") from None
     return bench_ops.bench_ops(device=device, repeats=repeats, warmup=warmup)
 
 
@@ -249,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         fire.Fire(bench_command, command=list(argv) if argv is not None else None, name="bench")
-    except (ValueError, NotImplementedError) as error:
+    except ValueError as error:
         sys.exit(f"error: {error}")
 
 

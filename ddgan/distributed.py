@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -51,7 +52,12 @@ def setup(device: str | None = None) -> Context:
 
 
 def teardown() -> None:
+    """Leave the process group once every rank is done with it (drop DDP-wrapped models first)."""
     if dist.is_available() and dist.is_initialized():
+        # A DDP reducer that outlives the group is destroyed during interpreter shutdown, where
+        # gloo's worker threads abort the process ("terminate called without an active exception").
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -112,6 +112,7 @@ for net in (trainer.G, trainer.D, trainer.G_ema):
     dist.all_gather(others, mine)
     assert all(torch.equal(mine, o) for o in others), "parameters diverged across ranks"
 print("rank", context.rank, "identical after", trainer.step, "steps")
+del trainer
 distributed.teardown()
 """
 

@@ -149,8 +149,10 @@ PRESETS: dict[str, dict] = {
     "demo": dict(
         data="demo", image_size=16, num_channels_dae=32, ch_mult=(1, 2, 2), num_res_blocks=1,
         attn_resolutions=(), num_timesteps=2, nz=32, z_emb_dim=64, t_emb_dim=64, n_mlp=2, ngf=16,
-        batch_size=16, kimg=40.0, lr_g=2e-4, lr_d=1.5e-4, ema_decay=0.99, r1_gamma=0.02, lazy_reg=15,
+        batch_size=16, kimg=40.0, lr_g=4e-4, lr_d=3e-4, ema_decay=0.99, r1_gamma=0.02, lazy_reg=15,
         workers=0, log_every=20, snapshot_kimg=10.0, sample_kimg=5.0, fid_stats="",
+        # NHWC made this 16 px training step ~30% faster on a 2-core CPU (126 vs 169 ms at batch 16).
+        channels_last=True,
     ),
 }
 

@@ -111,7 +111,9 @@ for net in (trainer.G, trainer.D, trainer.G_ema):
     others = [torch.zeros_like(mine) for _ in range(context.world_size)]
     dist.all_gather(others, mine)
     assert all(torch.equal(mine, o) for o in others), "parameters diverged across ranks"
-print("rank", context.rank, "identical after", trainer.step, "steps")
+# A file per rank: both ranks share stdout, where their lines can interleave mid-line.
+with open(f"{sys.argv[2]}/rank{context.rank}.txt", "w") as f:
+    f.write(f"identical after {trainer.step} steps")
 del trainer
 distributed.teardown()
 """
@@ -120,15 +122,15 @@ distributed.teardown()
 def test_two_process_gloo_keeps_ranks_identical(tmp_path):
     overrides = {k: v for k, v in TINY.items()} | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "-c", DDP_CHECK, repr(overrides)]
     # torchrun runs a script file, so write the check to one.
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_CHECK)
-    cmd = cmd[:4] + [str(script), repr(overrides)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(script), repr(overrides), str(tmp_path)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("identical after 3 steps") == 2
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "identical after 3 steps"
 
 
 def test_torchrun_training_run_writes_one_checkpoint(tmp_path):

@@ -51,13 +51,18 @@ def setup(device: str | None = None) -> Context:
     return Context(rank, world_size, local_rank, chosen)
 
 
-def teardown() -> None:
-    """Leave the process group once every rank is done with it (drop DDP-wrapped models first)."""
+def teardown(wait_for_peers: bool = True) -> None:
+    """Leave the process group, by default once every rank is done with it (drop DDP-wrapped models first).
+
+    A rank leaving on an error passes wait_for_peers=False: its peers may never reach the barrier, and
+    its exit is what lets torchrun stop them.
+    """
     if dist.is_available() and dist.is_initialized():
         # A DDP reducer that outlives the group is destroyed during interpreter shutdown, where
         # gloo's worker threads abort the process ("terminate called without an active exception").
         gc.collect()
-        dist.barrier()
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

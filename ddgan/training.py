@@ -102,9 +102,12 @@ def train(config: Config, max_steps: int | None = None, device: str | None = Non
     """Train until config.kimg thousand images have been seen (or `max_steps` iterations); returns the run folder."""
     context = distributed.setup(device)
     try:
-        return _train(config, context, max_steps)
-    finally:
-        distributed.teardown()
+        run_dir = _train(config, context, max_steps)
+    except BaseException:
+        distributed.teardown(wait_for_peers=False)
+        raise
+    distributed.teardown()
+    return run_dir
 
 
 def _train(config: Config, context: distributed.Context, max_steps: int | None) -> Path | None:

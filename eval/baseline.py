@@ -1,10 +1,15 @@
-"""The original implementation's CPU resampling, kept only as a benchmark baseline.
+"""The original implementation's CPU path, kept only as a benchmark baseline.
 
-The original's `upfirdn2d_native` runs the FIR filter as one single-channel convolution over an
-(N*C, 1, H, W) view of the activations, after materialising the inserted zeros. Its numbers equal ours;
-its cost does not (its backward is far slower on the CPU). `original_resampling()` swaps it in for
-`ops.upfirdn2d`'s reference path, so `ddgan bench --baseline=original` times the same networks the way
-the original code runs them.
+Two parts of the original's cost are reproduced at equal numerics:
+- resampling: its `upfirdn2d_native` runs the FIR filter as one single-channel convolution over an
+  (N*C, 1, H, W) view of the activations, after materialising the inserted zeros; its numbers equal
+  ours, its backward is far slower on the CPU. `original_resampling()` swaps it in for `ops.upfirdn2d`'s
+  reference path.
+- the iteration: its `train_ddgan.py` builds G's graph in the D step (D's fake loss backpropagates into
+  G, whose gradients are then zeroed), runs the real loss and the R1 penalty as two backward passes,
+  always asks for the gradient of the real x_t, and steps Adam and the EMA parameter by parameter (on
+  the CPU torch's Adam does not default to its foreach kernels). `original_train_step()` does that
+  work on a `Trainer`'s state and ends in the same state as `Trainer.train_step`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import ops.upfirdn2d as upfirdn2d_module
+from ddgan import losses
 
 
 def single_channel_upfirdn2d(x, f, up, down, padding, flip_filter, gain) -> torch.Tensor:
@@ -42,3 +48,63 @@ def original_resampling():
         yield
     finally:
         upfirdn2d_module._upfirdn2d_ref = saved
+
+
+@contextmanager
+def per_parameter_adam(*optimizers: torch.optim.Optimizer):
+    """Within the block the optimizers step one parameter at a time, as torch's Adam does by default on the CPU."""
+    saved = [[(group.get("foreach"), group.get("fused")) for group in opt.param_groups] for opt in optimizers]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["foreach"], group["fused"] = False, False
+    try:
+        yield
+    finally:
+        for opt, flags in zip(optimizers, saved, strict=True):
+            for group, (foreach, fused) in zip(opt.param_groups, flags, strict=True):
+                group["foreach"], group["fused"] = foreach, fused
+
+
+def original_train_step(trainer, x0: torch.Tensor) -> dict:
+    """One iteration doing the original's work (fp32, one process); same draws and result as `trainer.train_step`."""
+    if trainer.amp_dtype is not None or trainer.context.distributed:
+        raise ValueError("the original-iteration baseline is the fp32 single-process path: use --amp=none, one process")
+    c, G, D = trainer.config, trainer.G, trainer.D
+    x0 = x0.to(trainer.device).float()
+    if trainer.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    x0 = trainer.flip(x0)
+    trainer.set_learning_rates()
+
+    with per_parameter_adam(trainer.opt_D, trainer.opt_G):
+        D.requires_grad_(True)
+        trainer.opt_D.zero_grad(set_to_none=True)
+        t, x_t, x_next = trainer._random_pairs(x0)
+        x_t.requires_grad_(True)
+        real_logits = D(x_t, t, x_next).view(-1)
+        loss_real = losses.d_loss_real(real_logits)
+        loss_real.backward(retain_graph=True)
+        if c.r1_gamma > 0 and (c.lazy_reg is None or trainer.step % c.lazy_reg == 0):
+            losses.r1_penalty(real_logits, x_t, c.r1_gamma).backward()
+        x_fake = trainer._fake_sample(G, x_next, t)  # with G's graph, as the original builds it
+        loss_fake = losses.d_loss_fake(D(x_fake, t, x_next).view(-1))
+        loss_fake.backward()
+        trainer.opt_D.step()
+
+        D.requires_grad_(False)
+        trainer.opt_G.zero_grad(set_to_none=True)
+        t, _, x_next = trainer._random_pairs(x0)
+        x_fake = trainer._fake_sample(G, x_next, t)
+        loss_G = losses.g_loss(D(x_fake, t, x_next).view(-1))
+        loss_G.backward()
+        trainer.opt_G.step()
+
+    decay = c.ema_decay if c.use_ema else 0.0
+    with torch.no_grad():
+        for ema, param in zip(trainer.G_ema.parameters(), G.parameters(), strict=True):
+            ema.mul_(decay).add_(param, alpha=1.0 - decay)
+        for ema_buffer, buffer in zip(trainer.G_ema.buffers(), G.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+    trainer.step += 1
+    trainer.images_seen += x0.shape[0]
+    return {"loss/D": (loss_real + loss_fake).detach(), "loss/G": loss_G.detach()}

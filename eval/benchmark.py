@@ -30,11 +30,13 @@ from ddgan.distributed import Context
 from ddgan.models import build_generator
 from ddgan.trainer import Trainer
 from eval import bench_ops
+from eval.baseline import original_resampling, original_train_step
 from eval.sample import capture_cuda_graph
 
 WHAT = ("sample", "train", "ops")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 DEFAULT_SAMPLE_BATCH = 100
+BASELINES = (None, "original", "original_resampling")
 TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "ms_median", "images_per_s", "iters_per_s", "peak_mem_mb")
 
 
@@ -121,12 +123,14 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
             "ms_mean": 1000 * statistics.fmean(times), "T": T, "peak_mem_mb": peak_memory_mb(device)}
 
 
-def bench_train(config: Config, device: torch.device, batch: int, repeats: int, warmup: int) -> dict:
+def bench_train(config: Config, device: torch.device, batch: int, repeats: int, warmup: int,
+                original_iteration: bool = False) -> dict:
     """Full training iterations (D step with lazy R1, G step, EMA) on a synthetic batch in [-1, 1]."""
     trainer = Trainer(config, Context(device=device))
     shape = (batch, config.num_channels, config.image_size, config.image_size)
     x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
-    times = time_calls(lambda: trainer.train_step(x0), device, repeats, warmup)
+    step = functools.partial(original_train_step, trainer) if original_iteration else trainer.train_step
+    times = time_calls(lambda: step(x0), device, repeats, warmup)
     # The mean includes the R1 penalty every lazy_reg steps; the median mostly misses it.
     return {"images_per_s": batch * len(times) / sum(times), "iters_per_s": len(times) / sum(times),
             "ms_median": 1000 * statistics.median(times), "ms_mean": 1000 * statistics.fmean(times),
@@ -156,8 +160,10 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     compile: torch.compile the generator. cuda_graph: replay sampling as one CUDA graph (CUDA only).
     width: shrink the generator to num_channels_dae=width (for quick runs on a CPU).
     json_out: append the JSON lines to this file.
-    baseline: 'original' resamples the way the original implementation's CPU path does (one
-        single-channel conv over N*C images), for comparing against it at equal numerics.
+    baseline: the original implementation's CPU path at equal numerics (CPU only): 'original' is its
+        resampling (one single-channel conv over N*C images) and, for --what=train, its iteration
+        (G's graph built in the D step, two backward passes for real loss and R1, per-parameter Adam
+        and EMA); 'original_resampling' swaps in only the resampling.
     Returns the measurements as dicts (also printed as a table and as JSON lines).
     """
     if what not in WHAT:
@@ -167,8 +173,10 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     if batch is not None:
         check_count("batch", batch, 1)
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    if baseline not in (None, "original"):
-        raise ValueError(f"--baseline must be 'original' or left out, got {baseline!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"--baseline must be one of {', '.join(BASELINES[1:])} or left out, got {baseline!r}")
+    if baseline and device.type != "cpu":
+        raise ValueError("--baseline is the original's CPU path: use it with --device=cpu")
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
@@ -178,11 +186,9 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
               "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,
               "warmup": warmup, "baseline": baseline}
 
-    from eval.baseline import original_resampling
-
-    with original_resampling() if baseline == "original" else nullcontext():
+    with original_resampling() if baseline else nullcontext():
         records = _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats,
-                           warmup, width, common)
+                           warmup, width, common, original_iteration=baseline == "original")
     print(format_table(records))
     lines = [json.dumps(record) for record in records]
     print("\n".join(lines))
@@ -193,7 +199,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
 
 def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup, width,
-             common) -> list[dict]:
+             common, original_iteration=False) -> list[dict]:
     """The records of one `bench` call."""
     if what == "ops":
         records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
@@ -206,7 +212,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         amp_flag = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
         config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))
         batch = batch or config.batch_size
-        result = bench_train(config, device, batch, repeats, warmup)
+        result = bench_train(config, device, batch, repeats, warmup, original_iteration)
         records = [{"what": "train", **common, "batch": batch, **result}]
     return records
 

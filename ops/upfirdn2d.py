@@ -99,6 +99,12 @@ def _check_output_size(x, f, up, down, padding) -> tuple[int, int]:
     return oh, ow
 
 
+def _kernel_can_index(x_shape, out_h: int, out_w: int) -> bool:
+    """Whether every tensor the kernel touches (input, two-pass intermediate, output, gradients) has < 2^31 elements."""
+    n, c, h, w = x_shape
+    return n * c * max(h, out_h) * max(w, out_w) < 2**31
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Filters.
 
@@ -155,8 +161,9 @@ def upfirdn2d(
     up_xy = _parse_scaling(up, "up")
     down_xy = _parse_scaling(down, "down")
     pad = _parse_padding(padding)
-    _check_output_size(x, f, up_xy, down_xy, pad)
-    if custom_ops.use_plugin(x, impl) and (f is None or not f.requires_grad):
+    out_h, out_w = _check_output_size(x, f, up_xy, down_xy, pad)
+    if (custom_ops.use_plugin(x, impl) and (f is None or not f.requires_grad)
+            and _kernel_can_index(x.shape, out_h, out_w)):
         plugin = custom_ops.get_plugin()
         if plugin is not None:
             if f is None:

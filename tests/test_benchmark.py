@@ -90,9 +90,46 @@ def test_original_baseline_has_equal_numerics():
     assert ours._upfirdn2d_ref is not single_channel_upfirdn2d
 
 
-def test_bench_with_original_baseline_runs():
+@pytest.mark.parametrize("baseline", ["original", "original_resampling"])
+def test_bench_with_original_baseline_runs(baseline):
     from eval.benchmark import bench
 
     (record,) = bench(preset="demo", what="train", device="cpu", batch=2, repeats=1, warmup=0, width=8,
-                      baseline="original")
-    assert record["baseline"] == "original" and record["iters_per_s"] > 0
+                      baseline=baseline)
+    assert record["baseline"] == baseline and record["iters_per_s"] > 0
+
+
+def test_original_iteration_ends_in_our_iterations_state():
+    """The baseline does the original's extra work, not other maths: the same state after an R1 and a plain step."""
+    import torch
+
+    from ddgan.config import make_config
+    from ddgan.trainer import Trainer
+    from eval.baseline import original_train_step
+
+    config = make_config("demo", image_size=8, ch_mult=[1, 2], num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8,
+                         n_mlp=1, ngf=4, batch_size=4, lazy_reg=2, r1_gamma=1.0, channels_last=False)
+    x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ours, original = Trainer(config), Trainer(config)
+    for _ in range(2):
+        ours.train_step(x0)
+        original_train_step(original, x0)
+    assert original.step == ours.step == 2 and original.images_seen == ours.images_seen == 8
+    initial = Trainer(config)
+    for name in ("G", "D", "G_ema"):
+        want, got = getattr(ours, name).state_dict(), getattr(original, name).state_dict()
+        start = getattr(initial, name).state_dict()
+        assert any(not torch.equal(want[key], start[key]) for key in want)  # the steps did move the weights
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+    for opt in ("opt_G", "opt_D"):
+        assert [g["fused"] for g in getattr(original, opt).param_groups] == [True]  # restored after each step
+
+
+def test_baseline_is_a_cpu_comparison():
+    from eval.benchmark import bench
+
+    with pytest.raises(ValueError, match="--baseline must be one of original, original_resampling"):
+        bench(preset="demo", what="train", device="cpu", baseline="nvlabs")
+    with pytest.raises(ValueError, match="--device=cpu"):
+        bench(preset="demo", what="train", device="meta", baseline="original")

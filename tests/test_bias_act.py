@@ -127,11 +127,11 @@ def _derivatives(act_id: int, z: torch.Tensor, alpha: float):
     if act_id == 5:
         return s, s * (1 - s), s * (1 - s) * (1 - 2 * s)
     if act_id == 6:
-        return torch.where(pos, z, e - 1), torch.where(pos, one, e), torch.where(pos, zero, e)
+        return torch.where(pos, z, e - 1), torch.where(pos, one, e), torch.where(z < 0, e, zero)
     if act_id == 7:
         neg = SELU_SCALE * SELU_ALPHA * e
         return (torch.where(pos, SELU_SCALE * z, neg - SELU_SCALE * SELU_ALPHA),
-                torch.where(pos, SELU_SCALE * one, neg), torch.where(pos, zero, neg))
+                torch.where(pos, SELU_SCALE * one, neg), torch.where(z < 0, neg, zero))
     if act_id == 8:
         return torch.log1p(e), s, s * (1 - s)
     if act_id == 9:
@@ -149,7 +149,8 @@ class _EmulatedPlugin:
         y = value * gain
         if grad == 0:
             return y.clamp(-clamp, clamp) if clamp >= 0 else y
-        inside = (y >= -clamp) & (y <= clamp) if clamp >= 0 else torch.ones_like(y, dtype=torch.bool)
+        bound = torch.tensor(clamp, dtype=x.dtype)  # compared in the storage type, strictly, as torch.clamp does
+        inside = (y > -bound) & (y < bound) if clamp >= 0 else torch.ones_like(y, dtype=torch.bool)
         return torch.where(inside, dy.detach() * gain * (first if grad == 1 else second), 0.0)
 
 
@@ -168,6 +169,28 @@ def test_cuda_functions_with_emulated_kernel(monkeypatch, act, clamp):
     torch.testing.assert_close(fn(x, b), bias_act(x, b, dim=2, act=act, alpha=0.1, gain=1.3, clamp=clamp))
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+@pytest.mark.parametrize("act,x,clamp", [("elu", 0.0, None), ("selu", 0.0, None), ("tanh", 0.5, 1.3 * math.tanh(0.5)),
+                                          ("linear", -0.7, 0.7 * 1.3), ("lrelu", 0.0, None)])
+def test_emulated_kernel_agrees_with_torch_at_the_edges(monkeypatch, act, x, clamp):
+    """The kernel's rules at kinks and clamp bounds (mirrored by the emulation) are torch's rules."""
+    from ops.bias_act import _bias_act_cuda
+
+    monkeypatch.setattr("ops.custom_ops.get_plugin", lambda: _EmulatedPlugin)
+    results = {}
+    for impl in ("ref", "cuda"):
+        xs = torch.tensor([x], dtype=torch.float64, requires_grad=True)
+        if impl == "cuda":
+            y = _bias_act_cuda(0, act, 0.2, 1.3, clamp if clamp is not None else -1.0).apply(xs, xs.new_empty([0]))
+        else:
+            y = bias_act(xs, dim=0, act=act, alpha=0.2, gain=1.3, clamp=clamp, impl="ref")
+        (first,) = torch.autograd.grad(y.sum(), xs, create_graph=True)
+        # a piecewise-linear first derivative may not depend on x differentiably at all
+        (second,) = torch.autograd.grad(first.sum(), xs, allow_unused=True) if first.requires_grad else (None,)
+        results[impl] = [y, first, second if second is not None else torch.zeros_like(xs)]
+    for got, want in zip(results["cuda"], results["ref"], strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_activation_ids_match_the_kernel():

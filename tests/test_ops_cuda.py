@@ -119,15 +119,36 @@ def test_dispatch_uses_the_kernel():
 # bias_act.
 
 
+def _clear_of_edges(act, shape, dim, b, clamp, dtype, channels_last, alpha=0.15, gain=1.3):
+    """x whose z = x + b keeps off the activations' kinks at 0 and whose y keeps off the clamp bounds.
+
+    There the two paths may rightly disagree: the reference rounds z and y to the storage type, the
+    kernel computes both in float, and one ulp decides which side of a kink or a bound a sample is on.
+    """
+    bias = b.detach().double().reshape([-1 if i == dim else 1 for i in range(len(shape))])
+    z = torch.randn(shape, device="cuda", dtype=torch.float64)
+    for _ in range(100):
+        y = ACTIVATIONS[act].func(z, alpha) * gain
+        near_edge = z.abs() < 0.05
+        if clamp is not None:
+            near_edge |= (y.abs() - clamp).abs() < 0.06
+        if not near_edge.any():
+            break
+        z = torch.where(near_edge, torch.randn_like(z), z)
+    x = (z - bias).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim,clamp", [(1, None), (2, 0.7), (3, None)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bias_act_matches_reference(act, dtype, dim, clamp, channels_last):
-    x = _input([4, 6, 5, 7], dtype, channels_last)
-    with torch.no_grad():  # keep clear of the kinks of relu-like activations and of the clamp edges
-        x += 0.05 * torch.sign(x)
-    b = torch.randn(x.shape[dim], device="cuda", dtype=dtype, requires_grad=True)
+    shape = [4, 6, 5, 7]
+    b = torch.randn(shape[dim], device="cuda", dtype=dtype, requires_grad=True)
+    x = _clear_of_edges(act, shape, dim, b, clamp, dtype, channels_last)
     outputs = {}
     for impl in ("ref", "cuda"):
         fn = functools.partial(bias_act, dim=dim, act=act, alpha=0.15, gain=1.3, clamp=clamp, impl=impl)
@@ -138,6 +159,29 @@ def test_bias_act_matches_reference(act, dtype, dim, clamp, channels_last):
         _close(got, expected, dtype, scale=expected.abs().max().item() + 1)
     if channels_last:
         assert outputs["cuda"][0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("act,x,clamp", [("elu", 0.0, None), ("selu", 0.0, None), ("linear", -0.7, 0.7 * 1.3),
+                                          ("linear", 0.5, 0.5 * 1.3), ("lrelu", 0.0, None), ("relu", 0.0, None)])
+def test_bias_act_edges_follow_torch(dtype, act, x, clamp):
+    """At a kink (z = 0) or on a clamp bound the kernel takes the same side as torch's autograd."""
+    results = {}
+    for impl in ("ref", "cuda"):
+        xs = torch.tensor([x, x], device="cuda", dtype=dtype, requires_grad=True)
+        y = bias_act(xs, dim=0, act=act, alpha=0.2, gain=1.3, clamp=clamp, impl=impl)
+        (first,) = torch.autograd.grad(y.sum(), xs, create_graph=True)
+        # a piecewise-linear first derivative may not depend on x differentiably at all
+        (second,) = torch.autograd.grad(first.sum(), xs, allow_unused=True) if first.requires_grad else (None,)
+        results[impl] = [y, first, second if second is not None else torch.zeros_like(xs)]
+    for got, want in zip(results["cuda"], results["ref"], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_bias_act_clamp_keeps_nan():
+    x = torch.tensor([float("nan"), 5.0, -5.0], device="cuda")
+    y = bias_act(x, dim=0, act="linear", gain=1.0, clamp=2.0)
+    assert torch.isnan(y[0]) and y[1:].tolist() == [2.0, -2.0]
 
 
 def test_bias_act_without_bias_and_2d_input():

@@ -209,6 +209,15 @@ def test_cuda_impl_falls_back_on_cpu():
     torch.testing.assert_close(downsample2d(x, f), downsample2d(x, f, impl="ref"), rtol=0, atol=0)
 
 
+def test_kernel_is_only_given_what_int32_indices_reach():
+    from ops.upfirdn2d import _kernel_can_index
+
+    assert _kernel_can_index((64, 128, 128, 128), 256, 256)  # 2^27 elements in, 2^29 out
+    assert not _kernel_can_index((64, 128, 256, 256), 512, 512)  # the 2^31-element output of upsample2d
+    assert not _kernel_can_index((1, 1, 2**16, 2**15), 2**15, 2**15)  # the input alone is 2^31
+    assert _kernel_can_index((64, 128, 256, 256), 128, 128)  # downsampling a 2^29-element input
+
+
 def test_reference_forced_by_env(monkeypatch):
     monkeypatch.setenv(custom_ops.REFERENCE_ENV, "1")
     assert custom_ops.reference_forced()

@@ -58,16 +58,17 @@ __device__ __forceinline__ Derivatives<T> evaluate(int act, T z, T alpha) {
             const T slope = s * (T(1) - s);
             return {s, slope, slope * (T(1) - T(2) * s)};
         }
+        // At z = 0 torch takes the first derivative from the exponential side, the second from the flat one.
         case kElu: {
             if (z > T(0)) return {z, T(1), T(0)};
             const T e = exp(z);
-            return {e - T(1), e, e};
+            return {e - T(1), e, z < T(0) ? e : T(0)};
         }
         case kSelu: {
             const T scale = T(kSeluScale);
             if (z > T(0)) return {scale * z, scale, T(0)};
             const T e = scale * T(kSeluAlpha) * exp(z);
-            return {e - scale * T(kSeluAlpha), e, e};
+            return {e - scale * T(kSeluAlpha), e, z < T(0) ? e : T(0)};
         }
         case kSoftplus: {
             if (z > T(kSoftplusThreshold)) return {z, T(1), T(0)};
@@ -93,6 +94,12 @@ struct BiasActParams {
     double alpha, gain, clamp;
 };
 
+// v rounded to the storage type and back: the value the reference path would compare.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t round_to_storage(acc_t v) {
+    return static_cast<acc_t>(static_cast<scalar_t>(v));
+}
+
 template <typename scalar_t>
 __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
                                 const scalar_t* __restrict__ b, const scalar_t* __restrict__ dy,
@@ -100,18 +107,22 @@ __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __re
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t alpha = static_cast<acc_t>(p.alpha);
     const acc_t gain = static_cast<acc_t>(p.gain);
-    const acc_t clamp = static_cast<acc_t>(p.clamp);
+    const bool clamped = p.clamp >= 0;
+    // torch.clamp compares in the tensor's dtype and passes no gradient at the bound itself.
+    const acc_t clamp = static_cast<acc_t>(static_cast<scalar_t>(p.clamp));
     const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.total; i += stride) {
         acc_t z = static_cast<acc_t>(x[i]);
         if (p.bias_len > 0) z += static_cast<acc_t>(b[(i / p.bias_step) % p.bias_len]);
         const Derivatives<acc_t> d = evaluate<acc_t>(p.act, z, alpha);
         const acc_t y = d.value * gain;
+        const acc_t y_stored = round_to_storage<scalar_t>(y);
         acc_t result;
         if (p.grad == 0) {
-            result = clamp >= acc_t(0) ? min(max(y, -clamp), clamp) : y;
-        } else if (clamp >= acc_t(0) && !(y >= -clamp && y <= clamp)) {
-            result = acc_t(0);  // clipped samples pass no gradient
+            // NaN stays NaN (fminf/fmaxf would return the bound), as torch.clamp keeps it.
+            result = clamped && !isnan(y) ? min(max(y, -clamp), clamp) : y;
+        } else if (clamped && !(-clamp < y_stored && y_stored < clamp)) {
+            result = acc_t(0);  // clipped samples (and those at the bound) pass no gradient
         } else {
             const acc_t slope = p.grad == 1 ? d.first : d.second;
             result = static_cast<acc_t>(dy[i]) * gain * slope;
@@ -137,6 +148,7 @@ at::Tensor bias_act(const at::Tensor& x, const at::Tensor& b, const at::Tensor& 
     TORCH_CHECK(b.numel() == 0 || (b.dim() == 1 && b.numel() == x.size(dim)),
                 "bias_act: b must be empty or have x.shape[dim] entries");
     TORCH_CHECK(grad == 0 || dy.sizes() == x.sizes(), "bias_act: dy must have the shape of x");
+    TORCH_CHECK(grad == 0 || dy.device() == x.device(), "bias_act: dy must be on x's device");
     const c10::cuda::CUDAGuard device_guard(x.device());
 
     // A dense layout (any dimension order) lets the kernel walk memory linearly.

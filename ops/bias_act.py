@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ops import custom_ops
 
@@ -149,6 +150,7 @@ def _bias_act_cuda(dim: int, act: str, alpha: float, gain: float, clamp: float):
             return dx
 
         @staticmethod
+        @once_differentiable  # the curvature kernel has no derivative of its own: third order raises
         def backward(ctx, d_dx):
             dy, x, b = ctx.saved_tensors
             d_dy = BiasActGradCuda.apply(d_dx, x, b) if ctx.needs_input_grad[0] else None

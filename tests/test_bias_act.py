@@ -193,6 +193,20 @@ def test_emulated_kernel_agrees_with_torch_at_the_edges(monkeypatch, act, x, cla
         torch.testing.assert_close(got, want)
 
 
+def test_kernel_path_refuses_third_order_gradients(monkeypatch):
+    """R1 needs second order; a third would silently miss the curvature kernel's own derivative, so it raises."""
+    from ops.bias_act import _bias_act_cuda
+
+    monkeypatch.setattr("ops.custom_ops.get_plugin", lambda: _EmulatedPlugin)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = _bias_act_cuda(1, "tanh", 0.2, 1.0, -1.0).apply(x, x.new_empty([0]))
+    (first,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.square().sum(), x, create_graph=True)
+    torch.testing.assert_close(second, (2 * (1 - x.tanh() ** 2) * -2 * x.tanh() * (1 - x.tanh() ** 2)).detach())
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        second.sum().backward()
+
+
 def test_activation_ids_match_the_kernel():
     source = (Path(__file__).resolve().parents[1] / "ops" / "csrc" / "bias_act.cu").read_text()
     kernel_ids = {name.lower(): int(i) for name, i in re.findall(r"\bk(\w+) = (\d+),", source)}

@@ -135,7 +135,9 @@ def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:
     if batch % group != 0:
         raise ValueError(f"batch size ({batch}) must be a multiple of the minibatch-stddev group "
                          f"({group}); use a batch size divisible by {group}")
-    # Sample b belongs to group b % (batch // group), as in the original's view/repeat.
-    stddev = torch.sqrt(x.view(group, -1, channels, height, width).var(0, unbiased=False) + 1e-8)
+    # Sample b belongs to group b % (batch // group), as in the original's view/repeat. In float32: in
+    # fp16 both the 1e-8 and a small variance round to 0, and sqrt's gradient at 0 is infinite.
+    grouped = x.float().view(group, -1, channels, height, width)
+    stddev = torch.sqrt(grouped.var(0, unbiased=False) + 1e-8)
     stddev = stddev.mean(dim=(1, 2, 3), keepdim=True).repeat(group, 1, height, width)
-    return torch.cat([x, stddev], dim=1)
+    return torch.cat([x, stddev.to(x.dtype)], dim=1)

@@ -254,6 +254,23 @@ def test_minibatch_stddev_needs_divisible_batch():
         minibatch_stddev(torch.zeros(6, 2, 2, 2), group_size=4)
 
 
+def test_minibatch_stddev_of_identical_fp16_samples_has_finite_gradients():
+    """Zero variance: in fp16 sqrt(0 + 1e-8) would be sqrt(0), whose gradient is infinite."""
+    x = torch.ones(4, 3, 2, 2, dtype=torch.float16, requires_grad=True)
+    out = minibatch_stddev(x, group_size=4)
+    out.square().sum().backward()
+    assert out.dtype == torch.float16 and torch.isfinite(x.grad).all()
+
+
+def test_discriminator_fp16_autocast_gradients_are_finite():
+    disc = networks.build("Discriminator_small", TINY_DISCRIMINATOR)
+    inputs = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=4)
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = disc(inputs["x_prev"], inputs["t"], inputs["x_t"])
+    logits.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in disc.parameters() if p.grad is not None)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Training-time behaviour.
 

@@ -21,7 +21,17 @@ def g_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-logits.float()).mean()
 
 
-def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """gamma/2 * E ||grad_{x_t} D(x_t, t, x_{t+1})||^2 on real pairs, differentiable for D's update."""
-    (grad,) = torch.autograd.grad(logits.float().sum(), x_t, create_graph=True)
-    return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()
+def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float,
+               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """gamma/2 * E ||grad_{x_t} D(x_t, t, x_{t+1})||^2 on real pairs, differentiable for D's update.
+
+    With an enabled (fp16) scaler the inner backward runs on the scaled sum, so that small fp16
+    gradients do not underflow, and the gradient is unscaled before it is squared.
+    """
+    total = logits.float().sum()
+    if scaler is None or not scaler.is_enabled():
+        (grad,) = torch.autograd.grad(total, x_t, create_graph=True)
+        return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()
+    (scaled_grad,) = torch.autograd.grad(scaler.scale(total), x_t, create_graph=True)
+    grad = scaled_grad.float() / scaler.get_scale()  # a host sync, on fp16 R1 steps only
+    return gamma / 2 * grad.square().flatten(1).sum(1).mean()

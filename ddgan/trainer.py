@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ddgan import losses
+from ddgan import distributed, losses
 from ddgan.config import Config
 from ddgan.diffusion import Diffusion
 from ddgan.distributed import Context
@@ -71,7 +71,9 @@ class Trainer:
         self.G_train, self.D_train = self.G, self.D
         if self.context.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.G_train = DistributedDataParallel(self.G, device_ids=ids, broadcast_buffers=False)
+            # Without time conditioning the blocks' time projections get no gradient.
+            self.G_train = DistributedDataParallel(self.G, device_ids=ids, broadcast_buffers=False,
+                                                   find_unused_parameters=not config.conditional)
             self.D_train = DistributedDataParallel(self.D, device_ids=ids, broadcast_buffers=False)
         # D is never compiled: R1 needs its double backward, which compiled graphs do not support.
         self.G_forward = self.G
@@ -141,7 +143,7 @@ class Trainer:
             loss_real = losses.d_loss_real(real_logits)
             loss = loss_real
             if apply_r1:
-                r1 = losses.r1_penalty(real_logits, x_t, c.r1_gamma)
+                r1 = losses.r1_penalty(real_logits, x_t, c.r1_gamma, self.scaler)
                 loss = loss + r1
                 stats["loss/r1"] = r1.detach()
             self.scaler.scale(loss).backward()
@@ -166,7 +168,8 @@ class Trainer:
         loss_G = losses.g_loss(logits)
         self.scaler.scale(loss_G).backward()
         if check_finite:
-            self._check_finite("G loss", loss_G.detach())
+            # D has stepped: close the scaler's iteration, or its next step() refuses to run.
+            self._check_finite("G loss", loss_G.detach(), before_raising=self.scaler.update)
         self.scaler.step(self.opt_G)
         self.scaler.update()
         self.update_ema()
@@ -180,10 +183,15 @@ class Trainer:
         })
         return stats
 
-    def _check_finite(self, quantity: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value).all():
+    def _check_finite(self, quantity: str, value: torch.Tensor, before_raising=None) -> None:
+        """Raise NonFiniteError on every rank when `value` is NaN or infinite on any (so all skip alike)."""
+        finite_here = bool(torch.isfinite(value).all())
+        if distributed.any_true(not finite_here, self.context):
+            if before_raising is not None:
+                before_raising()
+            became = "became non-finite on another rank" if finite_here else f"became {value.item()}"
             raise NonFiniteError(
-                f"{quantity} became {value.item()} at step {self.step} ({self.images_seen / 1000:.1f} kimg); "
+                f"{quantity} {became} at step {self.step} ({self.images_seen / 1000:.1f} kimg); "
                 "lower --lr_g/--lr_d or raise --r1_gamma, or pass --skip_nonfinite=N to tolerate a few")
 
     @torch.no_grad()
@@ -224,18 +232,43 @@ class Trainer:
         self.G_ema.load_state_dict(state["G_ema"])
         for opt, key in ((self.opt_G, "opt_G"), (self.opt_D, "opt_D")):
             opt.load_state_dict(state[key])
-            for group in opt.param_groups:  # a saved group brings its own flags; older runs saved foreach Adam
-                group["foreach"], group["fused"] = None, True
+            match_optimizer_state(opt)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         rng = state.get("rng") or {}
-        if rng.get("iteration") is not None and not self.context.distributed:
-            self.rng.set_state(rng["iteration"])
-        elif self.context.distributed:
-            # Other ranks' streams are not saved; reseed from the step so each rank still differs.
+        saved_stream = rng.get("iteration")
+        # A CPU and a CUDA generator have states of different kinds (and sizes): a run resumed on the
+        # other kind of device, like every rank of a distributed run but rank 0, starts a new stream.
+        if (saved_stream is not None and not self.context.distributed
+                and saved_stream.numel() == self.rng.get_state().numel()):
+            self.rng.set_state(saved_stream)
+        else:
             self.rng.manual_seed(self.config.seed * 1_000_003 + self.context.rank + 7919 * self.step)
         if rng.get("torch") is not None:
             torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            for index, cuda_state in enumerate(rng["cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, index)
+
+
+def match_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Make a loaded Adam state fit its parameters: fused kernels, their layout and device.
+
+    A saved group brings its own flags (older runs saved foreach Adam), and a saved moment keeps the
+    memory layout it was saved with, which the fused kernels would read as the parameter's: a run resumed
+    with another --channels_last would update with scrambled moments. Every tensor is copied, so the
+    in-place updates never reach the state dict it was loaded from.
+    """
+    for group in opt.param_groups:
+        group["foreach"], group["fused"] = None, True
+    for param, param_state in opt.state.items():
+        for name, value in param_state.items():
+            if not torch.is_tensor(value):
+                continue
+            if name == "step":  # fused Adam keeps the step count as a float32 tensor on the parameter's device
+                param_state[name] = value.to(device=param.device, dtype=torch.float32, copy=True)
+            elif value.shape == param.shape:
+                param_state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+            else:
+                param_state[name] = value.clone()

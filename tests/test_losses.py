@@ -53,6 +53,21 @@ def test_r1_matches_finite_differences():
     assert torch.isfinite(dw).all() and dw.abs().sum() > 0
 
 
+def test_r1_with_a_loss_scaler_is_the_unscaled_penalty():
+    """fp16 runs take the inner gradient of the scaled sum; the penalty and its gradient must not change."""
+    critic = TinyCritic()
+    x_t = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    x_next, t = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 1])
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    results = []
+    for used in (None, scaler):
+        penalty = losses.r1_penalty(critic(x_t, t, x_next).view(-1), x_t, 0.7, used)
+        (dw,) = torch.autograd.grad(penalty, critic.w)
+        results.append((penalty, dw))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
 def test_cosine_schedule_endpoints():
     assert cosine_lr(1e-3, 1e-5, 0.0) == pytest.approx(1e-3)
     assert cosine_lr(1e-3, 1e-5, 0.5) == pytest.approx((1e-3 + 1e-5) / 2)

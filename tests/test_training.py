@@ -96,16 +96,24 @@ def free_port() -> int:
 
 DDP_CHECK = """
 import sys, torch, torch.distributed as dist
-from ddgan import distributed
+from ddgan import distributed, losses
 from ddgan.config import make_config
-from ddgan.trainer import Trainer
+from ddgan.trainer import NonFiniteError, Trainer
 torch.set_num_threads(1)
 context = distributed.setup("cpu")
 config = make_config("demo", **eval(sys.argv[1]))
+nan_rank = int(sys.argv[3])  # this rank's G loss is NaN at its second step (-1: none)
 trainer = Trainer(config, context)
+real_g_loss, skipped = losses.g_loss, 0
 for step in range(3):
     torch.manual_seed(100 * step + context.rank)  # every rank sees different data
-    trainer.train_step(torch.rand(2, 3, 8, 8) * 2 - 1)
+    bad = context.rank == nan_rank and step == 1
+    losses.g_loss = (lambda logits: real_g_loss(logits) * float("nan")) if bad else real_g_loss
+    try:
+        trainer.train_step(torch.rand(2, 3, 8, 8) * 2 - 1)
+    except NonFiniteError:
+        skipped += 1
+assert skipped == (nan_rank >= 0), f"rank {context.rank} skipped {skipped} steps"
 for net in (trainer.G, trainer.D, trainer.G_ema):
     mine = torch.cat([p.detach().flatten() for p in net.parameters()])
     others = [torch.zeros_like(mine) for _ in range(context.world_size)]
@@ -119,18 +127,22 @@ distributed.teardown()
 """
 
 
-def test_two_process_gloo_keeps_ranks_identical(tmp_path):
-    overrides = {k: v for k, v in TINY.items()} | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2)
+@pytest.mark.parametrize("variant, nan_rank", [({}, -1), (dict(conditional=False), 1)],
+                         ids=["conditional", "unconditional_with_a_nan_on_rank_1"])
+def test_two_process_gloo_keeps_ranks_identical(tmp_path, variant, nan_rank):
+    """Ranks stay in step: also with G's unused time projections, and when one rank's loss is NaN."""
+    overrides = TINY | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2) | variant
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     # torchrun runs a script file, so write the check to one.
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_CHECK)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), repr(overrides), str(tmp_path)]
+           str(script), repr(overrides), str(tmp_path), str(nan_rank)]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    steps = 3 if nan_rank < 0 else 2  # a skipped step does not count
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}.txt").read_text() == "identical after 3 steps"
+        assert (tmp_path / f"rank{rank}.txt").read_text() == f"identical after {steps} steps"
 
 
 def test_torchrun_training_run_writes_one_checkpoint(tmp_path):

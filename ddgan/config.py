@@ -82,10 +82,10 @@ class Config:
     lazy_reg: int | None = 15  # R1 every lazy_reg D steps; None = every step
     seed: int = 0
 
-    # Speed switches (None = on where it helps: CUDA yes, CPU no)
+    # Speed switches (amp and channels_last: None = on where it helps, CUDA yes, CPU no)
     amp: str | None = None  # bf16, fp16, or none
     channels_last: bool | None = None
-    compile: bool | None = None
+    compile: bool | None = None  # None = off: not yet measured to pay off (on the CPU it does not)
     tf32: bool = True
 
     # Run folder, logging, checkpoints

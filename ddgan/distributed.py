@@ -47,7 +47,9 @@ def setup(device: str | None = None) -> Context:
     else:
         chosen = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        # device_id binds NCCL to this rank's GPU, so barriers need not guess it.
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+                                device_id=chosen if cuda else None)
     return Context(rank, world_size, local_rank, chosen)
 
 

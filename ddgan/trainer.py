@@ -45,6 +45,8 @@ class Trainer:
         self.config = config
         self.context = context or Context()
         device = self.device = self.context.device
+        if device.type == "cuda" and config.tf32:  # process-wide, so the benchmark's iterations get it too
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.G = build_generator(config).to(device)
         self.D = build_discriminator(config).to(device)

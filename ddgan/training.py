@@ -114,8 +114,6 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
     if config.batch_size % context.world_size:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {context.world_size} processes; "
                          f"use a multiple of {context.world_size}")
-    if context.device.type == "cuda" and config.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     per_rank_batch = config.batch_size // context.world_size
     dataset = open_dataset(config.data, config.image_size, config.num_channels, hflip=False,
                            download=config.download, skip_bad_images=config.skip_bad_images)

@@ -9,11 +9,14 @@ named by seed.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -100,10 +103,10 @@ def noise_sizes(config: Config) -> tuple[int, int]:
     return pixels, pixels + config.num_timesteps * (config.nz + pixels)
 
 
-def seed_vectors(seeds: Sequence[int], config: Config) -> torch.Tensor:
+def seed_vectors(seeds: Sequence[int], config: Config, pin_memory: bool = False) -> torch.Tensor:
     """Every random number the sampler needs, one row per seed, drawn on the CPU: [B, numbers per seed]."""
     _, per_seed = noise_sizes(config)
-    rows = torch.empty(len(seeds), per_seed)
+    rows = torch.empty(len(seeds), per_seed, pin_memory=pin_memory)
     for row, seed in zip(rows, seeds, strict=True):
         torch.randn(per_seed, generator=torch.Generator("cpu").manual_seed(seed), out=row)
     return rows
@@ -192,10 +195,29 @@ class GraphedSampler:
         return self.output[:n].clone()
 
 
+def prefetched(chunks: Sequence, draw: Callable, depth: int) -> Iterator:
+    """draw(chunk) for each chunk in order, computed up to `depth` chunks ahead in threads (0: inline)."""
+    if depth == 0:
+        yield from map(draw, chunks)
+        return
+    with ThreadPoolExecutor(max_workers=depth) as pool:
+        pending = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(draw, chunk))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def generate(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int = 64, device=None,
              amp: str | None = None, channels_last: bool = False, progress: bool = True,
-             cuda_graph: bool = False) -> Iterator[np.ndarray]:
-    """Sample the images of `seeds` in batches; yields uint8 (B, H, W, C) numpy arrays in seed order."""
+             cuda_graph: bool = False, prefetch: int | None = None) -> Iterator[np.ndarray]:
+    """Sample the images of `seeds` in batches; yields uint8 (B, H, W, C) numpy arrays in seed order.
+
+    prefetch: batches of seed noise drawn ahead in threads while the device samples (default 4 on
+    CUDA, where drawing 50 000 CIFAR-10 seeds' noise takes about 3.5 s of one CPU core; 0 on the CPU).
+    """
     check_batch(batch)
     check_amp(amp)
     device = torch.device(device) if device is not None else next(G.parameters()).device
@@ -204,11 +226,12 @@ def generate(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: in
     graphed = None
     diffusion = Diffusion(config.num_timesteps, config.beta_min, config.beta_max, config.schedule).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    starts = range(0, len(seeds), batch)
-    for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress or len(starts) <= 1, file=sys.stderr):
-        rows = seed_vectors(seeds[start:start + batch], config)
-        if device.type == "cuda":
-            rows = rows.pin_memory()
+    chunks = [seeds[start:start + batch] for start in range(0, len(seeds), batch)]
+    prefetch = (4 if device.type == "cuda" else 0) if prefetch is None else prefetch
+    draw = functools.partial(seed_vectors, config=config, pin_memory=device.type == "cuda")
+    rows_per_batch = prefetched(chunks, draw, prefetch)
+    for rows in tqdm(rows_per_batch, total=len(chunks), desc="sampling", unit="batch",
+                     disable=not progress or len(chunks) <= 1, file=sys.stderr):
         x_T, latents, noises = split_noise(rows.to(device, non_blocking=True), config)
         x_T = x_T.contiguous(memory_format=memory_format)
         if cuda_graph:

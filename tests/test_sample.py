@@ -107,11 +107,25 @@ def test_images_are_not_flat(reference):
     assert reference.std() > 10 and len({im.tobytes() for im in reference}) == 6
 
 
-@pytest.mark.parametrize("batch", [2, 4])
-def test_same_images_for_any_batch_size(ckpt, reference, batch):
+@pytest.mark.parametrize("batch, prefetch", [(2, 0), (4, 0), (1, 3)])
+def test_same_images_for_any_batch_size_and_prefetch(ckpt, reference, batch, prefetch):
     G, config = load_generator(ckpt)
-    images = np.concatenate(list(sampling.generate(G, config, range(6), batch=batch, device="cpu", progress=False)))
-    np.testing.assert_array_equal(images, reference)
+    batches = sampling.generate(G, config, range(6), batch=batch, device="cpu", progress=False, prefetch=prefetch)
+    np.testing.assert_array_equal(np.concatenate(list(batches)), reference)
+
+
+def test_prefetched_keeps_order_and_draws_ahead():
+    import threading
+    import time
+
+    def draw(chunk):
+        time.sleep(0.01 * (3 - chunk % 3))  # later chunks finish first
+        return chunk * 10, threading.current_thread().name
+
+    results = list(sampling.prefetched(range(7), draw, depth=3))
+    assert [value for value, _ in results] == [0, 10, 20, 30, 40, 50, 60]
+    assert all(name != threading.main_thread().name for _, name in results)
+    assert list(sampling.prefetched(range(3), lambda c: c + 1, depth=0)) == [1, 2, 3]
 
 
 def test_same_images_for_any_split_or_order(ckpt, reference):

@@ -39,7 +39,10 @@ def use_plugin(x: torch.Tensor, impl: str) -> bool:
     """Whether an op on x should try the compiled kernel (it still falls back if the build fails)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return impl == "cuda" and x.is_cuda and x.numel() < 2**31 and not reference_forced()
+    # Under torch.compile the reference ops are traced instead: inductor fuses them into the graph,
+    # where a call into the extension would break it at every resampling and activation.
+    return (impl == "cuda" and x.is_cuda and x.numel() < 2**31 and not reference_forced()
+            and not torch.compiler.is_compiling())
 
 
 def get_plugin(verbose: bool = False) -> ModuleType | None:

@@ -218,6 +218,19 @@ def test_kernel_is_only_given_what_int32_indices_reach():
     assert _kernel_can_index((64, 128, 256, 256), 128, 128)  # downsampling a 2^29-element input
 
 
+def test_compiled_graphs_trace_the_reference_ops(monkeypatch):
+    class CudaTensorStandIn:
+        is_cuda = True
+
+        def numel(self):
+            return 1024
+
+    monkeypatch.delenv(custom_ops.REFERENCE_ENV, raising=False)
+    assert custom_ops.use_plugin(CudaTensorStandIn(), "cuda")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not custom_ops.use_plugin(CudaTensorStandIn(), "cuda")
+
+
 def test_reference_forced_by_env(monkeypatch):
     monkeypatch.setenv(custom_ops.REFERENCE_ENV, "1")
     assert custom_ops.reference_forced()

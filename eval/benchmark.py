@@ -8,6 +8,7 @@ JSON lines to a file so that runs on different machines can be compared.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import platform
@@ -33,11 +34,12 @@ from eval import bench_ops
 from eval.baseline import original_resampling, original_train_step
 from eval.sample import capture_cuda_graph
 
-WHAT = ("sample", "train", "ops")
+WHAT = ("sample", "train", "ops", "train_vs_original")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 DEFAULT_SAMPLE_BATCH = 100
 BASELINES = (None, "original", "original_resampling")
-TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "ms_median", "images_per_s", "iters_per_s", "peak_mem_mb")
+TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "ms_median", "images_per_s", "iters_per_s",
+                 "peak_mem_mb", "speedup_vs_original")
 
 
 def device_name(device: torch.device) -> str:
@@ -140,6 +142,32 @@ def bench_train(config: Config, device: torch.device, batch: int, repeats: int, 
             "T": config.num_timesteps, "peak_mem_mb": peak_memory_mb(device)}
 
 
+def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: int) -> list[dict]:
+    """Our iteration and the original's (fp32, NCHW, its resampling), alternated so both meet the same machine."""
+    device = torch.device("cpu")
+    ours = Trainer(config, Context(device=device))
+    original = Trainer(dataclasses.replace(config, channels_last=False), Context(device=device))
+    x0 = torch.rand((batch, config.num_channels, config.image_size, config.image_size),
+                    generator=torch.Generator().manual_seed(0)).mul(2).sub(1)
+    times = {"ours": [], "original": []}
+    for index in range(warmup + repeats):
+        for name in times:
+            start = time.perf_counter()
+            if name == "ours":
+                ours.train_step(x0)
+            else:
+                with original_resampling():
+                    original_train_step(original, x0)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
+    return [{"baseline": None if name == "ours" else "original", "channels_last": trainer.channels_last,
+             "ms_median": 1000 * statistics.median(t), "ms_mean": 1000 * statistics.fmean(t),
+             "iters_per_s": len(t) / sum(t), "images_per_s": batch * len(t) / sum(t), "T": config.num_timesteps,
+             **({"speedup_vs_original": speedup} if name == "ours" else {})}
+            for (name, t), trainer in zip(times.items(), (ours, original), strict=True)]
+
+
 def bench_ops_rows(device: torch.device, repeats: int, warmup: int) -> list[dict]:
     """The custom ops' measurements from eval.bench_ops."""
     return bench_ops.bench_ops(device=device, repeats=repeats, warmup=warmup)
@@ -155,6 +183,9 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
           warmup: int = 3, width: int | None = None, json_out: str | None = None,
           baseline: str | None = None) -> list[dict]:
     """Measure sampling (`--what=sample`), training iterations (`train`) or the custom ops (`ops`).
+
+    `--what=train_vs_original` (CPU) alternates our training iteration with the original's (see
+    --baseline) iteration by iteration, so that both meet the same machine, and reports the speed-up.
 
     preset: the architecture and T to measure, with random weights (no checkpoint needed).
     batch: images per call; default 100 for sampling, the preset's per-process batch for training.
@@ -178,8 +209,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if baseline not in BASELINES:
         raise ValueError(f"--baseline must be one of {', '.join(BASELINES[1:])} or left out, got {baseline!r}")
-    if baseline and device.type != "cpu":
-        raise ValueError("--baseline is the original's CPU path: use it with --device=cpu")
+    if (baseline or what == "train_vs_original") and device.type != "cpu":
+        raise ValueError("--baseline and --what=train_vs_original are the original's CPU path: use --device=cpu")
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
@@ -211,6 +242,11 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         batch = batch or DEFAULT_SAMPLE_BATCH
         result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
         records = [{"what": "sample", **common, "batch": batch, **result}]
+    elif what == "train_vs_original":
+        config = bench_config(preset, width, amp="none", channels_last=channels_last)
+        batch = batch or config.batch_size
+        records = [{"what": "train", **common, "batch": batch, **row}
+                   for row in bench_train_vs_original(config, batch, repeats, warmup)]
     else:
         amp_flag = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
         config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))

@@ -133,3 +133,16 @@ def test_baseline_is_a_cpu_comparison():
         bench(preset="demo", what="train", device="cpu", baseline="nvlabs")
     with pytest.raises(ValueError, match="--device=cpu"):
         bench(preset="demo", what="train", device="meta", baseline="original")
+
+
+def test_train_vs_original_alternates_and_reports_the_speedup():
+    from eval.benchmark import bench
+
+    ours, original = bench(preset="demo", what="train_vs_original", device="cpu", batch=2, repeats=2, warmup=0,
+                           width=8, channels_last=True)
+    assert ours["baseline"] is None and ours["channels_last"] is True
+    assert original["baseline"] == "original" and original["channels_last"] is False
+    assert ours["speedup_vs_original"] == pytest.approx(original["ms_median"] / ours["ms_median"])
+    assert "speedup_vs_original" not in original
+    with pytest.raises(ValueError, match="--device=cpu"):
+        bench(preset="demo", what="train_vs_original", device="meta")

@@ -29,9 +29,9 @@ def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float,
     gradients do not underflow, and the gradient is unscaled before it is squared.
     """
     total = logits.float().sum()
-    if scaler is None or not scaler.is_enabled():
+    if scaler is not None and scaler.is_enabled():
+        (scaled_grad,) = torch.autograd.grad(scaler.scale(total), x_t, create_graph=True)
+        grad = scaled_grad.float() / scaler.get_scale()  # a host sync, on fp16 R1 steps only
+    else:
         (grad,) = torch.autograd.grad(total, x_t, create_graph=True)
-        return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()
-    (scaled_grad,) = torch.autograd.grad(scaler.scale(total), x_t, create_graph=True)
-    grad = scaled_grad.float() / scaler.get_scale()  # a host sync, on fp16 R1 steps only
-    return gamma / 2 * grad.square().flatten(1).sum(1).mean()
+    return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()

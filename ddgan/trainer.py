@@ -122,13 +122,22 @@ class Trainer:
         mask = torch.rand(x0.shape[0], generator=self.rng, device=self.device) < 0.5
         return torch.where(mask.view(-1, 1, 1, 1), x0.flip(3), x0)
 
-    def train_step(self, x0: torch.Tensor, check_finite: bool = True) -> dict:
-        """One D step and one G step on a data batch in [-1, 1]; returns the step's scalars as tensors."""
-        c = self.config
+    def prepare_batch(self, x0: torch.Tensor) -> torch.Tensor:
+        """The data batch on the device, in float32, in the run's layout, randomly flipped."""
         x0 = x0.to(self.device, non_blocking=True).float()
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        x0 = self.flip(x0)
+        return self.flip(x0)
+
+    def r1_due(self) -> bool:
+        """Whether this iteration's D step adds the R1 penalty (every lazy_reg steps)."""
+        c = self.config
+        return c.r1_gamma > 0 and (c.lazy_reg is None or self.step % c.lazy_reg == 0)
+
+    def train_step(self, x0: torch.Tensor, check_finite: bool = True) -> dict:
+        """One D step and one G step on a data batch in [-1, 1]; returns the step's scalars as tensors."""
+        c = self.config
+        x0 = self.prepare_batch(x0)
         self.set_learning_rates()
         stats = {}
 
@@ -136,7 +145,7 @@ class Trainer:
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         t, x_t, x_next = self._random_pairs(x0)
-        apply_r1 = c.r1_gamma > 0 and (c.lazy_reg is None or self.step % c.lazy_reg == 0)
+        apply_r1 = self.r1_due()
         x_t.requires_grad_(apply_r1)
         sync_later = self.D_train.no_sync() if self.context.distributed else nullcontext()
         with sync_later:

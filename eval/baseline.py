@@ -70,10 +70,7 @@ def original_train_step(trainer, x0: torch.Tensor) -> dict:
     if trainer.amp_dtype is not None or trainer.context.distributed:
         raise ValueError("the original-iteration baseline is the fp32 single-process path: use --amp=none, one process")
     c, G, D = trainer.config, trainer.G, trainer.D
-    x0 = x0.to(trainer.device).float()
-    if trainer.channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-    x0 = trainer.flip(x0)
+    x0 = trainer.prepare_batch(x0)
     trainer.set_learning_rates()
 
     with per_parameter_adam(trainer.opt_D, trainer.opt_G):
@@ -84,7 +81,7 @@ def original_train_step(trainer, x0: torch.Tensor) -> dict:
         real_logits = D(x_t, t, x_next).view(-1)
         loss_real = losses.d_loss_real(real_logits)
         loss_real.backward(retain_graph=True)
-        if c.r1_gamma > 0 and (c.lazy_reg is None or trainer.step % c.lazy_reg == 0):
+        if trainer.r1_due():
             losses.r1_penalty(real_logits, x_t, c.r1_gamma).backward()
         x_fake = trainer._fake_sample(G, x_next, t)  # with G's graph, as the original builds it
         loss_fake = losses.d_loss_fake(D(x_fake, t, x_next).view(-1))

@@ -129,17 +129,27 @@ def bench_train(config: Config, device: torch.device, batch: int, repeats: int, 
                 original_iteration: bool = False) -> dict:
     """Full training iterations (D step with lazy R1, G step, EMA) on a synthetic batch in [-1, 1]."""
     trainer = Trainer(config, Context(device=device))
-    shape = (batch, config.num_channels, config.image_size, config.image_size)
-    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
+    x0 = synthetic_batch(config, batch, device)
     if original_iteration:
         step = functools.partial(original_train_step, trainer)
     else:  # as the training loop runs it: the finiteness checks sync the host on CUDA only when logging
         step = functools.partial(trainer.train_step, check_finite=device.type == "cpu")
     times = time_calls(lambda: step(x0), device, repeats, warmup)
+    return {**train_timings(times, batch, config), "peak_mem_mb": peak_memory_mb(device)}
+
+
+def synthetic_batch(config: Config, batch: int, device: torch.device) -> torch.Tensor:
+    """A fixed random data batch in [-1, 1] of the config's image shape."""
+    shape = (batch, config.num_channels, config.image_size, config.image_size)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
+
+
+def train_timings(times: Sequence[float], batch: int, config: Config) -> dict:
+    """Throughput and per-iteration times of timed training iterations (seconds each)."""
     # The mean includes the R1 penalty every lazy_reg steps; the median mostly misses it.
     return {"images_per_s": batch * len(times) / sum(times), "iters_per_s": len(times) / sum(times),
             "ms_median": 1000 * statistics.median(times), "ms_mean": 1000 * statistics.fmean(times),
-            "T": config.num_timesteps, "peak_mem_mb": peak_memory_mb(device)}
+            "T": config.num_timesteps}
 
 
 def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: int) -> list[dict]:
@@ -147,8 +157,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
     device = torch.device("cpu")
     ours = Trainer(config, Context(device=device))
     original = Trainer(dataclasses.replace(config, channels_last=False), Context(device=device))
-    x0 = torch.rand((batch, config.num_channels, config.image_size, config.image_size),
-                    generator=torch.Generator().manual_seed(0)).mul(2).sub(1)
+    x0 = synthetic_batch(config, batch, device)
     times = {"ours": [], "original": []}
     for index in range(warmup + repeats):
         for name in times:
@@ -162,9 +171,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
                 times[name].append(time.perf_counter() - start)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
     return [{"baseline": None if name == "ours" else "original", "channels_last": trainer.channels_last,
-             "ms_median": 1000 * statistics.median(t), "ms_mean": 1000 * statistics.fmean(t),
-             "iters_per_s": len(t) / sum(t), "images_per_s": batch * len(t) / sum(t), "T": config.num_timesteps,
-             **({"speedup_vs_original": speedup} if name == "ours" else {})}
+             **train_timings(t, batch, config), **({"speedup_vs_original": speedup} if name == "ours" else {})}
             for (name, t), trainer in zip(times.items(), (ours, original), strict=True)]
 
 

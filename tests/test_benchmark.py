@@ -106,9 +106,10 @@ def test_original_iteration_ends_in_our_iterations_state():
     from ddgan.config import make_config
     from ddgan.trainer import Trainer
     from eval.baseline import original_train_step
+    from tests.test_training import TINY
 
-    config = make_config("demo", image_size=8, ch_mult=[1, 2], num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8,
-                         n_mlp=1, ngf=4, batch_size=4, lazy_reg=2, r1_gamma=1.0, channels_last=False)
+    config = make_config("demo", **TINY, image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2, r1_gamma=1.0,
+                         channels_last=False)
     x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     ours, original = Trainer(config), Trainer(config)
     for _ in range(2):

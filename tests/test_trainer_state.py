@@ -6,9 +6,9 @@ import torch
 from ddgan import losses
 from ddgan.config import make_config
 from ddgan.trainer import NonFiniteError, Trainer
+from tests.test_training import TINY as TRAINING_TINY
 
-TINY = dict(image_size=8, ch_mult=[1, 2], num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4,
-            batch_size=4, lazy_reg=2)
+TINY = TRAINING_TINY | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2)
 X0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints: self-describing files written atomically, found by age, loaded with clear errors.
+"""Checkpoints: self-describing files written atomically, found by age, loaded as data only, with clear errors.
 
 A run folder holds its checkpoints as `*.pt` files; the newest one is the latest state. Each file carries
 the full config, so `ddgan sample` and `ddgan fid` need only its path. Files written by the original
@@ -7,14 +7,15 @@ implementation (`netG_<epoch>.pth`, `content.pth`) are recognised and converted.
 
 from __future__ import annotations
 
-import io
+import argparse
 import os
 import pickle
-import tempfile
-import zipfile
+import re
 from pathlib import Path
 
 import torch
+
+from ddgan.files import atomic_write, temporary_pattern
 
 FORMAT = "ddgan-checkpoint"
 VERSION = 1  # bump with a migration in MIGRATIONS when the layout changes
@@ -31,39 +32,13 @@ def checkpoint_name(images_seen: int) -> str:
 
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    """torch.save `obj` to `path` atomically (see ddgan.files.atomic_write): a crash leaves the old file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write checkpoint {path}: {error.strerror or error}; free disk "
-                          "space or choose another --outdir (earlier checkpoints are intact)") from error
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return atomic_write(path, lambda f: torch.save(obj, f))
+    except OSError as error:
+        raise OSError(error.errno, f"could not write checkpoint {path}: {error.strerror or error}; free disk "
+                      "space or choose another --outdir (earlier checkpoints are intact)") from error
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -100,7 +75,7 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete temporary files left by a save that was killed mid-write (they never replaced a checkpoint)."""
-    stale = [p for p in Path(run_dir).glob(".*.pt.*.tmp") if p.is_file()]
+    stale = [p for p in Path(run_dir).glob(temporary_pattern(CHECKPOINT_GLOB)) if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -115,23 +90,50 @@ def prune(run_dir: str | os.PathLike, keep: int) -> list[Path]:
     return doomed
 
 
+# Types a checkpoint may hold beyond tensors and plain containers: the original's `content.pth` keeps its
+# command line as an argparse.Namespace (a bag of attributes; building one runs nothing).
+SAFE_GLOBALS = [argparse.Namespace]
+
+
 def read(path: str | os.PathLike) -> dict:
-    """Load any checkpoint file into a dict, turning truncation and foreign files into clear errors."""
+    """Load any checkpoint file into a dict as data only; code, foreign objects and truncation are clear errors.
+
+    Every load is `torch.load(..., weights_only=True)`: a pickle that would call a function or build an
+    object of another type is refused before anything in it runs.
+    """
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError, io.UnsupportedOperation,
-            AttributeError, ModuleNotFoundError, ValueError) as error:
-        others = [p.name for p in list_checkpoints(path.parent) if p != path] if path.parent.exists() else []
-        hint = f"; earlier checkpoints in that folder: {', '.join(others[-3:])}" if others else ""
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise _unreadable(path, error) from None
+        refused = _refused_global(str(error))
         raise CheckpointError(
-            f"checkpoint {path} is truncated, corrupt or not a PyTorch file ({error}){hint}") from None
+            f"{path} holds code or objects that ddgan will not execute{refused}, so it was not loaded and "
+            "nothing in it ran. A checkpoint needs only tensors, numbers, strings and containers: if you "
+            "trust the file, load it yourself and re-save its state_dicts with torch.save") from None
+    except Exception as error:  # the safe unpickler meets foreign bytes with all kinds of errors; none ran code
+        raise _unreadable(path, error) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a ddgan checkpoint or an original "
                               "DDGAN state_dict")
     return obj
+
+
+def _refused_global(message: str) -> str:
+    """' (it asks for posix.system)' from torch's weights-only error, when that names the refused global."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" (it asks for {found.group(1)})" if found else ""
+
+
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    """The error for a truncated or foreign file, pointing at the folder's other checkpoints."""
+    others = [p.name for p in list_checkpoints(path.parent) if p != path] if path.parent.exists() else []
+    hint = f"; earlier checkpoints in that folder: {', '.join(others[-3:])}" if others else ""
+    return CheckpointError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file ({error}){hint}")
 
 
 def is_ours(obj: dict) -> bool:
@@ -172,15 +174,21 @@ def _from_v0(obj: dict) -> dict:
 MIGRATIONS = {0: _from_v0}
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Load a ddgan checkpoint (file or run folder), migrated to the current layout."""
+def load(path: str | os.PathLike, original_ok: bool = False) -> dict:
+    """Load a ddgan checkpoint (file or run folder), migrated to the current layout.
+
+    A file of the original implementation is an error unless `original_ok`, when its dict is returned
+    as read (`is_original` tells it apart; `ddgan.models.load_generator` converts it).
+    """
     path = resolve(path)
     obj = read(path)
     if is_ours(obj):
         return migrate(obj, path)
     if is_original(obj):
+        if original_ok:
+            return obj
         raise CheckpointError(f"{path} is a checkpoint of the original DDGAN code; load it with "
-                              "`ddgan sample {path} --preset=cifar10` (or --reference_config=FILE) so its "
+                              f"`ddgan sample {path} --preset=cifar10` (or --reference_config=FILE) so its "
                               "architecture is known")
     keys = ", ".join(sorted(map(str, obj))[:6])
     raise CheckpointError(f"{path} is not a ddgan checkpoint (its keys: {keys}...); pass a file written by "

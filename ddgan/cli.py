@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 
 import fire
 
@@ -36,9 +37,19 @@ def train(preset: str = "cifar10", **flags):
     if flags.pop("help", False):
         print(train.__doc__)
         return None
-    from ddgan.training import train_from_flags
+    from ddgan.training_loop import config_from_flags, run_training
 
-    return str(train_from_flags(preset, **flags))
+    config = config_from_flags(preset, **flags)
+    return str(run_training(config, evaluate_fid=_fid_evaluator(config)))
+
+
+def _fid_evaluator(config):
+    """eval.fid's evaluator when the run asks for FID (--fid_every), reached lazily: the library never imports eval."""
+    if not config.fid_every:
+        return None
+    from eval.fid import training_fid
+
+    return training_fid
 
 
 def _flags_help() -> str:
@@ -56,16 +67,24 @@ train.__doc__ += _flags_help()
 
 @friendly_errors
 def demo(outdir: str = "runs/demo", **flags):
-    """Train the `demo` preset on the built-in shapes (minutes on a CPU), then write a sample grid."""
-    from ddgan.training import run_demo
+    """Train the `demo` preset on the built-in shapes (minutes on a CPU), then print where everything is."""
+    from ddgan import checkpoint
+    from ddgan.training_loop import config_from_flags, run_training
 
-    return run_demo(outdir, **flags)
+    started = time.perf_counter()
+    run_dir = run_training(config_from_flags("demo", outdir=outdir, **flags))
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\nDemo finished in {minutes:.1f} min.\n  samples:     {run_dir / 'samples-final.png'}\n"
+          f"  checkpoint:  {checkpoint.latest_checkpoint(run_dir)}\n"
+          f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}\n"
+          f"  more samples: ddgan sample {run_dir}", file=sys.stderr)
+    return str(run_dir)
 
 
 @friendly_errors
 def info(ckpt: str):
     """Describe a checkpoint: preset, images seen, architecture and parameter counts."""
-    from ddgan.training import describe_checkpoint
+    from ddgan.models import describe_checkpoint
 
     print(describe_checkpoint(ckpt))
 

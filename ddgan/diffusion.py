@@ -102,6 +102,11 @@ class Diffusion(nn.Module):
         for name, table in tables.items():
             self.register_buffer(name, table, persistent=False)
 
+    @classmethod
+    def from_config(cls, config) -> Diffusion:
+        """The diffusion of a run's Config (its num_timesteps, beta_min, beta_max and schedule)."""
+        return cls(config.num_timesteps, config.beta_min, config.beta_max, config.schedule)
+
     def extra_repr(self) -> str:
         beta = f"[{self.beta_min}, {self.beta_max}]"
         return f"num_timesteps={self.num_timesteps}, schedule={self.schedule!r}, beta={beta}"

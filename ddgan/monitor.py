@@ -26,7 +26,9 @@ class Monitor:
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.log_file = open(run_dir / "log.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
-        self.bar = tqdm(total=round(total_kimg, 3), initial=round(start_kimg, 3), unit="kimg", dynamic_ncols=True,
+        self.total_kimg = round(total_kimg, 3)
+        self.bar = tqdm(total=self.total_kimg, initial=min(round(start_kimg, 3), self.total_kimg), unit="kimg",
+                        dynamic_ncols=True,
                         bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
 
     def scalars(self, kimg: float, step: int, values: dict) -> dict:
@@ -52,8 +54,9 @@ class Monitor:
         return values
 
     def progress(self, kimg: float) -> None:
+        """Move the bar to `kimg`; the last batch may pass the total, the bar stops at it (no negative ETA)."""
         if self.enabled:
-            self.bar.update(round(kimg, 3) - self.bar.n)
+            self.bar.update(min(round(kimg, 3), self.total_kimg) - self.bar.n)
 
     def image(self, tag: str, kimg: float, grid_uint8_hwc) -> None:
         if self.enabled:

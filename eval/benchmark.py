@@ -25,17 +25,18 @@ if __package__ in (None, ""):  # run as `python eval/benchmark.py`: make the rep
 
 import torch
 
+from ddgan import precision
 from ddgan.config import Config, make_config
 from ddgan.diffusion import Diffusion
 from ddgan.distributed import Context
+from ddgan.iteration import Trainer
 from ddgan.models import build_generator
-from ddgan.trainer import Trainer
+from ddgan.precision import autocast
+from ddgan.sampling import capture_cuda_graph
 from eval import bench_ops
-from eval.baseline import original_resampling, original_train_step
-from eval.sample import capture_cuda_graph
+from eval.baseline import original_iteration, original_resampling
 
 WHAT = ("sample", "train", "ops", "train_vs_original")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 DEFAULT_SAMPLE_BATCH = 100
 BASELINES = (None, "original", "original_resampling")
 TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "ms_median", "images_per_s", "iters_per_s",
@@ -53,14 +54,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
-
-
-def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
-    """--amp, or by default bf16 on CUDA (as training does) and full precision on the CPU."""
-    amp = amp if amp is not None else ("bf16" if device.type == "cuda" else "none")
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"--amp must be bf16, fp16 or none, got {amp!r}")
-    return AMP_DTYPES[amp]
 
 
 def synchronize(device: torch.device) -> None:
@@ -107,17 +100,14 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     G = G.to(memory_format=memory_format)
     net = torch.compile(G) if compile else G
-    diffusion = Diffusion(config.num_timesteps, config.beta_min, config.beta_max, config.schedule).to(device)
+    diffusion = Diffusion.from_config(config).to(device)
     T, image = config.num_timesteps, (config.num_channels, config.image_size, config.image_size)
     x_T = torch.randn(batch, *image, device=device).contiguous(memory_format=memory_format)
     latents = torch.randn(T, batch, config.nz, device=device)
     noises = torch.randn(T, batch, *image, device=device)
-    # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
-    precision = (torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not cuda_graph) if amp_dtype
-                 else nullcontext())
-
     def run():
-        with precision:
+        # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
+        with autocast(device, amp_dtype, cache_enabled=not cuda_graph):
             return diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises)
 
     times = time_calls(capture_cuda_graph(run).replay if cuda_graph else run, device, repeats, warmup)
@@ -131,9 +121,9 @@ def bench_train(config: Config, device: torch.device, batch: int, repeats: int, 
     trainer = Trainer(config, Context(device=device))
     x0 = synthetic_batch(config, batch, device)
     if original_iteration:
-        step = functools.partial(original_train_step, trainer)
+        step = functools.partial(original_iteration, trainer)
     else:  # as the training loop runs it: the finiteness checks sync the host on CUDA only when logging
-        step = functools.partial(trainer.train_step, check_finite=device.type == "cpu")
+        step = functools.partial(trainer.run_iteration, check_finite=device.type == "cpu")
     times = time_calls(lambda: step(x0), device, repeats, warmup)
     return {**train_timings(times, batch, config), "peak_mem_mb": peak_memory_mb(device)}
 
@@ -163,10 +153,10 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
         for name in times:
             start = time.perf_counter()
             if name == "ours":
-                ours.train_step(x0)
+                ours.run_iteration(x0)
             else:
                 with original_resampling():
-                    original_train_step(original, x0)
+                    original_iteration(original, x0)
             if index >= warmup:
                 times[name].append(time.perf_counter() - start)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
@@ -221,7 +211,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
-    amp_dtype = resolve_amp(amp, device) if what != "ops" else None  # the ops are timed in float32
+    amp_dtype = precision.amp_dtype(amp, device) if what != "ops" else None  # the ops are timed in float32
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,
               "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,
@@ -255,7 +245,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         records = [{"what": "train", **common, "batch": batch, **row}
                    for row in bench_train_vs_original(config, batch, repeats, warmup)]
     else:
-        amp_flag = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+        amp_flag = precision.amp_name(amp_dtype)
         config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))
         batch = batch or config.batch_size
         result = bench_train(config, device, batch, repeats, warmup, original_iteration)

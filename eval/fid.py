@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -35,8 +36,9 @@ import torch
 from ddgan import checkpoint
 from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
+from ddgan.files import atomic_write
 from ddgan.models import load_generator
-from eval.sample import check_batch, default_device, generate, seed_list, to_uint8
+from ddgan.sampling import check_batch, default_device, generate, seed_list, to_uint8
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception (clean, legacy_tensorflow)
@@ -64,15 +66,8 @@ def check_mode(mode: str) -> None:
 def download(url: str, path: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Fetch `url` into `path` via a temporary file, so an interrupted download leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        atomic_write(path, lambda f: shutil.copyfileobj(response, f, 1 << 20))
 
 
 def fetch(path: Path, url: str, what: str, allow_download: bool, hint: str = "") -> Path:
@@ -284,11 +279,11 @@ def dataset_batches(dataset: torch.utils.data.Dataset, n: int, batch: int, worke
 
 def open_reference(data: str, image_size: int | None = None) -> ImageDataset:
     """Images to compare with, in RGB and unflipped; at their own size (the first image's) unless image_size."""
-    dataset = open_dataset(str(data), image_size or 1, num_channels=3, hflip=False)
+    dataset = open_dataset(str(data), image_size or 1, num_channels=3)
     if image_size is None:
         first = dataset.source.load(0)
         size = min(first.shape[:2]) if isinstance(first, np.ndarray) else min(first.size)
-        dataset = ImageDataset(dataset.source, size, num_channels=3, hflip=False)
+        dataset = ImageDataset(dataset.source, size, num_channels=3)
     return dataset
 
 
@@ -331,6 +326,11 @@ def fid_of_generator(G: torch.nn.Module, config: Config, stats, n: int = 50_000,
     return frechet(feature_stats(features), reference)
 
 
+def training_fid(G: torch.nn.Module, config: Config) -> float:
+    """The FID `ddgan train --fid_every` logs: config.fid_samples seeds against config.fid_stats."""
+    return fid_of_generator(G, config, stats=config.fid_stats, n=config.fid_samples, batch=100, verbose=False)
+
+
 def frechet(stats_a, stats_b) -> float:
     """clean-fid's Frechet distance between two (mu, sigma) pairs, after checking that they match."""
     from cleanfid.fid import frechet_distance
@@ -364,16 +364,9 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
     extractor = feature_extractor or inception_extractor(mode, device, inception)
     mu, sigma = feature_stats(dataset_features(dataset, extractor, n, batch, mode, device, workers, verbose))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, mode=np.array(mode), num_images=np.array(n or len(dataset)),
-                     image_size=np.array(dataset.image_size), source=np.array(str(data)))
-        os.chmod(temp, 0o644)  # mkstemp makes files private; statistics are meant to be shared
-        os.replace(temp, out_path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(out_path, lambda f: np.savez(
+        f, mu=mu, sigma=sigma, mode=np.array(mode), num_images=np.array(n or len(dataset)),
+        image_size=np.array(dataset.image_size), source=np.array(str(data))))
     return str(out_path)
 
 

@@ -93,7 +93,7 @@ def make_data(out: str, n: int = 20_000, image_size: int = 32, seed: int = 0) ->
 def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu") -> dict:
     """Sample n images from a checkpoint and report the modes covered and the KL to uniform."""
     from ddgan.models import load_generator
-    from eval.sample import generate
+    from ddgan.sampling import generate
 
     G, config = load_generator(ckpt, device=device)
     classifier, accuracy = train_classifier(config.image_size)

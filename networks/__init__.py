@@ -14,8 +14,8 @@ from networks.reference import (
     from_reference,
     load_reference_file,
     load_reference_state_dict,
-    reference_config,
     to_reference,
+    with_reference_defaults,
 )
 
 __all__ = [
@@ -30,6 +30,6 @@ __all__ = [
     "from_reference",
     "load_reference_file",
     "load_reference_state_dict",
-    "reference_config",
+    "with_reference_defaults",
     "to_reference",
 ]

@@ -80,7 +80,7 @@ class _Entry:
 # Configs and construction.
 
 
-def reference_config(config: Mapping | argparse.Namespace | None) -> dict:
+def with_reference_defaults(config: Mapping | argparse.Namespace | None) -> dict:
     """The original's config with its train_ddgan.py defaults filled in (a Namespace is accepted)."""
     if isinstance(config, argparse.Namespace):
         config = vars(config)
@@ -96,7 +96,7 @@ def _check_kind(kind: str) -> str:
 
 def generator_kwargs(config: Mapping | argparse.Namespace) -> dict:
     """NCSNpp constructor arguments from a reference config."""
-    cfg = reference_config(config)
+    cfg = with_reference_defaults(config)
     if cfg["ch_mult"] is None:
         raise ValueError("config['ch_mult'] is required (train_ddgan.py has no default), e.g. [1, 2, 2, 2]")
     kwargs = {ours: cfg[ref] for ref, ours in _GENERATOR_ARGS.items()}
@@ -110,7 +110,7 @@ def build(kind: str, config: Mapping | argparse.Namespace | None = None) -> nn.M
     kind = _check_kind(kind)
     if kind == "NCSNpp":
         return NCSNpp(**generator_kwargs(config))
-    cfg = reference_config(config)
+    cfg = with_reference_defaults(config)
     discriminator = DiscriminatorSmall if kind == "Discriminator_small" else DiscriminatorLarge
     return discriminator(nc=2 * cfg["num_channels"], ngf=cfg["ngf"], t_emb_dim=cfg["t_emb_dim"], act="lrelu")
 

@@ -56,7 +56,7 @@ def test_npz_round_trip_nhwc(tmp_path):
     write_image_array(tmp_path / "x.npz", x)
     assert [p.name for p in tmp_path.iterdir()] == ["x.npz"], "the temporary file must be gone"
     np.testing.assert_array_equal(read_image_array(tmp_path / "x.npz"), x)
-    ds = open_dataset(str(tmp_path / "x.npz"), image_size=8, hflip=False)
+    ds = open_dataset(str(tmp_path / "x.npz"), image_size=8)
     assert len(ds) == 5
     np.testing.assert_allclose(to_rgb255(ds[3]), x[3], atol=1e-3)
 
@@ -113,7 +113,7 @@ def test_folder_is_recursive_sorted_and_converted(tmp_path):
     make_mixed_folder(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = open_dataset(str(tmp_path), image_size=8, hflip=False)
+        ds = open_dataset(str(tmp_path), image_size=8)
         items = [ds[i] for i in range(len(ds))] + [ds[3]]
     assert len(ds) == 4
     upscales = [w for w in caught if "upscaling" in str(w.message)]
@@ -122,7 +122,7 @@ def test_folder_is_recursive_sorted_and_converted(tmp_path):
         assert item.shape == (3, 8, 8) and item.dtype == torch.float32
         assert item.min() >= -1 and item.max() <= 1
         np.testing.assert_allclose(to_rgb255(item).mean(axis=(0, 1)), color, atol=3)
-    gray = open_dataset(str(tmp_path), image_size=8, num_channels=1, hflip=False)
+    gray = open_dataset(str(tmp_path), image_size=8, num_channels=1)
     assert gray[0].shape == (1, 8, 8)
     np.testing.assert_allclose((gray[0] + 1) * 127.5, round(0.299 * 255), atol=1)
 
@@ -132,7 +132,7 @@ def test_resize_keeps_the_centre(tmp_path):
     stripes[:, :8], stripes[:, 8:16], stripes[:, 16:] = RED, GREEN, BLUE
     Image.fromarray(stripes).save(tmp_path / "wide.png")
     Image.fromarray(np.repeat(np.repeat(stripes, 2, 0), 2, 1)).save(tmp_path / "wide2x.png")
-    ds = open_dataset(str(tmp_path), image_size=8, hflip=False)
+    ds = open_dataset(str(tmp_path), image_size=8)
     np.testing.assert_allclose(to_rgb255(ds[0]), np.broadcast_to(GREEN, (8, 8, 3)), atol=1e-3)
     np.testing.assert_allclose(to_rgb255(ds[1])[:, 2:6], np.broadcast_to(GREEN, (8, 4, 3)), atol=1)
 
@@ -164,12 +164,12 @@ def make_folder_with_bad_images(root: Path) -> None:
 
 def test_corrupt_images_are_named_or_skipped(tmp_path):
     make_folder_with_bad_images(tmp_path / "data")
-    strict = open_dataset(str(tmp_path / "data"), image_size=8, hflip=False)
+    strict = open_dataset(str(tmp_path / "data"), image_size=8)
     with pytest.raises(BadImageError, match="1_garbage.png"):
         strict[1]
     with pytest.raises(BadImageError, match="2_truncated.png"):
         strict[2]
-    lenient = open_dataset(str(tmp_path / "data"), image_size=8, hflip=False, skip_bad_images=True)
+    lenient = open_dataset(str(tmp_path / "data"), image_size=8, skip_bad_images=True)
     with pytest.warns(UserWarning, match="unreadable"):
         items = [lenient[i] for i in range(4)]
     assert lenient.bad_image_count() == 2
@@ -197,7 +197,7 @@ def test_zip_is_read_lazily_and_in_workers(tmp_path):
         archive.writestr("0.webp", png_bytes(solid(RED), "WEBP"))
         archive.writestr("__MACOSX/._0.webp", b"resource fork")
         archive.writestr("readme.txt", "x")
-    ds = open_dataset(str(path), image_size=8, hflip=False)
+    ds = open_dataset(str(path), image_size=8)
     assert len(ds) == 3
     for i, color in enumerate([RED, GREEN, BLUE]):
         np.testing.assert_allclose(to_rgb255(ds[i]).mean(axis=(0, 1)), color, atol=4)
@@ -222,12 +222,12 @@ def test_lmdb_original_celeba_layout_raw_and_encoded(tmp_path):
     # The original's CelebA-HQ layout: root/train.lmdb, keys str(i), raw square RGB bytes.
     (tmp_path / "celeba").mkdir()
     write_lmdb(tmp_path / "celeba" / "train.lmdb", {str(i).encode(): x[i].tobytes() for i in range(4)})
-    raw = open_dataset(str(tmp_path / "celeba"), image_size=10, hflip=False)
+    raw = open_dataset(str(tmp_path / "celeba"), image_size=10)
     assert len(raw) == 4
     np.testing.assert_allclose(to_rgb255(raw[2]), x[2], atol=1e-3)
     encoded_items = {str(i).encode(): png_bytes(Image.fromarray(x[i])) for i in range(4)}
     write_lmdb(tmp_path / "encoded", {**encoded_items, b"length": b"3"})
-    encoded = open_dataset(str(tmp_path / "encoded"), image_size=10, hflip=False)
+    encoded = open_dataset(str(tmp_path / "encoded"), image_size=10)
     assert len(encoded) == 3, "a stored length wins over the entry count"
     np.testing.assert_allclose(to_rgb255(encoded[1]), x[1], atol=1e-3)
     batch = next(make_loader(encoded, batch_size=2, workers=1, pin_memory=False))
@@ -238,9 +238,9 @@ def test_lmdb_lsun_layout_and_file_environment(tmp_path):
     colors = {b"f00d": RED, b"0bad": GREEN, b"c0de": BLUE}
     write_lmdb(tmp_path / "church.lmdb", {k: png_bytes(solid(c), "WEBP") for k, c in colors.items()},
                subdir=False)
-    ds = open_dataset(str(tmp_path / "church.lmdb"), image_size=8, hflip=False)
+    ds = open_dataset(str(tmp_path / "church.lmdb"), image_size=8)
     assert len(ds) == 3
-    again = open_dataset(str(tmp_path / "church.lmdb"), image_size=8, hflip=False)
+    again = open_dataset(str(tmp_path / "church.lmdb"), image_size=8)
     assert torch.equal(again[0], ds[0]), "one LMDB opened by two datasets in a process (trainer and FID)"
     for i, key in enumerate(sorted(colors)):
         np.testing.assert_allclose(to_rgb255(ds[i]).mean(axis=(0, 1)), colors[key], atol=4)
@@ -293,7 +293,7 @@ def test_stackmnist_stacks_three_digits_padded_to_32(tmp_path):
     digits = np.random.default_rng(0).integers(1, 256, (5, 28, 28), dtype=np.uint8)
     write_fake_mnist(tmp_path, digits)
     ds = open_dataset("stackmnist", image_size=32, root=str(tmp_path))
-    assert len(ds) == 10 and not ds.hflip, "two passes over MNIST; a mirrored digit is not a digit"
+    assert len(ds) == 10 and not ds.flippable, "two passes over MNIST; a mirrored digit is not a digit"
     image = np.rint(to_rgb255(ds[7])).astype(np.uint8)
     assert image[:2].max() == 0 and image[:, -2:].max() == 0
     originals = {d.tobytes() for d in digits}
@@ -315,14 +315,23 @@ def test_demo_is_deterministic_and_shapes_are_big():
     assert DemoShapes(16, num_channels=1, size=4).images.shape == (4, 1, 16, 16)
 
 
-def test_hflip_is_random_only_when_asked():
-    ds = open_dataset("demo", image_size=16, hflip=False)
-    assert torch.equal(ds[5], ds[5])
-    flipping = open_dataset("demo", image_size=16, hflip=True)
-    asymmetric = next(i for i in range(len(ds)) if not torch.equal(ds[i], ds[i].flip(-1)))
-    torch.manual_seed(0)
-    seen = {flipping[asymmetric].flip(-1).equal(ds[asymmetric]) for _ in range(20)}
-    assert seen == {True, False}
+def test_datasets_never_flip_and_one_place_decides_flips(tmp_path):
+    from ddgan.config import make_config
+    from ddgan.training_loop import decide_flips
+
+    ds = open_dataset("demo", image_size=16)
+    assert ds.flippable and torch.equal(ds[5], ds[5]), "the dataset hands out images unflipped"
+    config, line = decide_flips(make_config("demo"), ds)
+    assert config.hflip and line == "random horizontal flips: on"
+    config, line = decide_flips(make_config("demo", hflip=False), ds)
+    assert not config.hflip and "off (--hflip=False)" in line
+
+    digits = np.random.default_rng(0).integers(1, 256, (5, 28, 28), dtype=np.uint8)
+    write_fake_mnist(tmp_path, digits)
+    mnist = open_dataset("stackmnist", image_size=32, root=str(tmp_path))
+    # --preset=cifar10 --data=stackmnist asks for flips; digits refuse them, and the log says why.
+    config, line = decide_flips(make_config("cifar10", data="stackmnist"), mnist)
+    assert not config.hflip and "off" in line and "digit" in line
 
 
 def test_describe_dataset_names_size_and_resolution():
@@ -363,7 +372,7 @@ def test_sampler_resumes_exactly():
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_make_loader_batches_and_resume(workers):
-    ds = open_dataset("demo", image_size=8, hflip=False)
+    ds = open_dataset("demo", image_size=8)
     loader = make_loader(ds, batch_size=4, workers=workers, pin_memory=False)
     batches = [next(loader) for _ in range(3)]
     assert all(b.shape == (4, 3, 8, 8) and b.dtype == torch.float32 for b in batches)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddgan import losses
-from ddgan.trainer import cosine_lr
+from ddgan.iteration import cosine_lr
 
 
 def test_softplus_losses_closed_form():

@@ -53,7 +53,7 @@ def run(kind: str, net: torch.nn.Module, inputs: dict) -> torch.Tensor:
 
 def tiny_inputs(kind: str, config: dict, batch: int = 2, seed: int = 0) -> dict:
     """Random inputs matching a reference config."""
-    cfg = networks.reference_config(config)
+    cfg = networks.with_reference_defaults(config)
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, cfg["num_channels"], cfg["image_size"], cfg["image_size"])
     if kind == "NCSNpp":

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ddgan import checkpoint, losses
-from ddgan.trainer import NonFiniteError
-from ddgan.training import train, train_from_flags
+from ddgan.iteration import NonFiniteError
+from ddgan.training_loop import config_from_flags, run_training
 from tests.test_training import TINY, tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_kill_9_keeps_the_last_good_checkpoint_and_resume_finishes(tmp_path):
     for file in checkpoint.list_checkpoints(run_dir):
         checkpoint.load(file)  # every *.pt left behind is whole
     killed_at = checkpoint.load(run_dir)["step"]
-    train_from_flags(resume=str(run_dir), kimg=(killed_at + 2) * 4 / 1000)
+    run_training(config_from_flags(resume=str(run_dir), kimg=(killed_at + 2) * 4 / 1000))
     state = checkpoint.load(run_dir)
     assert state["step"] == killed_at + 2 and state["images_seen"] == (killed_at + 2) * 4
     assert not list(run_dir.glob(".*.tmp"))
@@ -122,7 +122,7 @@ def test_full_disk_during_training_keeps_the_previous_checkpoint(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", save_until_disk_full)
     with pytest.raises(OSError, match="could not write checkpoint .*No space left.*free disk space"):
-        train(tiny("demo", tmp_path, kimg=0.016, snapshot_kimg=0.004))
+        run_training(tiny("demo", tmp_path, kimg=0.016, snapshot_kimg=0.004))
     monkeypatch.undo()
     run_dir = run_dir_of(tmp_path)
     assert [p.name for p in run_dir.glob("*.pt")] == [checkpoint.checkpoint_name(4)]
@@ -143,7 +143,7 @@ def nan_on_call(monkeypatch, bad_calls):
 def test_non_finite_loss_stops_with_step_quantity_and_hint(tmp_path, monkeypatch):
     nan_on_call(monkeypatch, {3})
     with pytest.raises(NonFiniteError, match=r"G loss became nan at step 2 .*lower --lr_g/--lr_d or raise --r1_gamma"):
-        train(tiny("demo", tmp_path, kimg=0.040))
+        run_training(tiny("demo", tmp_path, kimg=0.040))
     state = checkpoint.load(run_dir_of(tmp_path))
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
@@ -151,7 +151,7 @@ def test_non_finite_loss_stops_with_step_quantity_and_hint(tmp_path, monkeypatch
 
 def test_skip_nonfinite_tolerates_a_few(tmp_path, monkeypatch):
     nan_on_call(monkeypatch, {3, 5})
-    run_dir = train(tiny("demo", tmp_path, kimg=0.020, skip_nonfinite=2))
+    run_dir = run_training(tiny("demo", tmp_path, kimg=0.020, skip_nonfinite=2))
     assert checkpoint.load(run_dir)["step"] == 5
     assert "skipping a step" in (run_dir / "log.jsonl").read_text()
 

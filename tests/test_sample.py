@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ddgan import checkpoint
+from ddgan import checkpoint, sampling
 from ddgan.config import make_config
 from ddgan.data import read_image_array
 from ddgan.models import build_generator, load_generator
-from eval import sample as sampling
+from eval import sample as sample_command
 
 
 def tiny_config():
@@ -137,18 +137,18 @@ def test_same_images_for_any_split_or_order(ckpt, reference):
 # ------------------------------------------------------------------------------------------- outputs
 
 def test_npz_output_round_trip(ckpt, reference, tmp_path):
-    out = sampling.sample(str(ckpt), out=str(tmp_path / "s.npz"), seeds="0-5", batch=4, device="cpu")
+    out = sample_command.sample(str(ckpt), out=str(tmp_path / "s.npz"), seeds="0-5", batch=4, device="cpu")
     np.testing.assert_array_equal(read_image_array(out), reference)
 
 
 def test_folder_output_named_by_seed(ckpt, reference, tmp_path):
-    out = Path(sampling.sample(str(ckpt), out=str(tmp_path / "pngs"), seeds="1,4", device="cpu"))
+    out = Path(sample_command.sample(str(ckpt), out=str(tmp_path / "pngs"), seeds="1,4", device="cpu"))
     assert sorted(p.name for p in out.iterdir()) == ["000001.png", "000004.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "000004.png")), reference[4])
 
 
 def test_default_output_is_a_grid_next_to_the_checkpoint(ckpt, reference, capsys):
-    sampling.main([str(ckpt.parent), "--n=6", "--device=cpu"])
+    sample_command.main([str(ckpt.parent), "--n=6", "--device=cpu"])
     expected = ckpt.parent / f"samples-{ckpt.stem}.png"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(expected)
     grid = np.asarray(Image.open(expected))
@@ -173,44 +173,44 @@ def test_overwrite_protection(ckpt, tmp_path):
     out = tmp_path / "s.npz"
     out.write_bytes(b"precious")
     with pytest.raises(ValueError, match="--overwrite"):
-        sampling.sample(str(ckpt), out=str(out), n=1, device="cpu")
+        sample_command.sample(str(ckpt), out=str(out), n=1, device="cpu")
     assert out.read_bytes() == b"precious"
     folder = tmp_path / "pngs"
     folder.mkdir()
     (folder / "mine.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
-        sampling.sample(str(ckpt), out=str(folder), n=1, device="cpu")
-    sampling.sample(str(ckpt), out=str(out), n=1, device="cpu", overwrite=True)
+        sample_command.sample(str(ckpt), out=str(folder), n=1, device="cpu")
+    sample_command.sample(str(ckpt), out=str(out), n=1, device="cpu", overwrite=True)
     assert read_image_array(out).shape == (1, 8, 8, 3)
 
 
 def test_empty_seed_range_names_the_flag(ckpt):
     with pytest.raises(ValueError, match=r"--seeds: the range 5-2 is empty"):
-        sampling.sample(str(ckpt), seeds="5-2")
+        sample_command.sample(str(ckpt), seeds="5-2")
 
 
 @pytest.mark.parametrize("batch", [0, -1, 2.5])
 def test_bad_batch(ckpt, batch):
     with pytest.raises(ValueError, match="--batch must be an integer >= 1"):
-        sampling.sample(str(ckpt), batch=batch)
+        sample_command.sample(str(ckpt), batch=batch)
 
 
 def test_bad_out_suffix(ckpt, tmp_path):
     with pytest.raises(ValueError, match=r"\*\.png"):
-        sampling.sample(str(ckpt), out=str(tmp_path / "x.jpg"))
+        sample_command.sample(str(ckpt), out=str(tmp_path / "x.jpg"))
 
 
 def test_not_a_checkpoint(tmp_path, capsys):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
     with pytest.raises(checkpoint.CheckpointError, match="not a PyTorch file"):
-        sampling.sample(str(text), device="cpu")
+        sample_command.sample(str(text), device="cpu")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": [1, 2]}, foreign)
     with pytest.raises(SystemExit, match="error: .*not a ddgan checkpoint"):
-        sampling.main([str(foreign), "--device=cpu"])
+        sample_command.main([str(foreign), "--device=cpu"])
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
-        sampling.sample(str(tmp_path / "missing.pt"))
+        sample_command.sample(str(tmp_path / "missing.pt"))
 
 
 def test_bf16_sampling_stays_close_to_fp32(ckpt):

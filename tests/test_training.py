@@ -11,9 +11,9 @@ import torch
 
 from ddgan import checkpoint
 from ddgan.config import make_config
+from ddgan.iteration import Trainer
 from ddgan.models import load_generator
-from ddgan.trainer import Trainer
-from ddgan.training import train, train_from_flags
+from ddgan.training_loop import config_from_flags, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0,
@@ -43,7 +43,7 @@ def test_short_run_per_preset_shape(preset, tmp_path):
     config = tiny(preset, tmp_path, batch_size=batch, kimg=0.002 * batch, lazy_reg=1)
     initial = Trainer(config)
     g0, d0 = flat(initial.G), flat(initial.D)
-    run_dir = train(config)
+    run_dir = run_training(config)
     state = checkpoint.load(run_dir)
     assert state["step"] == 2 and state["images_seen"] == 2 * batch
     resumed = Trainer(config)
@@ -61,10 +61,10 @@ def test_short_run_per_preset_shape(preset, tmp_path):
 
 def test_exact_resume(tmp_path):
     config = tiny("demo", tmp_path / "a", kimg=0.040, snapshot_kimg=0.016, lazy_reg=3, hflip=True)
-    whole = train(config)
-    half = train(config, max_steps=4)  # stops early, as an interrupted run would
+    whole = run_training(config)
+    half = run_training(config, max_steps=4)  # stops early, as an interrupted run would
     assert checkpoint.load(half)["step"] == 4
-    train_from_flags(resume=str(half))
+    run_training(config_from_flags(resume=str(half)))
     a, b = checkpoint.load(whole), checkpoint.load(half)
     assert a["step"] == b["step"] == 10
     for net in ("G", "D", "G_ema"):
@@ -73,11 +73,11 @@ def test_exact_resume(tmp_path):
 
 
 def test_resume_rejects_architecture_change(tmp_path):
-    run_dir = train(tiny("demo", tmp_path, kimg=0.004))
+    run_dir = run_training(tiny("demo", tmp_path, kimg=0.004))
     with pytest.raises(ValueError, match="change the architecture.*ngf: 4 -> 8"):
-        train_from_flags(resume=str(run_dir), ngf=8)
+        run_training(config_from_flags(resume=str(run_dir), ngf=8))
     with pytest.raises(ValueError, match="did you mean --kimg"):
-        train_from_flags(resume=str(run_dir), kmg=3)
+        run_training(config_from_flags(resume=str(run_dir), kmg=3))
 
 
 def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(distributed, "setup", lambda device=None: distributed.Context(0, 3, 0, torch.device("cpu")))
     with pytest.raises(ValueError, match="--batch_size=4 is not divisible by the 3 processes"):
-        train(tiny("demo", tmp_path))
+        run_training(tiny("demo", tmp_path))
 
 
 def free_port() -> int:
@@ -98,7 +98,7 @@ DDP_CHECK = """
 import sys, torch, torch.distributed as dist
 from ddgan import distributed, losses
 from ddgan.config import make_config
-from ddgan.trainer import NonFiniteError, Trainer
+from ddgan.iteration import NonFiniteError, Trainer
 torch.set_num_threads(1)
 context = distributed.setup("cpu")
 config = make_config("demo", **eval(sys.argv[1]))
@@ -110,7 +110,7 @@ for step in range(3):
     bad = context.rank == nan_rank and step == 1
     losses.g_loss = (lambda logits: real_g_loss(logits) * float("nan")) if bad else real_g_loss
     try:
-        trainer.train_step(torch.rand(2, 3, 8, 8) * 2 - 1)
+        trainer.run_iteration(torch.rand(2, 3, 8, 8) * 2 - 1)
     except NonFiniteError:
         skipped += 1
 assert skipped == (nan_rank >= 0), f"rank {context.rank} skipped {skipped} steps"
@@ -159,19 +159,19 @@ def test_torchrun_training_run_writes_one_checkpoint(tmp_path):
     assert state["images_seen"] == 12 and state["step"] == 3  # 3 steps of 2 images on each of 2 ranks
 
 
-def test_fid_during_training_is_logged_and_keeps_the_best(tmp_path, monkeypatch):
-    import eval.fid
-
+def test_fid_during_training_is_logged_and_keeps_the_best(tmp_path):
     scores = iter([5.0, 3.0, 4.0])
     calls = []
 
-    def fake_fid(G, config, stats, n, batch, device):
-        calls.append((stats, n))
+    def fake_fid(G, config):
+        calls.append((config.fid_stats, config.fid_samples))
         assert not G.training
         return next(scores)
 
-    monkeypatch.setattr(eval.fid, "fid_of_generator", fake_fid)
-    run_dir = train(tiny("demo", tmp_path, kimg=0.012, fid_every=0.004, fid_samples=10, fid_stats="stats.npz"))
+    config = tiny("demo", tmp_path, kimg=0.012, fid_every=0.004, fid_samples=10, fid_stats="stats.npz")
+    with pytest.raises(ValueError, match="--fid_every=0.004 needs an FID evaluator"):
+        run_training(config)
+    run_dir = run_training(config, evaluate_fid=fake_fid)
     assert calls == [("stats.npz", 10)] * 3
     best = checkpoint.load(run_dir / "best.pt")
     assert best["best_fid"] == 3.0 and best["step"] == 2

@@ -1,10 +1,11 @@
 """The image-array file convention: uint8 images (N, H, W, C) in a `.npz` under key `x`, or in a `.npy`."""
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ddgan.files import atomic_write
 
 CHANNEL_COUNTS = (1, 3)
 
@@ -63,13 +64,4 @@ def write_image_array(path: str | os.PathLike, x: np.ndarray) -> None:
         raise ValueError(f"x: expected uint8 images shaped (N, H, W, C) with C in {{1, 3}}, "
                          f"got {x.dtype} of shape {x.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez(f, x=x)
-        # mkstemp makes the file private (0600); samples are meant to be shared like any other output.
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, x=x))

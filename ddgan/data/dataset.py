@@ -33,17 +33,17 @@ class ImageDataset(Dataset):
     """Images from a source as float32 tensors (C, H, W) in [-1, 1], ready for the diffusion.
 
     Each image is converted to `num_channels` (1: grayscale, 3: RGB), resized with antialiased bicubic
-    filtering so its shorter side is `image_size`, center-cropped to a square, and mirrored left-right
-    with probability 1/2 when `hflip`. An unreadable image raises BadImageError naming it; with
+    filtering so its shorter side is `image_size` and center-cropped to a square; random flips are the
+    training iteration's (`Trainer.flip`), where `flippable` allows them. An unreadable image raises
+    BadImageError naming it; with
     `skip_bad_images` it is reported once as a warning and the next readable image stands in for it.
     """
 
-    def __init__(self, source: ImageSource, image_size: int, num_channels: int = 3, hflip: bool = True,
-                 skip_bad_images: bool = False):
+    def __init__(self, source: ImageSource, image_size: int, num_channels: int = 3, skip_bad_images: bool = False):
         check_image_args(image_size, num_channels)
         self.source = source
         self.image_size, self.num_channels = image_size, num_channels
-        self.hflip, self.skip_bad_images = hflip, skip_bad_images
+        self.skip_bad_images = skip_bad_images
         # DataLoader workers each hold a copy of the dataset; flags in shared memory let the count span them.
         self._bad = torch.zeros(len(source), dtype=torch.uint8).share_memory_() if skip_bad_images else None
         self._warned_small = False
@@ -53,16 +53,18 @@ class ImageDataset(Dataset):
         """The dataset's name or path."""
         return self.source.name
 
+    @property
+    def flippable(self) -> bool:
+        """Whether a left-right mirror of an image is still an image of the data (not for digits)."""
+        return getattr(self.source, "flippable", True)
+
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        image = self._read_readable(index)
-        if self.hflip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image
+        return self._read_readable(index)
 
     def bad_image_count(self) -> int:
         """How many distinct unreadable images have been skipped so far, across all loader workers."""
@@ -134,14 +136,13 @@ def default_data_root() -> Path:
     return Path(os.environ.get("DDGAN_DATA") or Path.home() / ".cache" / "ddgan" / "datasets").expanduser()
 
 
-def open_dataset(data: str, image_size: int, num_channels: int = 3, hflip: bool = True,
-                 download: bool = False, skip_bad_images: bool = False,
-                 root: str | None = None) -> ImageDataset:
+def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bool = False,
+                 skip_bad_images: bool = False, root: str | None = None) -> ImageDataset:
     """Open training images by name or path, as float32 tensors (C, H, W) in [-1, 1].
 
     `data` is a name — 'demo' (built-in shapes, nothing to download), 'cifar10' (train split, under
     `root`, default $DDGAN_DATA or ~/.cache/ddgan/datasets, fetched only when `download`), 'stackmnist'
-    (from MNIST under `root`; never flipped, since a mirrored digit is not a digit) — or a path to a
+    (from MNIST under `root`; not `flippable`, since a mirrored digit is not a digit) — or a path to a
     folder of images (searched recursively), a .zip of images, an LMDB (see LmdbSource), or a .npz/.npy
     uint8 array (see read_image_array). Names take precedence: write './cifar10' for a folder of that name.
     """
@@ -153,10 +154,10 @@ def open_dataset(data: str, image_size: int, num_channels: int = 3, hflip: bool 
     elif data == "cifar10":
         source = ArraySource(torchvision_images("CIFAR10", data_root, download), name="cifar10")
     elif data == "stackmnist":
-        source, hflip = StackedMnistSource(torchvision_images("MNIST", data_root, download)), False
+        source = StackedMnistSource(torchvision_images("MNIST", data_root, download))
     else:
         source = open_path(data)
-    return ImageDataset(source, image_size, num_channels, hflip=hflip, skip_bad_images=skip_bad_images)
+    return ImageDataset(source, image_size, num_channels, skip_bad_images=skip_bad_images)
 
 
 def open_path(data: str) -> ImageSource:
@@ -210,8 +211,7 @@ def torchvision_images(kind: str, root: Path, download: bool) -> np.ndarray:
 def describe_dataset(ds: Dataset) -> str:
     """One line for logs: the dataset's name, size and image resolution."""
     if isinstance(ds, ImageDataset):
-        flips = ", random horizontal flips" if ds.hflip else ""
-        return f"{ds.name}: {len(ds)} images of {ds.num_channels}x{ds.image_size}x{ds.image_size}{flips}"
+        return f"{ds.name}: {len(ds)} images of {ds.num_channels}x{ds.image_size}x{ds.image_size}"
     name = getattr(ds, "name", type(ds).__name__)
     try:
         first = ds[0]

@@ -1,8 +1,9 @@
 """Where images come from: folders, zip archives, LMDBs and in-memory arrays, each read one image at a time.
 
 A source knows its `name`, its length, how to `load(index)` one image (a decoded PIL image, or a uint8
-array (H, W, C)), and how to `describe(index)` where that image lives for error messages. Conversion,
-resizing and flips are the dataset's job, so every source is read the same way.
+array (H, W, C)), how to `describe(index)` where that image lives for error messages, and whether its
+images may be mirrored (`flippable`). Conversion and resizing are the dataset's job and random flips the
+training iteration's, so every source is read the same way.
 """
 
 import io
@@ -27,6 +28,7 @@ class ImageSource(Protocol):
     """A sequence of images that are read on demand."""
 
     name: str
+    flippable: bool  # whether a left-right mirror of an image is still an image of the data
 
     def __len__(self) -> int: ...
 
@@ -53,6 +55,8 @@ def is_image_name(relative_path: str) -> bool:
 
 class FolderSource:
     """The image files under a folder, found recursively, in sorted order of their relative paths."""
+
+    flippable = True
 
     def __init__(self, root: Path):
         self.root = root
@@ -81,6 +85,8 @@ class FolderSource:
 
 class ZipSource:
     """The image files inside a zip archive, in sorted order of their names, read without extracting."""
+
+    flippable = True
 
     def __init__(self, path: Path):
         self.path = path
@@ -167,6 +173,8 @@ class LmdbSource:
     Key-list layout (LSUN): arbitrary keys, in LMDB key order, each holding encoded image bytes.
     """
 
+    flippable = True
+
     def __init__(self, path: Path, is_dir: bool, name: str | None = None):
         self.path, self.is_dir = path, is_dir
         self.name = name or str(path)
@@ -238,6 +246,8 @@ def _looks_encoded(value: bytes | None) -> bool:
 class ArraySource:
     """Images held in memory as a uint8 array (N, H, W, C)."""
 
+    flippable = True
+
     def __init__(self, images: np.ndarray, name: str):
         self.images = images
         self.name = name
@@ -260,6 +270,8 @@ class StackedMnistSource:
     Each channel walks two independent permutations of the digits, giving 2 * len(digits) images; the
     digits are padded by 2 pixels (28 -> 32), as in the original, rather than resized.
     """
+
+    flippable = False  # a mirrored digit is not a digit
 
     def __init__(self, digits: np.ndarray, seed: int = 0):
         self.digits = digits

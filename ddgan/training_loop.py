@@ -1,7 +1,8 @@
-"""The training run: run folder, data stream, the loop over iterations, checkpoints, signals, the demo.
+"""The training run: run folder, data stream, the loop over iterations, checkpoints, signals.
 
-`ddgan train` and `python train.py` both end up in `train_from_flags`. Under torchrun every process
-runs the same loop; rank 0 alone writes the run folder.
+`ddgan train` and `python train.py` build a Config with `config_from_flags` and hand it to
+`run_training`; one iteration itself lives in `ddgan.iteration`. Under torchrun every process runs the
+same loop; rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -10,18 +11,22 @@ import json
 import math
 import re
 import signal
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import networks
 from ddgan import __version__, checkpoint, distributed
-from ddgan.config import Config, architecture_changes, check_known, make_config, validate
-from ddgan.data import describe_dataset, make_loader, open_dataset
+from ddgan.config import Config, architecture_changes, check_known, make_config, replace, validate
+from ddgan.data import ImageDataset, describe_dataset, make_loader, open_dataset
+from ddgan.iteration import NonFiniteError, Trainer
 from ddgan.monitor import Monitor
-from ddgan.trainer import NonFiniteError, Trainer
+from ddgan.sampling import generate, grid_image, save_grid
+
+# Scores a generator for the run's config (FID: lower is better); `ddgan train` passes eval.fid's.
+Evaluator = Callable[[torch.nn.Module, Config], float]
 
 
 def new_run_dir(outdir: str | Path, config: Config) -> Path:
@@ -50,13 +55,12 @@ def resume_config(resume: str, flags: dict) -> tuple[Config, Path]:
     return config, file
 
 
-def train_from_flags(preset: str = "cifar10", **flags) -> Path:
-    """Build the config from a preset and flags (or from --resume's checkpoint), then train."""
+def config_from_flags(preset: str = "cifar10", **flags) -> Config:
+    """The run's config from a preset and flags, or from --resume's checkpoint and flags."""
     if flags.get("resume"):
         config, _ = resume_config(flags.pop("resume"), flags)
-    else:
-        config = make_config(preset, **flags)
-    return train(config)
+        return config
+    return make_config(preset, **flags)
 
 
 class StopRequest:
@@ -98,11 +102,27 @@ def weights_finite(trainer: Trainer) -> bool:
     return all(torch.isfinite(p).all() for net in (trainer.G, trainer.D, trainer.G_ema) for p in net.parameters())
 
 
-def train(config: Config, max_steps: int | None = None, device: str | None = None) -> Path | None:
-    """Train until config.kimg thousand images have been seen (or `max_steps` iterations); returns the run folder."""
+def decide_flips(config: Config, dataset: ImageDataset) -> tuple[Config, str]:
+    """The config with --hflip as it will apply to this data, and a line for the run log saying so."""
+    if config.hflip and not dataset.flippable:
+        return replace(config, hflip=False), (f"random horizontal flips: off ({dataset.name}'s images may not be "
+                                              "mirrored: a mirrored digit is not a digit)")
+    return config, f"random horizontal flips: {'on' if config.hflip else 'off (--hflip=False)'}"
+
+
+def run_training(config: Config, max_steps: int | None = None, device: str | None = None,
+                 evaluate_fid: Evaluator | None = None) -> Path | None:
+    """Train until config.kimg thousand images have been seen (or `max_steps` iterations); returns the run folder.
+
+    evaluate_fid: called every --fid_every kimg on rank 0 with the EMA generator; `ddgan train` passes
+    eval.fid's clean-fid evaluator. Required when --fid_every is set.
+    """
+    if config.fid_every > 0 and evaluate_fid is None:
+        raise ValueError(f"--fid_every={config.fid_every} needs an FID evaluator: run `ddgan train`, or pass "
+                         "evaluate_fid=eval.fid.training_evaluator(config) to run_training")
     context = distributed.setup(device)
     try:
-        run_dir = _train(config, context, max_steps)
+        run_dir = _run_loop(config, context, max_steps, evaluate_fid)
     except BaseException:
         distributed.teardown(wait_for_peers=False)
         raise
@@ -110,13 +130,15 @@ def train(config: Config, max_steps: int | None = None, device: str | None = Non
     return run_dir
 
 
-def _train(config: Config, context: distributed.Context, max_steps: int | None) -> Path | None:
+def _run_loop(config: Config, context: distributed.Context, max_steps: int | None,
+              evaluate_fid: Evaluator | None) -> Path | None:
     if config.batch_size % context.world_size:
         raise ValueError(f"--batch_size={config.batch_size} is not divisible by the {context.world_size} processes; "
                          f"use a multiple of {context.world_size}")
     per_rank_batch = config.batch_size // context.world_size
-    dataset = open_dataset(config.data, config.image_size, config.num_channels, hflip=False,
-                           download=config.download, skip_bad_images=config.skip_bad_images)
+    dataset = open_dataset(config.data, config.image_size, config.num_channels, download=config.download,
+                           skip_bad_images=config.skip_bad_images)
+    config, flips = decide_flips(config, dataset)
     trainer = Trainer(config, context)
 
     resumed = None
@@ -138,7 +160,7 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
                       enabled=context.is_main)
     if context.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        monitor.message(f"run folder {run_dir}\ndata: {describe_dataset(dataset)}\n"
+        monitor.message(f"run folder {run_dir}\ndata: {describe_dataset(dataset)}\n{flips}\n"
                         f"G {networks.count_parameters(trainer.G) / 1e6:.2f} M parameters, "
                         f"D ({config.discriminator_kind}) {networks.count_parameters(trainer.D) / 1e6:.2f} M; "
                         f"{context.world_size} process(es) on {context.device}, batch {config.batch_size}")
@@ -147,7 +169,7 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
 
     batches = iter(make_loader(dataset, per_rank_batch, rank=context.rank, num_replicas=context.world_size,
                                seed=config.seed, workers=config.workers,
-                               start_index=trainer.step * per_rank_batch))
+                               start_index=trainer.batches_drawn * per_rank_batch))
     total_images = int(math.ceil(config.kimg * 1000))
     best_fid = (resumed or {}).get("best_fid")
     next_snapshot = _next_mark(trainer.images_seen, config.snapshot_kimg)
@@ -174,7 +196,7 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
                 data_wait += time.perf_counter() - waited
                 log_now = trainer.step % config.log_every == 0
                 try:
-                    stats = trainer.train_step(x0, check_finite=strict_checks or log_now)
+                    stats = trainer.run_iteration(x0, check_finite=strict_checks or log_now)
                 except NonFiniteError as error:
                     skipped += 1
                     if skipped > config.skip_nonfinite:
@@ -201,7 +223,7 @@ def _train(config: Config, context: distributed.Context, max_steps: int | None) 
                         write_sample_grid(trainer, run_dir / f"samples-{trainer.images_seen:012d}.png", monitor)
                 if trainer.images_seen >= next_fid:
                     next_fid = _next_mark(trainer.images_seen, config.fid_every)
-                    best_fid = _evaluate_fid(trainer, run_dir, monitor, best_fid, context)
+                    best_fid = _evaluate_fid(evaluate_fid, trainer, run_dir, monitor, best_fid, context)
                 if trainer.images_seen >= next_snapshot:
                     next_snapshot = _next_mark(trainer.images_seen, config.snapshot_kimg)
                     snapshot("a scheduled snapshot")
@@ -231,8 +253,6 @@ def _next_mark(images_seen: int, every_kimg: float) -> float:
 def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
     """Sample a grid from the EMA generator with fixed seeds 0..n-1 (the same images every time)."""
     n = trainer.config.grid_images
-    from eval.sample import generate, grid_image, save_grid
-
     images = next(iter(generate(trainer.G_ema, trainer.config, list(range(n)), batch=n, device=trainer.device,
                                 progress=False)))
     save_grid(images, path)
@@ -241,13 +261,11 @@ def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
     return path
 
 
-def _evaluate_fid(trainer: Trainer, run_dir: Path, monitor, best_fid, context) -> float | None:
+def _evaluate_fid(evaluate_fid: Evaluator, trainer: Trainer, run_dir: Path, monitor, best_fid,
+                  context) -> float | None:
     """FID of the EMA generator (rank 0), logged; keeps best.pt when it improves."""
     if context.is_main:
-        from eval.fid import fid_of_generator
-
-        value = fid_of_generator(trainer.G_ema, trainer.config, stats=trainer.config.fid_stats,
-                                 n=trainer.config.fid_samples, batch=100, device=trainer.device)
+        value = evaluate_fid(trainer.G_ema, trainer.config)
         monitor.scalars(trainer.images_seen / 1000, trainer.step, {"fid": value})
         monitor.message(f"FID {value:.3f} at {trainer.images_seen / 1000:.1f} kimg")
         if best_fid is None or value < best_fid:
@@ -255,36 +273,3 @@ def _evaluate_fid(trainer: Trainer, run_dir: Path, monitor, best_fid, context) -
             save_checkpoint(trainer, run_dir, {"best_fid": best_fid, "fid": value}, name="best.pt")
     distributed.barrier(context)
     return best_fid
-
-
-def run_demo(outdir: str = "runs/demo", **flags) -> str:
-    """`make demo`: train the demo preset on built-in shapes, then print where everything is."""
-    started = time.perf_counter()
-    run_dir = train_from_flags("demo", outdir=outdir, **flags)
-    minutes = (time.perf_counter() - started) / 60
-    grid = run_dir / "samples-final.png"
-    print(f"\nDemo finished in {minutes:.1f} min.\n  samples:     {grid}\n"
-          f"  checkpoint:  {checkpoint.latest_checkpoint(run_dir)}\n"
-          f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}\n"
-          f"  more samples: ddgan sample {run_dir}", file=sys.stderr)
-    return str(run_dir)
-
-
-def describe_checkpoint(path: str) -> str:
-    """A few lines about a checkpoint: what produced it and what it holds."""
-    file = checkpoint.resolve(path)
-    state = checkpoint.load(file)
-    config = Config.from_dict(state["config"], f"checkpoint {file}")
-    from ddgan.models import build_discriminator, build_generator
-
-    lines = [
-        f"{file}: ddgan checkpoint format {state['version']} (ddgan {state.get('ddgan_version', '?')})",
-        f"preset {config.preset}, data {config.data}, {state['images_seen'] / 1000:.2f} kimg, step {state['step']}",
-        f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
-        f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}",
-        f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters, "
-        f"D {networks.count_parameters(build_discriminator(config)) / 1e6:.2f} M",
-    ]
-    if state.get("best_fid") is not None:
-        lines.append(f"best FID {state['best_fid']:.3f}")
-    return "\n".join(lines)

@@ -3,9 +3,7 @@
 Several GPUs or nodes: `torchrun --nproc_per_node=8 train.py --preset=celeba256 --data=PATH`.
 """
 
-import fire
-
-from ddgan.cli import train
+from ddgan.cli import run_command, train
 
 if __name__ == "__main__":
-    fire.Fire(train, name="train.py")
+    run_command("train", train)

@@ -1,72 +1,135 @@
-"""The `ddgan` command line: train, sample, fid, bench, demo and info, all through `fire`.
+"""The `ddgan` command line: train, sample, fid, bench, demo, info and presets, all through `fire` and `command`.
 
 Flags keep the original implementation's underscore names; `--flag=value` works, lists as
-`--ch_mult='[1,2,2]'`. Bad input ends with one line naming the flag and the fix, not a traceback.
+`--ch_mult='[1,2,2]'`. Every sub-command (and `python train.py`, `python -m eval.modes`, ...) is wrapped
+by `command`, so all of them answer `--help` the same way, refuse a misspelled flag with a suggestion
+before any work starts, and end bad input with one line naming the flag and the fix, not a traceback
+(set DDGAN_TRACEBACK=1 for one). The evaluation commands live in `eval/` and are imported only when
+called: the library itself never imports `eval`.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
+import inspect
+import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 
 import fire
 
+from ddgan.config import GROUPS, PRESETS, Config, unknown_flag_message
 
-def friendly_errors(command):
-    """Print ValueError/OSError messages as one clean line and exit 2 instead of a traceback."""
+# Errors that are the user's input or environment, printed as one line; anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = (ValueError, OSError, KeyError, ArithmeticError)
 
-    @functools.wraps(command)
-    def run(*args, **kwargs):
+
+def command(name: str, function: Callable | str, program: str = "ddgan") -> Callable:
+    """`function` as the command `PROGRAM NAME` for fire; a "module:function" string is imported when first run."""
+
+    def run(*args, **flags):
+        target = _resolve(function)
         try:
-            return command(*args, **kwargs)
-        except (ValueError, OSError, KeyError, ArithmeticError) as error:
-            if "DDGAN_TRACEBACK" in __import__("os").environ:
+            return call(name, target, args, flags, program)
+        except BrokenPipeError:  # `ddgan ... | head` closed the pipe: nothing went wrong
+            sys.exit(0)
+        except USER_ERRORS as error:
+            if os.environ.get("DDGAN_TRACEBACK"):
                 raise
-            print(f"ddgan {command.__name__}: error: {error}", file=sys.stderr)
+            print(f"{program} {name}: error: {error}", file=sys.stderr)
             sys.exit(2)
 
+    run.__name__ = name.replace(" ", "_").replace("-", "_")
+    run.__doc__ = function.__doc__ if callable(function) else f"`ddgan {name}` (see --help)"
     return run
 
 
-@friendly_errors
-def train(preset: str = "cifar10", **flags):
-    """Train a DDGAN: `--preset` (cifar10, celeba256, lsun256, stackmnist, demo) sets every default; any
-    field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`). Run under
-    torchrun for several GPUs or nodes. Returns the run folder."""
-    if flags.pop("help", False):
-        print(train.__doc__)
+def call(name: str, function: Callable, args: Sequence, flags: dict, program: str = "ddgan"):
+    """Run function(*args, **flags) as `PROGRAM NAME`: --help prints its help, unknown flags and arguments are refused."""
+    subcommands = getattr(function, "subcommands", {})
+    if args and isinstance(args[0], str) and args[0] in subcommands:
+        return call(f"{name} {args[0]}", subcommands[args[0]], args[1:], flags, program)
+    if flags.pop("help", False) or "-h" in args or "--help" in args:
+        print(help_text(f"{program} {name}", function))
         return None
+    signature = inspect.signature(function)
+    parameters = signature.parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        known = [p for p, spec in parameters.items() if spec.kind is not spec.VAR_POSITIONAL]
+        for flag in flags:
+            if flag not in known:
+                raise ValueError(unknown_flag_message(flag, known, f"`{program} {name} --help` lists the flags"))
+    try:
+        signature.bind(*args, **flags)
+    except TypeError as error:
+        raise ValueError(f"{error}; see `{program} {name} --help`") from None
+    return function(*args, **flags)
+
+
+def help_text(command_line: str, function: Callable) -> str:
+    """The usage line built from the signature, then the docstring (train: every Config flag, grouped)."""
+    words = []
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            words.append("[--FLAG=VALUE ...]")
+        elif parameter.kind is not parameter.VAR_POSITIONAL:
+            words.append(parameter.name.upper() if parameter.default is parameter.empty
+                         else f"[--{parameter.name}={parameter.default}]")
+    text = f"usage: {command_line} {' '.join(words)}\n\n{inspect.getdoc(function) or ''}"
+    return text + (config_flags_help() if getattr(function, "takes_config_flags", False) else "")
+
+
+def config_flags_help() -> str:
+    """Every training flag with its one-line help and cifar10 default, grouped as the Config dataclass is."""
+    lines = ["", "", "Flags (cifar10 defaults; `ddgan presets` shows what each preset changes):"]
+    options = {f"--{f.name}={_shown(f.default)}": f for f in fields(Config) if f.name != "preset"}
+    width = max(map(len, options)) + 2
+    for group in GROUPS:
+        lines.append(f"\n  {group}:")
+        lines += [f"    {flag:<{width}}{f.metadata['help']}" for flag, f in options.items()
+                  if f.metadata["group"] == group]
+    return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    """A default as it would be typed on the command line."""
+    return f"'{list(value)}'".replace(" ", "") if isinstance(value, tuple) else str(value)
+
+
+def _resolve(function: Callable | str) -> Callable:
+    if callable(function):
+        return function
+    module, _, attribute = function.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def takes_config_flags(function: Callable) -> Callable:
+    """Mark a command whose **flags are Config fields, so that its --help lists them."""
+    function.takes_config_flags = True
+    return function
+
+
+@takes_config_flags
+def train(preset: str = "cifar10", **flags) -> str:
+    """Train a DDGAN: `--preset` (cifar10, celeba256, lsun256, stackmnist, demo) sets every default, and any
+    field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`). `--resume=RUN`
+    continues a run exactly. Run under torchrun for several GPUs or nodes. Prints the run folder."""
     from ddgan.training_loop import config_from_flags, run_training
 
     config = config_from_flags(preset, **flags)
-    return str(run_training(config, evaluate_fid=_fid_evaluator(config)))
+    return str(run_training(config, evaluate_fid=fid_evaluator(config)))
 
 
-def _fid_evaluator(config):
-    """eval.fid's evaluator when the run asks for FID (--fid_every), reached lazily: the library never imports eval."""
-    if not config.fid_every:
-        return None
-    from eval.fid import training_fid
-
-    return training_fid
+def fid_evaluator(config: Config):
+    """eval.fid's evaluator when the run asks for FID (--fid_every), else None."""
+    return _resolve("eval.fid:training_fid") if config.fid_every else None
 
 
-def _flags_help() -> str:
-    """Every training flag with its cifar10 default, for `ddgan train --help`."""
-    from dataclasses import fields
-
-    from ddgan.config import Config
-
-    return "\n\nFlags (cifar10 defaults; `ddgan presets` shows what each preset changes):\n" + "\n".join(
-        f"    --{f.name}={f.default!r}" for f in fields(Config) if f.name != "preset")
-
-
-train.__doc__ += _flags_help()
-
-
-@friendly_errors
-def demo(outdir: str = "runs/demo", **flags):
+@takes_config_flags
+def demo(outdir: str = "runs/demo", **flags) -> str:
     """Train the `demo` preset on the built-in shapes (minutes on a CPU), then print where everything is."""
     from ddgan import checkpoint
     from ddgan.training_loop import config_from_flags, run_training
@@ -81,42 +144,39 @@ def demo(outdir: str = "runs/demo", **flags):
     return str(run_dir)
 
 
-@friendly_errors
-def info(ckpt: str):
+def info(ckpt: str) -> None:
     """Describe a checkpoint: preset, images seen, architecture and parameter counts."""
     from ddgan.models import describe_checkpoint
 
     print(describe_checkpoint(ckpt))
 
 
-@friendly_errors
-def presets():
+def presets() -> None:
     """List the presets and what each sets."""
-    from ddgan.config import PRESETS
-
     for name, values in PRESETS.items():
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-def _commands() -> dict:
-    from eval.benchmark import bench_command
-    from eval.fid import fid_command
-    from eval.sample import sample
-
-    return {
-        "train": train,
-        "sample": friendly_errors(sample),
-        "fid": friendly_errors(fid_command),
-        "bench": friendly_errors(bench_command),
-        "demo": demo,
-        "info": info,
-        "presets": presets,
-    }
+COMMANDS = {
+    "train": train,
+    "sample": "eval.sample:sample",
+    "fid": "eval.fid:fid_command",
+    "bench": "eval.benchmark:bench_command",
+    "demo": demo,
+    "info": info,
+    "presets": presets,
+}
 
 
-def main(argv: list[str] | None = None):
-    """Entry point of the `ddgan` console script."""
-    fire.Fire(_commands(), command=argv, name="ddgan")
+def main(argv: Sequence[str] | None = None, commands: dict | None = None, name: str = "ddgan") -> None:
+    """Entry point of the `ddgan` console script; other `commands` make a script's own command group."""
+    table = {key: command(key, function, name) for key, function in (commands or COMMANDS).items()}
+    fire.Fire(table, command=list(argv) if argv is not None else None, name=name)
+
+
+def run_command(name: str, function: Callable | str, argv: Sequence[str] | None = None) -> None:
+    """Run one command from its own script: `python eval/sample.py ...` is `ddgan sample ...`."""
+    fire.Fire(command(name, function), command=list(argv) if argv is not None else None, name=name)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import fire
-
 from ddgan import checkpoint
 
 TINY = ["--preset=demo", "--image_size=8", "--ch_mult=[1,2]", "--num_channels_dae=8", "--nz=4", "--z_emb_dim=8",
@@ -89,4 +87,6 @@ def soak(minutes: float = 30.0, kill_every: float = 180.0, outdir: str = "runs/s
 
 
 if __name__ == "__main__":
-    fire.Fire(soak)
+    from ddgan.cli import run_command
+
+    run_command("soak", soak)

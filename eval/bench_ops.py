@@ -4,14 +4,13 @@ On CUDA every op runs twice, through the PyTorch reference and through the compi
 reports the kernel's speed-up. On the CPU only the reference exists, at smaller shapes so that the whole
 run stays under a minute on two cores.
 
-    python -m eval.bench_ops --device cuda
+    ddgan bench --what=ops --device=cuda      (or: python -m eval.bench_ops --device=cuda)
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -96,29 +95,11 @@ def bench_ops(
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Render the rows as a fixed-width text table."""
-    lines = [f"{'op':<16} {'shape':<22} {'ref ms':>10} {'cuda ms':>10} {'speed-up':>9}"]
-    for row in rows:
-        cuda = f"{row['cuda_ms']:10.3f}" if "cuda_ms" in row else f"{'-':>10}"
-        speedup = f"{row['speedup']:8.1f}x" if "speedup" in row else f"{'-':>9}"
-        shape = "x".join(str(s) for s in row["shape"])
-        lines.append(f"{row['op']:<16} {shape:<22} {row['ref_ms']:10.3f} {cuda} {speedup}")
-    return "\n".join(lines)
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m eval.bench_ops [--device=cuda] [--repeats=5]` is `ddgan bench --what=ops ...`."""
+    from ddgan.cli import run_command
 
-
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Command line: print the table, then one JSON line per row."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args(argv)
-    rows = bench_ops(args.device, repeats=args.repeats, warmup=args.warmup)
-    print(format_table(rows))
-    for row in rows:
-        print(json.dumps(row))
-    return rows
+    run_command("bench", "eval.benchmark:bench_command", ["--what=ops", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

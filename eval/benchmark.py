@@ -105,6 +105,7 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
     x_T = torch.randn(batch, *image, device=device).contiguous(memory_format=memory_format)
     latents = torch.randn(T, batch, config.nz, device=device)
     noises = torch.randn(T, batch, *image, device=device)
+
     def run():
         # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
         with autocast(device, amp_dtype, cache_enabled=not cuda_graph):
@@ -279,13 +280,10 @@ def bench_command(*args, **flags) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python eval/benchmark.py [--what=sample|train|ops] ...`; bad input exits with its message."""
-    import fire
+    """`python eval/benchmark.py [--what=sample|train|ops] ...` is `ddgan bench ...`."""
+    from ddgan.cli import run_command
 
-    try:
-        fire.Fire(bench_command, command=list(argv) if argv is not None else None, name="bench")
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    run_command("bench", bench_command, argv)
 
 
 if __name__ == "__main__":

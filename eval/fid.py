@@ -12,9 +12,7 @@ with its name, the folder it belongs in and the URL to fetch it from on another 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
-import inspect
 import json
 import os
 import platform
@@ -376,6 +374,9 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
         feature_extractor: FeatureExtractor | None = None, verbose: bool = True) -> float:
     """FID of a checkpoint's samples; prints it and a JSON line, and returns it.
 
+    `ddgan fid make-stats DATA --out=STATS.npz [--image_size=32]` computes reference statistics once from a
+    dataset name or a folder / .npz / LMDB of images (`ddgan fid make-stats --help`).
+
     stats: clean-fid statistics by name (cifar10, at the generator's resolution and --split) or a .npz from
         `ddgan fid make-stats`; default the checkpoint's fid_stats setting.
     ref: instead of --stats, a folder / .npz / LMDB of reference images, resized to the generator's size.
@@ -433,55 +434,20 @@ def describe_seeds(seeds: Sequence[int]) -> str:
     return f"{len(seeds)} seeds"
 
 
-def fid_command(*args, **flags) -> str | None:
-    """FID on the command line, two forms:
-
-    ddgan fid CKPT [--stats=cifar10|STATS.npz | --ref=FOLDER|NPZ] [--n=50000] [--seeds=0-49999] [--batch=100]
-              [--mode=clean|legacy_tensorflow|legacy_pytorch] [--inception=PATH] [--device=cuda]
-        prints the FID of a checkpoint's samples and a JSON line (see `fid` for every flag);
-    ddgan fid make-stats DATA --out=STATS.npz [--image_size=32] [--n=N] [--mode=clean]
-        computes reference statistics once from a dataset name or a folder / .npz / LMDB of images.
-    """
-    command = make_stats if args[:1] in (("make-stats",), ("make_stats",)) else fid
-    args = args[1:] if command is make_stats else args
-    name = "fid make-stats" if command is make_stats else "fid"
-    signature = inspect.signature(command)
-    if not args and not flags:
-        print(inspect.getdoc(fid_command))
-        return None
-    if flags.pop("help", False) or "-h" in args:
-        print(f"{usage(name, signature)}\n\n{inspect.getdoc(command)}")
-        return None
-    for flag in flags:
-        if flag not in signature.parameters:
-            close = difflib.get_close_matches(flag, list(signature.parameters), n=1)
-            hint = f"did you mean --{close[0]}?" if close else f"see `ddgan {name} --help`"
-            raise ValueError(f"ddgan {name}: unknown flag --{flag}; {hint}")
-    try:
-        signature.bind(*args, **flags)
-    except TypeError as error:
-        raise ValueError(f"ddgan {name}: {error}; see `ddgan {name} --help`") from None
-    result = command(*args, **flags)
-    return result if command is make_stats else None  # fid prints its own lines
+@functools.wraps(fid)  # the command shows and checks fid's flags
+def fid_command(*args, **flags) -> None:
+    fid(*args, **flags)  # it prints the FID and a JSON line; returning None keeps fire from echoing the number
 
 
-
-
-def usage(name: str, signature: inspect.Signature) -> str:
-    """`usage: ddgan NAME ARG [--flag=default] ...` from a function's signature."""
-    words = [p.name.upper() if p.default is p.empty else f"[--{p.name}={p.default}]"
-             for p in signature.parameters.values()]
-    return f"usage: ddgan {name} " + " ".join(words)
+# `ddgan fid make-stats DATA --out=STATS.npz` computes reference statistics once.
+fid_command.subcommands = {"make-stats": make_stats, "make_stats": make_stats}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python eval/fid.py CKPT [--stats ...]` or `python eval/fid.py make-stats DATA --out=STATS.npz`."""
-    import fire
+    """`python eval/fid.py CKPT ...` is `ddgan fid CKPT ...` (also `make-stats DATA --out=STATS.npz`)."""
+    from ddgan.cli import run_command
 
-    try:
-        fire.Fire(fid_command, command=list(argv) if argv is not None else None, name="fid")
-    except (ValueError, MissingFileError) as error:
-        sys.exit(f"error: {error}")
+    run_command("fid", fid_command, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 
-import fire
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -110,4 +109,6 @@ def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu") -> di
 
 
 if __name__ == "__main__":
-    fire.Fire({"make-data": make_data, "count": count})
+    from ddgan.cli import main
+
+    main(commands={"make-data": make_data, "count": count}, name="python -m eval.modes")

@@ -113,13 +113,10 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python eval/sample.py CKPT [--out ...]`: prints the output path; bad input exits with its message."""
-    import fire
+    """`python eval/sample.py CKPT [--out ...]` is `ddgan sample CKPT [--out ...]`."""
+    from ddgan.cli import run_command
 
-    try:
-        fire.Fire(sample, command=list(argv) if argv is not None else None, name="sample")
-    except ValueError as error:  # includes CheckpointError
-        sys.exit(f"error: {error}")
+    run_command("sample", sample, argv)
 
 
 if __name__ == "__main__":

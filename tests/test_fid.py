@@ -171,10 +171,12 @@ def test_missing_named_stats(offline, tmp_path):
     assert offline == [f"{fidlib.STATS_URL}/cifar10_clean_train_32.npz"]
 
 
-def test_fid_command_reports_missing_inception(offline, run, stats):
+def test_fid_command_reports_missing_inception(offline, run, stats, capsys):
     ckpt, _ = run
-    with pytest.raises(SystemExit, match="error: Inception weights inception-2015-12-05.pt not found"):
+    with pytest.raises(SystemExit) as exited:
         fidlib.main([str(ckpt), f"--stats={stats}", "--device=cpu", "--n=40"])
+    assert exited.value.code == 2
+    assert "ddgan fid: error: Inception weights inception-2015-12-05.pt not found" in capsys.readouterr().err
 
 
 def test_local_inception_file_under_any_name(offline, tmp_path):

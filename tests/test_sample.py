@@ -207,8 +207,11 @@ def test_not_a_checkpoint(tmp_path, capsys):
         sample_command.sample(str(text), device="cpu")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": [1, 2]}, foreign)
-    with pytest.raises(SystemExit, match="error: .*not a ddgan checkpoint"):
+    with pytest.raises(SystemExit) as exited:
         sample_command.main([str(foreign), "--device=cpu"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "ddgan sample: error: " in err and "not a ddgan checkpoint" in err
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         sample_command.sample(str(tmp_path / "missing.pt"))
 

@@ -20,87 +20,95 @@ ARCHITECTURE_FIELDS = (
 )
 
 
+GROUPS = ("data", "diffusion", "generator", "discriminator", "optimisation", "speed", "run folder")
+
+
+def option(group: str, default, help: str):
+    """A Config field with its `ddgan train --help` group and one-line help."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}")
+    return field(default=default, metadata={"group": group, "help": help})
+
+
 @dataclass
 class Config:
     """Every setting of a training run; defaults are the CIFAR-10 recipe."""
 
-    # Data
-    data: str = "cifar10"  # a dataset name (demo, cifar10) or a path: folder, zip, LMDB, .npz/.npy
-    image_size: int = 32
-    num_channels: int = 3
-    hflip: bool = True  # random horizontal flips (off for digits)
-    download: bool = False  # allow torchvision to download named datasets
-    skip_bad_images: bool = False
-    workers: int = 2
+    data: str = option("data", "cifar10", "a dataset name (demo, cifar10, stackmnist) or a path: folder, .zip, LMDB, "
+                       ".npz/.npy")
+    image_size: int = option("data", 32, "resolution in pixels (images are resized and center-cropped to it)")
+    num_channels: int = option("data", 3, "1 (grayscale) or 3 (RGB)")
+    hflip: bool = option("data", True, "random horizontal flips (never for digits, whatever this says)")
+    download: bool = option("data", False, "let torchvision download a named dataset (cifar10, stackmnist's MNIST)")
+    skip_bad_images: bool = option("data", False, "skip unreadable images with a warning instead of stopping")
+    workers: int = option("data", 2, "data loader processes per training process (0 = load in the main process)")
 
-    # Forward diffusion
-    num_timesteps: int = 4
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    use_geometric: bool = False
+    num_timesteps: int = option("diffusion", 4, "T, the number of denoising steps")
+    beta_min: float = option("diffusion", 0.1, "beta(t) at t = 0 of the noise schedule")
+    beta_max: float = option("diffusion", 20.0, "beta(t) at t = 1 of the noise schedule")
+    use_geometric: bool = option("diffusion", False, "geometric variance schedule instead of the VP SDE's")
 
-    # Generator: NCSN++ with AdaGN (the original's names)
-    num_channels_dae: int = 128
-    ch_mult: tuple = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple = (16,)
-    dropout: float = 0.0
-    resamp_with_conv: bool = True
-    conditional: bool = True
-    fir: bool = True
-    fir_kernel: tuple = (1, 3, 3, 1)
-    skip_rescale: bool = True
-    resblock_type: str = "biggan"
-    progressive: str = "none"
-    progressive_input: str = "residual"
-    progressive_combine: str = "sum"
-    embedding_type: str = "positional"
-    fourier_scale: float = 16.0
-    not_use_tanh: bool = False
-    centered: bool = True
-    nz: int = 100
-    z_emb_dim: int = 256
-    t_emb_dim: int = 256
-    n_mlp: int = 4
+    num_channels_dae: int = option("generator", 128, "base width nf of the NCSN++ U-Net")
+    ch_mult: tuple = option("generator", (1, 2, 2, 2), "width multiplier of each resolution level, e.g. '[1,2,2,2]'")
+    num_res_blocks: int = option("generator", 2, "residual blocks per resolution level")
+    attn_resolutions: tuple = option("generator", (16,), "resolutions (px) that get self-attention, e.g. '[16]'")
+    dropout: float = option("generator", 0.0, "dropout rate inside the residual blocks")
+    resamp_with_conv: bool = option("generator", True, "kept for the original's command lines; BigGAN blocks "
+                                    "resample inside the block, so only True is valid")
+    conditional: bool = option("generator", True, "condition G on the time step (False: unconditional denoiser)")
+    fir: bool = option("generator", True, "FIR-filtered resampling (False: nearest / box)")
+    fir_kernel: tuple = option("generator", (1, 3, 3, 1), "taps of the resampling FIR filter")
+    skip_rescale: bool = option("generator", True, "divide residual sums by sqrt(2)")
+    resblock_type: str = option("generator", "biggan", "residual block type; only biggan (ddpm crashes in the "
+                                "original)")
+    progressive: str = option("generator", "none", "output pyramid: none or output_skip")
+    progressive_input: str = option("generator", "residual", "input pyramid: none, input_skip or residual")
+    progressive_combine: str = option("generator", "sum", "how input_skip merges the pyramid: sum or cat")
+    embedding_type: str = option("generator", "positional", "time embedding: positional (step index) or fourier")
+    fourier_scale: float = option("generator", 16.0, "std of the random Fourier features (fourier embedding)")
+    not_use_tanh: bool = option("generator", False, "leave G's output unbounded (no final tanh)")
+    centered: bool = option("generator", True, "data in [-1, 1] (False: G maps [0, 1] inputs to [-1, 1] first)")
+    nz: int = option("generator", 100, "dimension of the latent z")
+    z_emb_dim: int = option("generator", 256, "width of the mapping network's output that drives AdaGN")
+    n_mlp: int = option("generator", 4, "hidden layers of the mapping network (the released CIFAR-10 model has 4)")
 
-    # Discriminator
-    ngf: int = 64
-    discriminator: str = "auto"  # small (32 px), large (256 px) or auto (by image_size)
+    ngf: int = option("discriminator", 64, "base width of the discriminator")
+    discriminator: str = option("discriminator", "auto", "small (32 px), large (256 px) or auto (by image_size)")
+    t_emb_dim: int = option("discriminator", 256, "width of the discriminator's time embedding")
 
-    # Optimisation
-    batch_size: int = 256  # global batch over all processes
-    kimg: float = 90_000.0  # training length in thousands of real images seen
-    lr_g: float = 1.6e-4
-    lr_d: float = 1.25e-4
-    beta1: float = 0.5
-    beta2: float = 0.9
-    no_lr_decay: bool = False  # cosine decay to lr_min over the run unless set
-    lr_min: float = 1e-5
-    use_ema: bool = True
-    ema_decay: float = 0.9999
-    r1_gamma: float = 0.02
-    lazy_reg: int | None = 15  # R1 every lazy_reg D steps; None = every step
-    seed: int = 0
+    batch_size: int = option("optimisation", 256, "global batch over all processes")
+    kimg: float = option("optimisation", 90_000.0, "training length in thousands of real images seen")
+    lr_g: float = option("optimisation", 1.6e-4, "generator learning rate")
+    lr_d: float = option("optimisation", 1.25e-4, "discriminator learning rate")
+    beta1: float = option("optimisation", 0.5, "Adam beta1 of both networks")
+    beta2: float = option("optimisation", 0.9, "Adam beta2 of both networks")
+    no_lr_decay: bool = option("optimisation", False, "constant learning rates (default: cosine decay to lr_min)")
+    lr_min: float = option("optimisation", 1e-5, "learning rate at the end of the cosine decay")
+    use_ema: bool = option("optimisation", True, "keep an exponential moving average of G for sampling")
+    ema_decay: float = option("optimisation", 0.9999, "EMA decay per iteration")
+    r1_gamma: float = option("optimisation", 0.02, "weight of the R1 penalty on D's gradient at real pairs")
+    lazy_reg: int | None = option("optimisation", 15, "R1 every lazy_reg D steps; None = every step")
+    seed: int = option("optimisation", 0, "seed of the initial weights, the data order and the iterations' noise")
 
-    # Speed switches (amp and channels_last: None = on where it helps, CUDA yes, CPU no)
-    amp: str | None = None  # bf16, fp16, or none
-    channels_last: bool | None = None
-    compile: bool | None = None  # None = off: not yet measured to pay off (on the CPU it does not)
-    tf32: bool = True
+    amp: str | None = option("speed", None, "autocast dtype: bf16, fp16 or none; default bf16 on CUDA, none on CPU")
+    channels_last: bool | None = option("speed", None, "NHWC memory layout; default on for CUDA")
+    compile: bool | None = option("speed", None, "torch.compile G; default off (not measured to pay off yet)")
+    tf32: bool = option("speed", True, "TF32 matmuls and convolutions on CUDA")
 
-    # Run folder, logging, checkpoints
-    outdir: str = "runs"
-    resume: str | None = None  # a run folder or a checkpoint file
-    log_every: int = 50  # iterations between console/TensorBoard scalars
-    snapshot_kimg: float = 500.0  # checkpoint every N kimg
-    sample_kimg: float = 500.0  # sample grid every N kimg
-    grid_images: int = 64  # images in each sample grid (fixed seeds 0..N-1)
-    keep_checkpoints: int = 3
-    fid_every: float = 0.0  # kimg between FID evaluations; 0 = off
-    fid_samples: int = 10_000
-    fid_stats: str = "cifar10"  # clean-fid named statistics, or a .npz made by `ddgan fid make-stats`
-    skip_nonfinite: int = 0  # tolerate this many non-finite losses (skipped steps) before stopping
-    preset: str = field(default="cifar10", metadata={"help": "the recipe the defaults came from"})
+    outdir: str = option("run folder", "runs", "where numbered run folders are made")
+    resume: str | None = option("run folder", None, "continue exactly from a run folder or checkpoint file")
+    log_every: int = option("run folder", 50, "iterations between console/TensorBoard scalars")
+    snapshot_kimg: float = option("run folder", 500.0, "kimg between checkpoints")
+    sample_kimg: float = option("run folder", 500.0, "kimg between sample grids")
+    grid_images: int = option("run folder", 64, "images in each sample grid (fixed seeds 0..N-1)")
+    keep_checkpoints: int = option("run folder", 3, "regular checkpoints kept (older ones are deleted)")
+    fid_every: float = option("run folder", 0.0, "kimg between FID evaluations; 0 = off")
+    fid_samples: int = option("run folder", 10_000, "samples per FID evaluation")
+    fid_stats: str = option("run folder", "cifar10", "clean-fid statistics name, or a .npz from `ddgan fid "
+                            "make-stats`")
+    skip_nonfinite: int = option("run folder", 0, "tolerate this many non-finite losses (skipped iterations) "
+                                 "before stopping")
+    preset: str = option("run folder", "cifar10", "the recipe the defaults came from (set by --preset)")
 
     def to_dict(self) -> dict:
         """A plain dict (lists, not tuples) fit for JSON and checkpoints."""
@@ -157,15 +165,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def unknown_flag_message(flag: str, known: list[str], where_listed: str, what: str = "flag") -> str:
+    """`unknown flag --kmg; did you mean --kimg?`: the one wording of every command's unknown-flag error."""
+    close = difflib.get_close_matches(flag, known, n=1)
+    return f"unknown {what} --{flag}; " + (f"did you mean --{close[0]}?" if close else where_listed)
+
+
 def check_known(values: dict, source: str) -> None:
     """Raise ValueError for names that are not config fields, suggesting the closest one."""
     names = [f.name for f in fields(Config)]
     for key in values:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean --{close[0]}?" if close else "; `ddgan train --help` lists the flags"
             what = "flag" if source == "flag" else f"{source} setting"
-            raise ValueError(f"unknown {what} --{key}{hint}")
+            raise ValueError(unknown_flag_message(key, names, "`ddgan train --help` lists the flags", what))
 
 
 def make_config(preset: str = "cifar10", **overrides) -> Config:
@@ -201,16 +213,13 @@ def validate(c: Config) -> None:
         if not ok:
             raise ValueError(message)
 
-    levels = len(c.ch_mult)
-    need(levels >= 1, "--ch_mult needs at least one level, e.g. --ch_mult='[1,2,2,2]'")
-    factor = 2 ** (levels - 1)
-    need(c.image_size >= factor and c.image_size % factor == 0,
-         f"--image_size={c.image_size} must be divisible by 2**(len(ch_mult)-1)={factor} for "
-         f"--ch_mult={list(c.ch_mult)}; change one of them")
-    resolutions = {c.image_size // 2**i for i in range(levels)}
-    for r in c.attn_resolutions:
-        need(r in resolutions, f"--attn_resolutions contains {r}, which never occurs; the feature maps are "
-             f"{sorted(resolutions, reverse=True)} px for --image_size={c.image_size} and --ch_mult={list(c.ch_mult)}")
+    from ddgan.diffusion import check_schedule  # one source of truth for schedule limits
+    from networks import check_generator_args  # and one for the generator's architecture
+
+    check_generator_args(c.image_size, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
+                         c.progressive_input, c.progressive_combine, c.embedding_type)
+    need(c.resamp_with_conv, "--resamp_with_conv=False has no effect with BigGAN residual blocks (they resample "
+         "inside the block, as in the original); leave it at True")
     need(c.num_channels in (1, 3), f"--num_channels must be 1 or 3, got {c.num_channels}")
     need(c.num_timesteps >= 1, f"--num_timesteps must be >= 1, got {c.num_timesteps}")
     need(c.batch_size >= 1, f"--batch_size must be >= 1, got {c.batch_size}")
@@ -221,19 +230,10 @@ def validate(c: Config) -> None:
     need(c.amp in (None, "none", "bf16", "fp16"), f"--amp must be bf16, fp16 or none, got {c.amp!r}")
     need(c.discriminator in ("auto", "small", "large"),
          f"--discriminator must be auto, small or large, got {c.discriminator!r}")
-    need(c.resblock_type == "biggan",
-         "--resblock_type ddpm is not supported (it crashes in the original too); use biggan")
-    need(c.progressive in ("none", "output_skip"), f"--progressive must be none or output_skip, got {c.progressive!r}")
-    need(c.progressive_input in ("none", "input_skip", "residual"),
-         f"--progressive_input must be none, input_skip or residual, got {c.progressive_input!r}")
-    need(c.embedding_type in ("positional", "fourier"),
-         f"--embedding_type must be positional or fourier, got {c.embedding_type!r}")
     for name in ("snapshot_kimg", "sample_kimg", "fid_every"):
         need(getattr(c, name) >= 0, f"--{name} must be >= 0")
     need(c.grid_images >= 1, f"--grid_images must be >= 1, got {c.grid_images}")
     need(c.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
-    from ddgan.diffusion import check_schedule  # one source of truth for schedule limits
-
     check_schedule(c.num_timesteps, c.beta_min, c.beta_max, c.schedule)
 
 

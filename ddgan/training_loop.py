@@ -44,6 +44,8 @@ def resume_config(resume: str, flags: dict) -> tuple[Config, Path]:
     """The checkpoint's config with the given flags applied; architecture changes are refused."""
     file = checkpoint.resolve(resume)
     saved = Config.from_dict(checkpoint.load(file)["config"], f"checkpoint {file}")
+    # Runs from before --resamp_with_conv=False was refused: the flag never changed the networks.
+    saved = replace(saved, resamp_with_conv=True)
     check_known(flags, "flag")
     values = saved.to_dict() | flags | {"resume": str(file)}
     config = Config.from_dict(values, "flag")

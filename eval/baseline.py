@@ -8,7 +8,7 @@ Two parts of the original's cost are reproduced at equal numerics:
 - the iteration: its `train_ddgan.py` builds G's graph in the D step (D's fake loss backpropagates into
   G, whose gradients are then zeroed), runs the real loss and the R1 penalty as two backward passes,
   always asks for the gradient of the real x_t, and steps Adam and the EMA parameter by parameter (on
-  the CPU torch's Adam does not default to its foreach kernels). `original_iteration()` does that
+  the CPU torch's Adam does not default to its foreach kernels). `run_original_iteration()` does that
   work on a `Trainer`'s state and ends in the same state as `Trainer.run_iteration`.
 """
 
@@ -65,7 +65,7 @@ def per_parameter_adam(*optimizers: torch.optim.Optimizer):
                 group["foreach"], group["fused"] = foreach, fused
 
 
-def original_iteration(trainer, x0: torch.Tensor) -> dict:
+def run_original_iteration(trainer, x0: torch.Tensor) -> dict:
     """One iteration doing the original's work (fp32, one process); same draws and result as `trainer.run_iteration`."""
     if trainer.amp_dtype is not None or trainer.context.distributed:
         raise ValueError("the original-iteration baseline is the fp32 single-process path: use --amp=none, one process")

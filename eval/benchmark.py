@@ -34,7 +34,7 @@ from ddgan.models import build_generator
 from ddgan.precision import autocast
 from ddgan.sampling import capture_cuda_graph
 from eval import bench_ops
-from eval.baseline import original_iteration, original_resampling
+from eval.baseline import original_resampling, run_original_iteration
 
 WHAT = ("sample", "train", "ops", "train_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
@@ -117,12 +117,12 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
 
 
 def bench_train(config: Config, device: torch.device, batch: int, repeats: int, warmup: int,
-                original_iteration: bool = False) -> dict:
+                original_work: bool = False) -> dict:
     """Full training iterations (D step with lazy R1, G step, EMA) on a synthetic batch in [-1, 1]."""
     trainer = Trainer(config, Context(device=device))
     x0 = synthetic_batch(config, batch, device)
-    if original_iteration:
-        step = functools.partial(original_iteration, trainer)
+    if original_work:
+        step = functools.partial(run_original_iteration, trainer)
     else:  # as the training loop runs it: the finiteness checks sync the host on CUDA only when logging
         step = functools.partial(trainer.run_iteration, check_finite=device.type == "cpu")
     times = time_calls(lambda: step(x0), device, repeats, warmup)
@@ -157,7 +157,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
                 ours.run_iteration(x0)
             else:
                 with original_resampling():
-                    original_iteration(original, x0)
+                    run_original_iteration(original, x0)
             if index >= warmup:
                 times[name].append(time.perf_counter() - start)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
@@ -220,7 +220,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
     with original_resampling() if baseline else nullcontext():
         records = _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats,
-                           warmup, width, common, original_iteration=baseline == "original")
+                           warmup, width, common, original_work=baseline == "original")
     print(format_table(records))
     lines = [json.dumps(record) for record in records]
     print("\n".join(lines))
@@ -231,7 +231,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
 
 def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup, width,
-             common, original_iteration=False) -> list[dict]:
+             common, original_work=False) -> list[dict]:
     """The records of one `bench` call."""
     if what == "ops":
         records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
@@ -249,7 +249,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         amp_flag = precision.amp_name(amp_dtype)
         config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))
         batch = batch or config.batch_size
-        result = bench_train(config, device, batch, repeats, warmup, original_iteration)
+        result = bench_train(config, device, batch, repeats, warmup, original_work)
         records = [{"what": "train", **common, "batch": batch, **result}]
     return records
 

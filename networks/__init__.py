@@ -5,7 +5,7 @@ config names and weight layout (NVlabs/denoising-diffusion-gan), so its checkpoi
 """
 
 from networks.discriminator import Discriminator, DiscriminatorLarge, DiscriminatorSmall
-from networks.generator import NCSNpp
+from networks.generator import NCSNpp, check_generator_args
 from networks.reference import (
     KINDS,
     REFERENCE_DEFAULTS,
@@ -26,6 +26,7 @@ __all__ = [
     "DiscriminatorSmall",
     "NCSNpp",
     "build",
+    "check_generator_args",
     "count_parameters",
     "from_reference",
     "load_reference_file",

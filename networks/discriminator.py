@@ -1,9 +1,11 @@
-"""Time-conditioned discriminators D(x_{t-1}, t, x_t) of Denoising Diffusion GANs.
+"""Time-conditioned discriminators D(x_t, t, x_{t+1}) of Denoising Diffusion GANs.
 
-The candidate x_{t-1} and the condition x_t are concatenated along channels (in that order) and run
+D judges whether x_t is a real denoising of x_{t+1} (named `x_next`, as in `ddgan.diffusion`). The
+candidate x_t and the condition x_{t+1} are concatenated along channels (in that order) and run
 through residual blocks with FIR downsampling, each receiving a time embedding as a per-channel bias;
 a minibatch-stddev feature and a final conv follow, and the logit is a linear map of the spatial sum.
-Numbers and initialisation follow the original implementation; `networks.reference` converts weights.
+Numbers and initialisation follow the original implementation (every layer has the original `dense`
+init, fan="out" in `networks.layers`); `networks.reference` converts weights.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from networks.layers import SQRT2, Resample, dense, dense_init_, positional_embedding
+from networks.layers import SQRT2, Resample, conv2d, linear, positional_embedding
 from ops.bias_act import bias_act
 
 
@@ -36,25 +38,15 @@ class Activation(nn.Module):
         return f"act={self.act!r}, alpha={self.alpha}"
 
 
-def conv2d(in_ch: int, out_ch: int, kernel_size: int, bias: bool = True,
-           init_scale: float = 1.0) -> nn.Conv2d:
-    """'Same' convolution with the original discriminator's init (fan_out) and zero bias."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=bias)
-    dense_init_(conv.weight, init_scale)
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-class TimestepEmbedding(nn.Module):
+class DiscriminatorTimeEmbedding(nn.Module):
     """Sinusoidal embedding of the step index followed by a 2-layer MLP (t_emb_dim throughout)."""
 
     def __init__(self, t_emb_dim: int, act: Activation):
         super().__init__()
         self.t_emb_dim = t_emb_dim
-        self.dense_0 = dense(t_emb_dim, t_emb_dim)
+        self.dense_0 = linear(t_emb_dim, t_emb_dim, fan="out")
         self.act = act
-        self.dense_1 = dense(t_emb_dim, t_emb_dim)
+        self.dense_1 = linear(t_emb_dim, t_emb_dim, fan="out")
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Embed a 1-D batch of step indices."""
@@ -69,10 +61,10 @@ class DownConvBlock(nn.Module):
         super().__init__()
         self.act = act
         # Declared in the original's order, so parameters() lines up with its optimizer states.
-        self.conv_0 = conv2d(in_ch, out_ch, 3)
-        self.conv_1 = conv2d(out_ch, out_ch, 3, init_scale=0.0)
-        self.dense_t = dense(t_emb_dim, out_ch)
-        self.skip = conv2d(in_ch, out_ch, 1, bias=False)
+        self.conv_0 = conv2d(in_ch, out_ch, 3, fan="out")
+        self.conv_1 = conv2d(out_ch, out_ch, 3, fan="out", init_scale=0.0)
+        self.dense_t = linear(t_emb_dim, out_ch, fan="out")
+        self.skip = conv2d(in_ch, out_ch, 1, fan="out", bias=False)
         self.downsample = Resample(up=False, fir_kernel=fir_kernel) if downsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -93,19 +85,19 @@ class Discriminator(nn.Module):
                  final_init_scale: float):
         super().__init__()
         self.act = Activation(act) if not isinstance(act, Activation) else act
-        self.time_embed = TimestepEmbedding(t_emb_dim, self.act)
-        self.input_conv = conv2d(nc, widths[0][0] * ngf, 1)
+        self.time_embed = DiscriminatorTimeEmbedding(t_emb_dim, self.act)
+        self.input_conv = conv2d(nc, widths[0][0] * ngf, 1, fan="out")
         self.blocks = nn.ModuleList(
             DownConvBlock(i * ngf, o * ngf, t_emb_dim, self.act, downsample=down) for i, o, down in widths
         )
         top = widths[-1][1] * ngf
-        self.final_conv = conv2d(top + 1, top, 3, init_scale=final_init_scale)
-        self.head = dense(top, 1)
+        self.final_conv = conv2d(top + 1, top, 3, fan="out", init_scale=final_init_scale)
+        self.head = linear(top, 1, fan="out")
 
-    def forward(self, x_prev: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        """Logits [B, 1] that x_prev is a real denoising of x_t at step t."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t."""
         temb = self.act(self.time_embed(t))
-        h = self.input_conv(torch.cat([x_prev, x_t], dim=1))
+        h = self.input_conv(torch.cat([x_t, x_next], dim=1))
         for block in self.blocks:
             h = block(h, temb)
         h = self.act(self.final_conv(minibatch_stddev(h, self.stddev_group)))

@@ -23,7 +23,6 @@ from networks.layers import (
     ResnetBlockBigGAN,
     SelfAttention,
     conv2d,
-    dense,
     group_norm,
     linear,
     positional_embedding,
@@ -42,7 +41,7 @@ class MappingNetwork(nn.Module):
     def __init__(self, nz: int, z_emb_dim: int, n_mlp: int):
         super().__init__()
         widths = [nz] + [z_emb_dim] * (n_mlp + 1)
-        self.layers = nn.ModuleList(dense(i, o) for i, o in zip(widths[:-1], widths[1:], strict=True))
+        self.layers = nn.ModuleList(linear(i, o, fan="out") for i, o in zip(widths[:-1], widths[1:], strict=True))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Map a batch of latents [B, nz] to style vectors [B, z_emb_dim]."""
@@ -60,8 +59,8 @@ class TimeEmbedding(nn.Module):
         self.nf = nf
         self.fourier = GaussianFourierProjection(nf, fourier_scale) if embedding_type == "fourier" else None
         features = 2 * nf if self.fourier is not None else nf
-        self.dense_0 = linear(features, 4 * nf) if conditional else None
-        self.dense_1 = linear(4 * nf, 4 * nf) if conditional else None
+        self.dense_0 = linear(features, 4 * nf, fan="avg") if conditional else None
+        self.dense_1 = linear(4 * nf, 4 * nf, fan="avg") if conditional else None
 
     def forward(self, t: torch.Tensor) -> torch.Tensor | None:
         """Embed a 1-D batch of times; None for an unconditional network."""
@@ -84,7 +83,7 @@ class InputSkip(nn.Module):
         super().__init__()
         self.method = method
         self.downsample = Resample(up=False, fir=fir, fir_kernel=fir_kernel)
-        self.conv = conv2d(image_channels, channels, 1)
+        self.conv = conv2d(image_channels, channels, 1, fan="avg")
 
     def forward(self, pyramid: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (downsampled image, features combined with it)."""
@@ -114,7 +113,7 @@ class OutputSkip(nn.Module):
     def __init__(self, channels: int, image_channels: int, fir: bool, fir_kernel):
         super().__init__()
         self.norm = group_norm(channels)
-        self.conv = conv2d(channels, image_channels, 3, init_scale=0.0)
+        self.conv = conv2d(channels, image_channels, 3, fan="avg", init_scale=0.0)
         self.upsample = Resample(up=True, fir=fir, fir_kernel=fir_kernel)
 
     def forward(self, h: torch.Tensor, pyramid: torch.Tensor | None) -> torch.Tensor:
@@ -225,36 +224,38 @@ class NCSNpp(nn.Module):
 
     def __init__(
         self,
-        image_size: int = 32,
-        num_channels: int = 3,
-        nf: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.0,
+        image_size: int = 32,  # height = width of the images, divisible by 2**(len(ch_mult)-1)
+        num_channels: int = 3,  # image channels
+        nf: int = 128,  # base width; level i has nf * ch_mult[i] channels
+        ch_mult: Sequence[int] = (1, 2, 2, 2),  # width multiplier of each resolution level
+        num_res_blocks: int = 2,  # residual blocks per encoder level (one more per decoder level)
+        attn_resolutions: Sequence[int] = (16,),  # resolutions (px) that get self-attention
+        dropout: float = 0.0,  # dropout inside every residual block
+        # Kept for the original's configs, which carry either value: BigGAN blocks resample inside
+        # themselves, so in the original too it has no effect (`ddgan train` refuses False).
         resamp_with_conv: bool = True,
-        conditional: bool = True,
-        fir: bool = True,
-        fir_kernel: Sequence[int] = (1, 3, 3, 1),
-        skip_rescale: bool = True,
-        resblock_type: str = "biggan",
-        progressive: str = "none",
-        progressive_input: str = "residual",
-        progressive_combine: str = "sum",
-        embedding_type: str = "positional",
-        fourier_scale: float = 16.0,
-        not_use_tanh: bool = False,
-        nz: int = 100,
-        z_emb_dim: int = 256,
-        n_mlp: int = 3,
-        centered: bool = True,
+        conditional: bool = True,  # embed the time t (off: the network ignores t)
+        fir: bool = True,  # resample through the FIR filter fir_kernel instead of a box filter
+        fir_kernel: Sequence[int] = (1, 3, 3, 1),  # the FIR filter taps
+        skip_rescale: bool = True,  # divide residual sums by sqrt(2)
+        resblock_type: str = "biggan",  # only BigGAN blocks: 'ddpm' crashes in the original
+        progressive: str = "none",  # output path: 'none' or 'output_skip' (an image pyramid summed up)
+        progressive_input: str = "residual",  # input pyramid: 'none', 'input_skip' or 'residual'
+        progressive_combine: str = "sum",  # how input_skip merges the pyramid: 'sum' or 'cat'
+        embedding_type: str = "positional",  # 'positional' (integer step) or 'fourier' (log of float time)
+        fourier_scale: float = 16.0,  # std of the fixed Fourier frequencies
+        not_use_tanh: bool = False,  # return the raw output instead of tanh of it
+        nz: int = 100,  # latent size
+        z_emb_dim: int = 256,  # width of the mapping network and its style vectors
+        n_mlp: int = 3,  # mapping network depth: n_mlp + 1 dense layers
+        centered: bool = True,  # inputs in [-1, 1]; off: [0, 1], rescaled first
     ):
         super().__init__()
         progressive, progressive_input = progressive.lower(), progressive_input.lower()
         progressive_combine, embedding_type = progressive_combine.lower(), embedding_type.lower()
-        _check_choices(resblock_type.lower(), progressive, progressive_input, progressive_combine,
-                       embedding_type)
-        self.resolutions = _check_resolutions(image_size, ch_mult, attn_resolutions)
+        check_generator_args(image_size, ch_mult, attn_resolutions, resblock_type, progressive, progressive_input,
+                             progressive_combine, embedding_type)
+        self.resolutions = level_resolutions(image_size, len(ch_mult))
         self.image_size = image_size
         self.num_channels = num_channels
         self.nf = nf
@@ -272,15 +273,13 @@ class NCSNpp(nn.Module):
         self.fir_kernel = tuple(fir_kernel)
         self.skip_rescale = skip_rescale
         self.nz = nz
-        # resamp_with_conv only matters for the original's DDPM blocks (unsupported); BigGAN blocks
-        # resample without a separate conv, so it is accepted and ignored.
 
         self.time_embed = TimeEmbedding(nf, embedding_type, fourier_scale, conditional)
         self.z_mapping = MappingNetwork(nz, z_emb_dim, n_mlp)
         # Every block owns a time projection, even when unconditional (as in the original layout).
         block = functools.partial(ResnetBlockBigGAN, temb_dim=4 * nf, z_emb_dim=z_emb_dim, dropout=dropout,
                                   fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale)
-        self.input_conv = conv2d(num_channels, nf)
+        self.input_conv = conv2d(num_channels, nf, fan="avg")
         self.encoder, skip_channels = self._build_encoder(block)
         bottom = skip_channels[-1]
         self.middle = Middle(block(bottom), SelfAttention(bottom, skip_rescale), block(bottom))
@@ -289,7 +288,7 @@ class NCSNpp(nn.Module):
             self.output_norm, self.output_conv = None, None
         else:
             self.output_norm = group_norm(top)
-            self.output_conv = conv2d(top, num_channels, init_scale=0.0)
+            self.output_conv = conv2d(top, num_channels, fan="avg", init_scale=0.0)
 
     def _attention(self, level: int, channels: int) -> nn.Module:
         """Self-attention where the level's resolution is listed in attn_resolutions, else identity."""
@@ -355,13 +354,40 @@ class NCSNpp(nn.Module):
         return h if self.not_use_tanh else torch.tanh(h)
 
 
-def _check_choices(resblock_type, progressive, progressive_input, progressive_combine, embedding_type):
-    """Raise for options the original does not have, or that crash there."""
-    if resblock_type == "ddpm":
-        raise NotImplementedError("resblock_type='ddpm' crashes in the original implementation; use 'biggan'")
-    if progressive == "residual":
-        raise NotImplementedError("progressive='residual' crashes in the original implementation; "
-                                  "use 'none' or 'output_skip'")
+def level_resolutions(image_size: int, num_levels: int) -> list[int]:
+    """Resolution of every level of the U-Net, from image_size down."""
+    return [image_size // 2**i for i in range(num_levels)]
+
+
+def check_generator_args(image_size: int, ch_mult: Sequence[int], attn_resolutions: Sequence[int],
+                         resblock_type: str, progressive: str, progressive_input: str, progressive_combine: str,
+                         embedding_type: str) -> None:
+    """Raise ValueError, naming the flag and the fix, for an architecture the original cannot build.
+
+    The one check of these settings: NCSNpp runs it, and so does `ddgan.config.validate` before training.
+    """
+    levels = len(ch_mult)
+    if levels < 1:
+        raise ValueError("--ch_mult needs at least one level, e.g. --ch_mult='[1,2,2,2]'")
+    if image_size < 1:
+        raise ValueError(f"--image_size must be a positive number of pixels, got {image_size}")
+    factor = 2 ** (levels - 1)
+    if image_size % factor != 0:
+        raise ValueError(f"--image_size={image_size} must be divisible by 2**(len(ch_mult)-1)={factor} for "
+                         f"--ch_mult={list(ch_mult)}; change one of them")
+    resolutions = level_resolutions(image_size, levels)
+    for res in attn_resolutions:
+        if res not in resolutions:
+            raise ValueError(f"--attn_resolutions contains {res}, which never occurs; the feature maps are "
+                             f"{resolutions} px for --image_size={image_size} and --ch_mult={list(ch_mult)}; "
+                             "list some of those, or none")
+    # The original accepts these two values but crashes when it builds or runs them.
+    if str(resblock_type).lower() == "ddpm":
+        raise ValueError("--resblock_type=ddpm is not supported: it crashes in the original implementation; "
+                         "use --resblock_type=biggan")
+    if str(progressive).lower() == "residual":
+        raise ValueError("--progressive=residual is not supported: it crashes in the original implementation; "
+                         "use --progressive=none or --progressive=output_skip")
     for name, value, allowed in [
         ("resblock_type", resblock_type, RESBLOCK_TYPES),
         ("progressive", progressive, PROGRESSIVE),
@@ -369,21 +395,5 @@ def _check_choices(resblock_type, progressive, progressive_input, progressive_co
         ("progressive_combine", progressive_combine, COMBINE_METHODS),
         ("embedding_type", embedding_type, EMBEDDING_TYPES),
     ]:
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _check_resolutions(image_size: int, ch_mult: Sequence[int], attn_resolutions: Sequence[int]) -> list[int]:
-    """Return the resolution of every level, checking image_size and attn_resolutions against them."""
-    if len(ch_mult) < 1:
-        raise ValueError("ch_mult must list at least one channel multiplier")
-    factor = 2 ** (len(ch_mult) - 1)
-    if image_size < factor or image_size % factor != 0:
-        raise ValueError(f"image_size must be a positive multiple of 2**(len(ch_mult)-1) = {factor} "
-                         f"for {len(ch_mult)} levels, got {image_size}")
-    resolutions = [image_size // 2**i for i in range(len(ch_mult))]
-    for res in attn_resolutions:
-        if res not in resolutions:
-            raise ValueError(f"attn_resolutions entry {res} never occurs; the levels have resolutions "
-                             f"{resolutions}")
-    return resolutions
+        if str(value).lower() not in allowed:
+            raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")

@@ -1,12 +1,14 @@
 """Building blocks shared by the NCSN++ generator and the discriminators.
 
 Initialisation follows the original Denoising Diffusion GAN code exactly, because a freshly built
-network must start from the same parameter statistics:
-  - `default_init_` is DDPM's variance-scaling init (uniform, fan_avg), used by convolutions, NIN layers
-    and the time-embedding dense layers of the generator;
-  - `dense_init_` is the init of the original `dense_layer.dense/conv2d` helpers (mapping network, AdaGN
+network must start from the same parameter statistics. Every layer draws U(-b, b) with
+b = sqrt(3 * scale / fan). The original uses two fans, and `conv2d` and `linear` take the fan as a required
+keyword, so every layer says which init it has:
+  - fan="avg" is DDPM's variance-scaling init (fan = mean(fan_in, fan_out)), used by the generator's
+    convolutions, NIN layers and time-embedding dense layers;
+  - fan="out" is the init of the original `dense_layer.dense/conv2d` helpers (mapping network, AdaGN
     styles and the whole discriminator). They ask for fan_avg, but PyTorch's fan helper they call returns
-    fan_out for every mode other than fan_in, so the bound is really sqrt(3 * scale / fan_out).
+    fan_out for every mode other than fan_in, so the bound is really sqrt(3 * scale / max(1, fan_out)).
 A scale of 0 means 1e-10 in both, so "zero-initialised" layers still carry a tiny random signal.
 """
 
@@ -34,46 +36,37 @@ def _fans(weight: torch.Tensor) -> tuple[float, float]:
     return weight.shape[1] * receptive_field, weight.shape[0] * receptive_field
 
 
-def default_init_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """DDPM 'default_init': U(-b, b) with b = sqrt(3 * scale / mean(fan_in, fan_out))."""
-    scale = 1e-10 if scale == 0 else scale
+def variance_scaling_(weight: torch.Tensor, scale: float = 1.0, *, fan: str) -> torch.Tensor:
+    """Fill `weight` with U(-b, b), b = sqrt(3 * scale / n): n = mean(fan_in, fan_out) for fan="avg"
+    (DDPM), max(1, fan_out) for fan="out" (the original `dense`)."""
     fan_in, fan_out = _fans(weight)
-    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2))
-    with torch.no_grad():
-        return weight.uniform_(-bound, bound)
-
-
-def dense_init_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """The original `dense`/`conv2d` init: U(-b, b) with b = sqrt(3 * scale / max(1, fan_out))."""
+    if fan == "avg":
+        n = (fan_in + fan_out) / 2
+    elif fan == "out":
+        n = max(1.0, fan_out)
+    else:
+        raise ValueError(f"fan must be 'avg' (DDPM init) or 'out' (the original dense init), got {fan!r}")
     scale = 1e-10 if scale == 0 else scale
-    _, fan_out = _fans(weight)
-    bound = math.sqrt(3.0 * scale / max(1.0, fan_out))
+    bound = math.sqrt(3.0 * scale / n)
     with torch.no_grad():
         return weight.uniform_(-bound, bound)
 
 
-def conv2d(in_ch: int, out_ch: int, kernel_size: int = 3, init_scale: float = 1.0, stride: int = 1,
-           padding: int | None = None) -> nn.Conv2d:
-    """Convolution with DDPM init and zero bias ('same' padding unless given)."""
+def conv2d(in_ch: int, out_ch: int, kernel_size: int = 3, *, fan: str, init_scale: float = 1.0,
+           stride: int = 1, padding: int | None = None, bias: bool = True) -> nn.Conv2d:
+    """Convolution with variance-scaling init over `fan` and zero bias ('same' padding unless given)."""
     padding = kernel_size // 2 if padding is None else padding
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding)
-    default_init_(conv.weight, init_scale)
-    nn.init.zeros_(conv.bias)
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias)
+    variance_scaling_(conv.weight, init_scale, fan=fan)
+    if bias:
+        nn.init.zeros_(conv.bias)
     return conv
 
 
-def linear(in_features: int, out_features: int, init_scale: float = 1.0) -> nn.Linear:
-    """Dense layer with DDPM init and zero bias."""
+def linear(in_features: int, out_features: int, *, fan: str, init_scale: float = 1.0) -> nn.Linear:
+    """Dense layer with variance-scaling init over `fan` and zero bias."""
     layer = nn.Linear(in_features, out_features)
-    default_init_(layer.weight, init_scale)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-def dense(in_features: int, out_features: int, init_scale: float = 1.0) -> nn.Linear:
-    """Dense layer with the original `dense` init (fan_out) and zero bias."""
-    layer = nn.Linear(in_features, out_features)
-    dense_init_(layer.weight, init_scale)
+    variance_scaling_(layer.weight, init_scale, fan=fan)
     nn.init.zeros_(layer.bias)
     return layer
 
@@ -140,7 +133,7 @@ class ConvDownsample(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, fir: bool = True, fir_kernel: Sequence[int] = (1, 3, 3, 1)):
         super().__init__()
         self.fir = fir
-        self.conv = conv2d(in_ch, out_ch, 3, stride=2, padding=0)
+        self.conv = conv2d(in_ch, out_ch, 3, fan="avg", stride=2, padding=0)
         if fir:
             self.register_buffer("filter", setup_filter(list(fir_kernel)), persistent=False)
 
@@ -166,7 +159,7 @@ class AdaptiveGroupNorm(nn.Module):
     def __init__(self, channels: int, z_emb_dim: int):
         super().__init__()
         self.norm = group_norm(channels, affine=False)
-        self.style = dense(z_emb_dim, 2 * channels)
+        self.style = linear(z_emb_dim, 2 * channels, fan="out")
         with torch.no_grad():
             # Start as the identity: gamma = 1, beta = 0.
             self.style.bias[:channels] = 1
@@ -184,10 +177,10 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.skip_rescale = skip_rescale
         self.norm = group_norm(channels)
-        self.q = conv2d(channels, channels, 1, init_scale=0.1)
-        self.k = conv2d(channels, channels, 1, init_scale=0.1)
-        self.v = conv2d(channels, channels, 1, init_scale=0.1)
-        self.proj_out = conv2d(channels, channels, 1, init_scale=0.0)
+        self.q = conv2d(channels, channels, 1, fan="avg", init_scale=0.1)
+        self.k = conv2d(channels, channels, 1, fan="avg", init_scale=0.1)
+        self.v = conv2d(channels, channels, 1, fan="avg", init_scale=0.1)
+        self.proj_out = conv2d(channels, channels, 1, fan="avg", init_scale=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over the H*W positions of `x`."""
@@ -226,13 +219,13 @@ class ResnetBlockBigGAN(nn.Module):
         self.skip_rescale = skip_rescale
         self.norm_0 = AdaptiveGroupNorm(in_ch, z_emb_dim)
         self.resample = Resample(up, fir, fir_kernel) if up or down else None
-        self.conv_0 = conv2d(in_ch, out_ch)
-        self.dense_t = linear(temb_dim, out_ch) if temb_dim is not None else None
+        self.conv_0 = conv2d(in_ch, out_ch, fan="avg")
+        self.dense_t = linear(temb_dim, out_ch, fan="avg") if temb_dim is not None else None
         self.norm_1 = AdaptiveGroupNorm(out_ch, z_emb_dim)
         self.dropout = nn.Dropout(dropout)
         # Zero-init of the last conv makes a fresh block (almost) the identity.
-        self.conv_1 = conv2d(out_ch, out_ch, init_scale=0.0)
-        self.skip = conv2d(in_ch, out_ch, 1) if in_ch != out_ch or up or down else None
+        self.conv_1 = conv2d(out_ch, out_ch, fan="avg", init_scale=0.0)
+        self.skip = conv2d(in_ch, out_ch, 1, fan="avg") if in_ch != out_ch or up or down else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None, zemb: torch.Tensor) -> torch.Tensor:
         """Apply the block; `temb` is the already-activated time embedding (or None)."""

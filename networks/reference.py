@@ -272,16 +272,16 @@ def from_reference(kind: str, config: Mapping | argparse.Namespace | None,
 
 
 def load_reference_file(path: str | os.PathLike, config: Mapping | argparse.Namespace | None = None,
-                        kind: str = "NCSNpp", weights_only: bool = True) -> nn.Module:
+                        kind: str = "NCSNpp") -> nn.Module:
     """Load the original code's `netG_<epoch>.pth` (state dict) or `content.pth` (training state).
 
     For `content.pth`, `kind` selects `netG_dict` (NCSNpp) or `netD_dict` (a discriminator), and its
-    saved `args` serve as the config when none is given. Set weights_only=False only for trusted files
-    that hold more than tensors and argparse namespaces.
+    saved `args` serve as the config when none is given. The file is read as data only (weights_only):
+    a pickle that would run code is refused.
     """
     kind = _check_kind(kind)
     with torch.serialization.safe_globals([argparse.Namespace]):
-        saved = torch.load(path, map_location="cpu", weights_only=weights_only)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, Mapping):
         raise ValueError(f"{path} holds a {type(saved).__name__}, not a state dict or training checkpoint")
     if "netG_dict" in saved or "netD_dict" in saved:

@@ -20,8 +20,8 @@ from ops import custom_ops
 
 
 @dataclass(frozen=True)
-class Activation:
-    """An activation function with its default slope and gain, and its id in the CUDA kernel."""
+class ActivationSpec:
+    """How bias_act computes one activation: its function, default slope and gain, and CUDA kernel id."""
 
     func: Callable[[torch.Tensor, float], torch.Tensor]
     def_alpha: float
@@ -32,17 +32,17 @@ class Activation:
 # Gains of sqrt(2) keep the second moment of ReLU-like activations of unit-variance inputs at 1. The
 # smooth activations default to gain 1 (unlike StyleGAN's table) because NCSN++ uses plain SiLU.
 # `alpha` is the negative slope of lrelu and is ignored by the others.
-ACTIVATIONS: dict[str, Activation] = {
-    "linear": Activation(lambda x, alpha: x, 0.0, 1.0, 1),
-    "relu": Activation(lambda x, alpha: F.relu(x), 0.0, math.sqrt(2), 2),
-    "lrelu": Activation(lambda x, alpha: F.leaky_relu(x, alpha), 0.2, math.sqrt(2), 3),
-    "tanh": Activation(lambda x, alpha: torch.tanh(x), 0.0, 1.0, 4),
-    "sigmoid": Activation(lambda x, alpha: torch.sigmoid(x), 0.0, 1.0, 5),
-    "elu": Activation(lambda x, alpha: F.elu(x), 0.0, 1.0, 6),
-    "selu": Activation(lambda x, alpha: F.selu(x), 0.0, 1.0, 7),
-    "softplus": Activation(lambda x, alpha: F.softplus(x), 0.0, 1.0, 8),
-    "silu": Activation(lambda x, alpha: F.silu(x), 0.0, 1.0, 9),
-    "swish": Activation(lambda x, alpha: F.silu(x), 0.0, 1.0, 9),
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    "linear": ActivationSpec(lambda x, alpha: x, 0.0, 1.0, 1),
+    "relu": ActivationSpec(lambda x, alpha: F.relu(x), 0.0, math.sqrt(2), 2),
+    "lrelu": ActivationSpec(lambda x, alpha: F.leaky_relu(x, alpha), 0.2, math.sqrt(2), 3),
+    "tanh": ActivationSpec(lambda x, alpha: torch.tanh(x), 0.0, 1.0, 4),
+    "sigmoid": ActivationSpec(lambda x, alpha: torch.sigmoid(x), 0.0, 1.0, 5),
+    "elu": ActivationSpec(lambda x, alpha: F.elu(x), 0.0, 1.0, 6),
+    "selu": ActivationSpec(lambda x, alpha: F.selu(x), 0.0, 1.0, 7),
+    "softplus": ActivationSpec(lambda x, alpha: F.softplus(x), 0.0, 1.0, 8),
+    "silu": ActivationSpec(lambda x, alpha: F.silu(x), 0.0, 1.0, 9),
+    "swish": ActivationSpec(lambda x, alpha: F.silu(x), 0.0, 1.0, 9),
 }
 
 
@@ -70,7 +70,7 @@ def bias_act(
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
 
 
-def _activation(act: str) -> Activation:
+def _activation(act: str) -> ActivationSpec:
     """Look up an activation by name."""
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
@@ -92,7 +92,7 @@ def _check_args(x: torch.Tensor, b: torch.Tensor | None, dim: int, clamp: float 
         raise ValueError(f"clamp must be >= 0 or None, got {clamp}")
 
 
-def _bias_act_ref(x, b, dim: int, spec: Activation, alpha: float, gain: float, clamp: float):
+def _bias_act_ref(x, b, dim: int, spec: ActivationSpec, alpha: float, gain: float, clamp: float):
     """Reference bias_act from differentiable PyTorch ops."""
     if b is not None:
         x = x + b.to(x.dtype).reshape([-1 if i == dim else 1 for i in range(x.ndim)])

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 import networks
+from ddgan.config import make_config, validate
 from networks.discriminator import minibatch_stddev
+from networks.layers import conv2d, variance_scaling_
+from tests.conftest import load_fixture
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 FIXTURE_CASES = ["generator_cifar10_tiny", "generator_celeba256_tiny", "generator_fourier_tiny",
                  "discriminator_small_tiny", "discriminator_large_tiny"]
 
@@ -36,23 +38,19 @@ CIFAR10 = dict(num_channels_dae=128, ch_mult=[1, 2, 2, 2], num_res_blocks=2, att
                z_emb_dim=256, n_mlp=4, ngf=64, t_emb_dim=256)
 
 
-def load_fixture(name: str) -> dict:
-    """A reference test vector, or skip when the shared fixtures are absent."""
-    path = FIXTURES / f"{name}.pt"
-    if not path.exists():
-        pytest.skip(f"reference fixture {path} not found (needs ../shared/fixtures next to the repo)")
-    return torch.load(path, weights_only=False)
-
-
 def run(kind: str, net: torch.nn.Module, inputs: dict) -> torch.Tensor:
-    """Forward a network on fixture-style inputs."""
+    """Forward a network on a fixture's inputs.
+
+    The fixtures key the discriminator's pair by the original's names: its `x_prev` is the candidate
+    (our x_t), its `x_t` the condition (our x_next = x_{t+1}).
+    """
     if kind == "NCSNpp":
         return net(inputs["x_t"], inputs["t"], inputs["z"])
-    return net(inputs["x_prev"], inputs["t"], inputs["x_t"])
+    return net(x_t=inputs["x_prev"], t=inputs["t"], x_next=inputs["x_t"])
 
 
 def tiny_inputs(kind: str, config: dict, batch: int = 2, seed: int = 0) -> dict:
-    """Random inputs matching a reference config."""
+    """Random inputs matching a reference config, under the forward's argument names."""
     cfg = networks.with_reference_defaults(config)
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, cfg["num_channels"], cfg["image_size"], cfg["image_size"])
@@ -61,8 +59,8 @@ def tiny_inputs(kind: str, config: dict, batch: int = 2, seed: int = 0) -> dict:
              else torch.randint(0, 4, (batch,), generator=gen))
         z = torch.randn(batch, cfg["nz"], generator=gen)
         return {"x_t": torch.randn(shape, generator=gen), "t": t, "z": z}
-    return {"x_prev": torch.randn(shape, generator=gen), "t": torch.randint(0, 4, (batch,), generator=gen),
-            "x_t": torch.randn(shape, generator=gen)}
+    return {"x_t": torch.randn(shape, generator=gen), "t": torch.randint(0, 4, (batch,), generator=gen),
+            "x_next": torch.randn(shape, generator=gen)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,7 +69,7 @@ def tiny_inputs(kind: str, config: dict, batch: int = 2, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("name", FIXTURE_CASES)
 def test_matches_reference_outputs(name):
-    fixture = load_fixture(name)
+    fixture = load_fixture(f"{name}.pt")
     net = networks.from_reference(fixture["reference_kind"], fixture["config"], fixture["state_dict"]).eval()
     with torch.no_grad():
         out = run(fixture["reference_kind"], net, fixture["inputs"])
@@ -81,7 +79,7 @@ def test_matches_reference_outputs(name):
 
 @pytest.mark.parametrize("name", FIXTURE_CASES)
 def test_reference_layout_round_trip(name):
-    fixture = load_fixture(name)
+    fixture = load_fixture(f"{name}.pt")
     kind = fixture["reference_kind"]
     net = networks.from_reference(kind, fixture["config"], fixture["state_dict"])
     back = networks.to_reference(kind, net)
@@ -154,10 +152,10 @@ def test_initialisation_matches_reference_rules():
     torch.manual_seed(0)
     net = networks.build("NCSNpp", {**TINY_GENERATORS["default"], "num_channels_dae": 32, "z_emb_dim": 64})
     block = net.encoder.levels[0].blocks[0]
-    # DDPM default_init (fan_avg) on a 3x3 conv 32 -> 32: bound sqrt(3 / (32 * 9)).
+    # DDPM's init (fan="avg") on a 3x3 conv 32 -> 32: bound sqrt(3 / (32 * 9)).
     assert uniform_bound(block.conv_0.weight) == pytest.approx(math.sqrt(3 / 288), rel=0.05)
     assert block.conv_0.weight.abs().max() <= math.sqrt(3 / 288)
-    # The original `dense` init uses fan_out: AdaGN style 64 -> 64 gives bound sqrt(3 / 64).
+    # The original `dense` init (fan="out"): AdaGN style 64 -> 64 gives bound sqrt(3 / 64).
     assert uniform_bound(block.norm_0.style.weight) == pytest.approx(math.sqrt(3 / 64), rel=0.05)
     assert torch.equal(block.norm_0.style.bias, torch.cat([torch.ones(32), torch.zeros(32)]))
     # Zero-initialised layers (scale 1e-10) and zero biases.
@@ -165,9 +163,19 @@ def test_initialisation_matches_reference_rules():
     assert net.output_conv.weight.abs().max() < 1e-5
     torch.manual_seed(0)
     disc = networks.build("Discriminator_small", dict(ngf=32, t_emb_dim=64))
-    # Discriminator conv 3x3 64 -> 128 with fan_out: bound sqrt(3 / (128 * 9)).
+    # Discriminator conv 3x3 64 -> 128 with fan="out": bound sqrt(3 / (128 * 9)).
     assert uniform_bound(disc.blocks[1].conv_0.weight) == pytest.approx(math.sqrt(3 / 1152), rel=0.05)
     assert disc.final_conv.weight.abs().max() < 1e-5
+
+
+def test_variance_scaling_names_its_fan():
+    weight = torch.empty(2, 8, 3, 3)  # fan_in 72, fan_out 18
+    assert variance_scaling_(weight, fan="avg").abs().max() <= math.sqrt(3 / 45)
+    assert variance_scaling_(weight, fan="out").abs().max() <= math.sqrt(3 / 18)
+    with pytest.raises(ValueError, match="fan"):
+        variance_scaling_(weight, fan="in")
+    with pytest.raises(TypeError, match="fan"):
+        conv2d(8, 2)  # the init is never implicit
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -220,21 +228,43 @@ def test_missing_and_unexpected_keys_are_listed():
     assert "unexpected keys (1): all_modules.99.weight" in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "change, error, match",
-    [
-        (dict(image_size=12, ch_mult=[1, 2, 2, 2]), ValueError, "image_size"),
-        (dict(attn_resolutions=[12]), ValueError, "attn_resolutions"),
-        (dict(progressive="residual"), NotImplementedError, "progressive"),
-        (dict(resblock_type="ddpm"), NotImplementedError, "resblock_type"),
-        (dict(progressive_combine="mean"), ValueError, "progressive_combine"),
-        (dict(embedding_type="learned"), ValueError, "embedding_type"),
-        (dict(ch_mult=None), ValueError, "ch_mult"),
-    ],
-)
-def test_bad_generator_config(change, error, match):
-    with pytest.raises(error, match=match):
+BAD_ARCHITECTURES = [
+    (dict(image_size=12, ch_mult=[1, 2, 2, 2]),
+     r"--image_size=12 must be divisible by 2\*\*\(len\(ch_mult\)-1\)=8 for --ch_mult=\[1, 2, 2, 2\]"),
+    (dict(image_size=0), "--image_size must be a positive"),
+    (dict(ch_mult=[]), "--ch_mult needs at least one level"),
+    (dict(attn_resolutions=[12]), r"--attn_resolutions contains 12, which never occurs.*\[16, 8\] px"),
+    (dict(progressive="residual"), "--progressive=residual is not supported: it crashes in the original"),
+    (dict(resblock_type="ddpm"), "--resblock_type=ddpm is not supported: it crashes in the original"),
+    (dict(progressive_input="skip"), "--progressive_input must be one of none, input_skip, residual"),
+    (dict(progressive_combine="mean"), "--progressive_combine must be one of sum, cat, got 'mean'"),
+    (dict(embedding_type="learned"), "--embedding_type must be one of positional, fourier"),
+]
+
+
+@pytest.mark.parametrize("change, match", BAD_ARCHITECTURES + [(dict(ch_mult=None), "ch_mult")])
+def test_bad_generator_config(change, match):
+    with pytest.raises(ValueError, match=match):
         networks.build("NCSNpp", {**TINY_GENERATORS["default"], **change})
+
+
+@pytest.mark.parametrize("change, match", BAD_ARCHITECTURES)
+def test_config_validation_runs_the_generators_check(change, match):
+    """`ddgan train` refuses a bad architecture up front with the very message NCSNpp would give."""
+    config = dataclasses.replace(make_config("demo"), **{"image_size": 16, "ch_mult": (1, 2), **change})
+    with pytest.raises(ValueError, match=match) as from_config:
+        validate(config)
+    with pytest.raises(ValueError) as from_network:
+        networks.build("NCSNpp", config.network_kwargs())
+    assert str(from_config.value) == str(from_network.value)
+
+
+def test_resamp_with_conv_false_is_refused():
+    # BigGAN blocks resample inside themselves, so the flag would silently do nothing.
+    with pytest.raises(ValueError, match="resamp_with_conv"):
+        make_config("demo", resamp_with_conv=False)
+    # The networks still accept it: the original's configs carry either value.
+    networks.build("NCSNpp", {**TINY_GENERATORS["default"], "resamp_with_conv": False})
 
 
 def test_fourier_generator_needs_float_time():
@@ -266,7 +296,7 @@ def test_discriminator_fp16_autocast_gradients_are_finite():
     disc = networks.build("Discriminator_small", TINY_DISCRIMINATOR)
     inputs = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=4)
     with torch.autocast("cpu", dtype=torch.float16):
-        logits = disc(inputs["x_prev"], inputs["t"], inputs["x_t"])
+        logits = disc(inputs["x_t"], inputs["t"], inputs["x_next"])
     logits.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in disc.parameters() if p.grad is not None)
 
@@ -278,9 +308,9 @@ def test_discriminator_fp16_autocast_gradients_are_finite():
 def test_discriminator_r1_double_backward():
     disc = networks.build("Discriminator_small", TINY_DISCRIMINATOR)
     inputs = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=4)
-    x_prev = inputs["x_prev"].requires_grad_(True)
-    logits = disc(x_prev, inputs["t"], inputs["x_t"])
-    (grad,) = torch.autograd.grad(logits.sum(), x_prev, create_graph=True)
+    x_t = inputs["x_t"].requires_grad_(True)
+    logits = disc(x_t, inputs["t"], inputs["x_next"])
+    (grad,) = torch.autograd.grad(logits.sum(), x_t, create_graph=True)
     grad.square().sum().backward()
     assert logits.shape == (4, 1)
     assert disc.blocks[0].conv_0.weight.grad is not None and disc.blocks[0].conv_0.weight.grad.abs().sum() > 0

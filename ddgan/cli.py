@@ -48,7 +48,7 @@ def command(name: str, function: Callable | str, program: str = "ddgan") -> Call
 
 
 def call(name: str, function: Callable, args: Sequence, flags: dict, program: str = "ddgan"):
-    """Run function(*args, **flags) as `PROGRAM NAME`: --help prints its help, unknown flags and arguments are refused."""
+    """Run function(*args, **flags) as `PROGRAM NAME`: --help prints its help; unknown flags, arguments are refused."""
     subcommands = getattr(function, "subcommands", {})
     if args and isinstance(args[0], str) and args[0] in subcommands:
         return call(f"{name} {args[0]}", subcommands[args[0]], args[1:], flags, program)

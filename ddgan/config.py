@@ -213,8 +213,10 @@ def validate(c: Config) -> None:
         if not ok:
             raise ValueError(message)
 
-    from ddgan.diffusion import check_schedule  # one source of truth for schedule limits
-    from networks import check_generator_args  # and one for the generator's architecture
+    # Each check that another module owns lives there once: the schedule's, the precision's, the generator's.
+    from ddgan.diffusion import check_schedule
+    from ddgan.precision import check_amp
+    from networks import check_generator_args
 
     check_generator_args(c.image_size, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
                          c.progressive_input, c.progressive_combine, c.embedding_type)
@@ -227,7 +229,7 @@ def validate(c: Config) -> None:
     need(c.lazy_reg is None or c.lazy_reg >= 1, f"--lazy_reg must be >= 1 or None, got {c.lazy_reg}")
     need(c.r1_gamma >= 0, f"--r1_gamma must be >= 0, got {c.r1_gamma}")
     need(0 <= c.ema_decay < 1, f"--ema_decay must lie in [0, 1), got {c.ema_decay}")
-    need(c.amp in (None, "none", "bf16", "fp16"), f"--amp must be bf16, fp16 or none, got {c.amp!r}")
+    check_amp(c.amp)
     need(c.discriminator in ("auto", "small", "large"),
          f"--discriminator must be auto, small or large, got {c.discriminator!r}")
     for name in ("snapshot_kimg", "sample_kimg", "fid_every"):

@@ -173,3 +173,37 @@ def test_sigterm_under_torchrun_stops_every_rank(tmp_path):
     state = checkpoint.load(run_dir_of(tmp_path))
     assert state["step"] >= 2 and state["step"] % 10 == 0  # the ranks agreed on a step to stop at
     assert "stop requested" in out
+
+
+def test_skipped_iterations_keep_the_data_position(tmp_path, monkeypatch):
+    nan_on_call(monkeypatch, {3, 5})
+    run_dir = run_training(tiny("demo", tmp_path, kimg=0.020, skip_nonfinite=2))
+    state = checkpoint.load(run_dir)
+    assert state["step"] == 5 and state["batches_drawn"] == 7, "two batches were drawn by skipped iterations"
+    monkeypatch.undo()
+
+    from ddgan import training_loop
+
+    starts = []
+    real_make_loader = training_loop.make_loader
+
+    def recording_make_loader(*args, start_index=0, **kwargs):
+        starts.append(start_index)
+        return real_make_loader(*args, start_index=start_index, **kwargs)
+
+    monkeypatch.setattr(training_loop, "make_loader", recording_make_loader)
+    run_training(config_from_flags(resume=str(run_dir), kimg=0.024))
+    assert starts == [7 * 4], "the resumed run reads on after the 7 batches drawn, not after the 5 steps"
+
+
+def test_progress_bar_stops_at_the_total(tmp_path):
+    from ddgan.monitor import Monitor
+
+    monitor = Monitor(tmp_path, total_kimg=2.0, start_kimg=0.0)
+    monitor.progress(1.0)
+    monitor.progress(2.05)  # the last batch passed --kimg
+    assert monitor.bar.n == 2.0 and monitor.bar.format_dict["total"] == 2.0
+    monitor.close()
+    resumed = Monitor(tmp_path, total_kimg=2.0, start_kimg=2.05)
+    assert resumed.bar.n == 2.0
+    resumed.close()

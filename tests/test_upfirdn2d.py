@@ -174,14 +174,24 @@ def test_upsample_then_downsample_is_smooth_identity():
     assert corr > 0.8
 
 
-def test_channels_last_and_dtypes():
-    x = torch.randn(2, 4, 9, 6)
+# The upfirdn2d arguments (up, down, padding, gain) that each wrapper passes for the filter [1, 3, 3, 1].
+WRAPPERS_FOR_4_TAPS = [
+    (upsample2d, (2, 2), (1, 1), (2, 1, 2, 1), 4.0),
+    (downsample2d, (1, 1), (2, 2), (1, 1, 1, 1), 1.0),
+    (filter2d, (1, 1), (1, 1), (2, 1, 2, 1), 1.0),
+]
+
+
+@pytest.mark.parametrize("fn,up,down,padding,gain", WRAPPERS_FOR_4_TAPS, ids=["up", "down", "filter"])
+def test_wrappers_match_scipy_in_either_layout(fn, up, down, padding, gain):
+    x = np.random.default_rng(1).standard_normal((2, 4, 9, 6))
+    taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8
+    expected = _expected_separable(x, taps, up, down, padding, False, gain)
     f = setup_filter([1, 3, 3, 1])
-    for fn in (upsample2d, downsample2d, filter2d):
-        expected = fn(x, f, impl="ref")
-        got = fn(x.to(memory_format=torch.channels_last), f, impl="ref")
-        torch.testing.assert_close(got, expected)
-        assert fn(x.double(), f, impl="ref").dtype == torch.float64
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = fn(torch.from_numpy(x).to(memory_format=layout), f, impl="ref")
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,12 +211,29 @@ def test_gradcheck(up, down, padding, taps):
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
-def test_cuda_impl_falls_back_on_cpu():
-    x = torch.randn(2, 3, 6, 6)
+def test_cpu_tensors_take_the_reference_path_even_with_impl_cuda(monkeypatch):
+    """The kernel reads device memory only, so CPU tensors must never reach it, even when it is available."""
+    calls = []
+
+    class SpyPlugin:  # records its calls and returns zeros, so being used shows in both
+        @staticmethod
+        def upfirdn2d(x, f, upx, upy, downx, downy, *args):
+            calls.append((upx, downx))
+            return torch.zeros(*x.shape[:2], x.shape[2] * upy // downy, x.shape[3] * upx // downx, dtype=x.dtype)
+
+    monkeypatch.setattr(custom_ops, "get_plugin", lambda: SpyPlugin)
+    x = np.random.default_rng(2).standard_normal((2, 3, 6, 6))
     f = setup_filter([1, 3, 3, 1])
-    assert not custom_ops.use_plugin(x, "cuda")
-    torch.testing.assert_close(upsample2d(x, f, impl="cuda"), upsample2d(x, f, impl="ref"), rtol=0, atol=0)
-    torch.testing.assert_close(downsample2d(x, f), downsample2d(x, f, impl="ref"), rtol=0, atol=0)
+    taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8
+    assert not custom_ops.use_plugin(torch.from_numpy(x), "cuda")
+    for fn, up, down, padding, gain in WRAPPERS_FOR_4_TAPS:
+        expected = _expected_separable(x, taps, up, down, padding, False, gain)
+        for impl in ({}, {"impl": "cuda"}):  # the default is "cuda"
+            np.testing.assert_allclose(fn(torch.from_numpy(x), f, **impl).numpy(), expected, rtol=1e-10, atol=1e-10)
+    assert calls == []
+    # The spy does see a call when the dispatch picks the kernel, so the empty list above means something.
+    monkeypatch.setattr(custom_ops, "use_plugin", lambda x, impl: True)
+    assert upsample2d(torch.from_numpy(x), f).abs().max() == 0 and calls == [(2, 1)]
 
 
 def test_kernel_is_only_given_what_int32_indices_reach():

@@ -1,4 +1,4 @@
-"""The `ddgan` command line: train, sample, fid, bench, demo, info and presets, all through `fire` and `command`.
+"""The `ddgan` command line: train, sample, edit, fid, bench, demo, info and presets, through `fire` and `command`.
 
 Flags keep the original implementation's underscore names; `--flag=value` works, lists as
 `--ch_mult='[1,2,2]'`. Every sub-command (and `python train.py`, `python -m eval.modes`, ...) is wrapped
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import keyword
 import os
 import sys
 import time
@@ -55,13 +56,16 @@ def call(name: str, function: Callable, args: Sequence, flags: dict, program: st
     if flags.pop("help", False) or "-h" in args or "--help" in args:
         print(help_text(f"{program} {name}", function))
         return None
+    # A flag named like a Python keyword (--class) reaches its parameter with a trailing underscore (class_).
+    flags = {f"{flag}_" if keyword.iskeyword(flag) else flag: value for flag, value in flags.items()}
     signature = inspect.signature(function)
     parameters = signature.parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         known = [p for p, spec in parameters.items() if spec.kind is not spec.VAR_POSITIONAL]
         for flag in flags:
             if flag not in known:
-                raise ValueError(unknown_flag_message(flag, known, f"`{program} {name} --help` lists the flags"))
+                raise ValueError(unknown_flag_message(flag.rstrip("_"), [_flag_name(p) for p in known],
+                                                      f"`{program} {name} --help` lists the flags"))
     try:
         signature.bind(*args, **flags)
     except TypeError as error:
@@ -77,7 +81,7 @@ def help_text(command_line: str, function: Callable) -> str:
             words.append("[--FLAG=VALUE ...]")
         elif parameter.kind is not parameter.VAR_POSITIONAL:
             words.append(parameter.name.upper() if parameter.default is parameter.empty
-                         else f"[--{parameter.name}={parameter.default}]")
+                         else f"[--{_flag_name(parameter.name)}={parameter.default}]")
     text = f"usage: {command_line} {' '.join(words)}\n\n{inspect.getdoc(function) or ''}"
     return text + (config_flags_help() if getattr(function, "takes_config_flags", False) else "")
 
@@ -92,6 +96,11 @@ def config_flags_help() -> str:
         lines += [f"    {flag:<{width}}{f.metadata['help']}" for flag, f in options.items()
                   if f.metadata["group"] == group]
     return "\n".join(lines)
+
+
+def _flag_name(parameter: str) -> str:
+    """The flag of a parameter: `class_` is --class."""
+    return parameter[:-1] if parameter.endswith("_") and keyword.iskeyword(parameter[:-1]) else parameter
 
 
 def _shown(value) -> str:
@@ -160,6 +169,7 @@ def presets() -> None:
 COMMANDS = {
     "train": train,
     "sample": "eval.sample:sample",
+    "edit": "eval.edit:edit",
     "fid": "eval.fid:fid_command",
     "bench": "eval.benchmark:bench_command",
     "demo": demo,

@@ -16,7 +16,7 @@ ARCHITECTURE_FIELDS = (
     "image_size", "num_channels", "num_channels_dae", "ch_mult", "num_res_blocks", "attn_resolutions",
     "resamp_with_conv", "conditional", "fir", "fir_kernel", "skip_rescale", "resblock_type", "progressive",
     "progressive_input", "progressive_combine", "embedding_type", "fourier_scale", "not_use_tanh", "nz",
-    "z_emb_dim", "t_emb_dim", "n_mlp", "ngf", "discriminator", "num_timesteps",
+    "z_emb_dim", "t_emb_dim", "n_mlp", "ngf", "discriminator", "num_timesteps", "cond", "num_classes",
 )
 
 
@@ -42,6 +42,9 @@ class Config:
     download: bool = option("data", False, "let torchvision download a named dataset (cifar10, stackmnist's MNIST)")
     skip_bad_images: bool = option("data", False, "skip unreadable images with a warning instead of stopping")
     workers: int = option("data", 2, "data loader processes per training process (0 = load in the main process)")
+    cond: bool = option("data", False, "class-conditional: train on the data's labels and sample by class")
+    num_classes: int = option("data", 0, "classes of a conditional model (set from the data under --cond)")
+    class_names: tuple = option("data", (), "the classes' names (set from the data under --cond)")
 
     num_timesteps: int = option("diffusion", 4, "T, the number of denoising steps")
     beta_min: float = option("diffusion", 0.1, "beta(t) at t = 0 of the noise schedule")
@@ -235,6 +238,10 @@ def validate(c: Config) -> None:
     for name in ("snapshot_kimg", "sample_kimg", "fid_every"):
         need(getattr(c, name) >= 0, f"--{name} must be >= 0")
     need(c.grid_images >= 1, f"--grid_images must be >= 1, got {c.grid_images}")
+    need(c.num_classes >= 0 and (c.cond or c.num_classes == 0),
+         f"--num_classes={c.num_classes} needs --cond=True (it is set from the data's labels); leave it out")
+    need(not c.class_names or len(c.class_names) == c.num_classes,
+         f"--class_names lists {len(c.class_names)} names for {c.num_classes} classes")
     need(c.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
     check_schedule(c.num_timesteps, c.beta_min, c.beta_max, c.schedule)
 

@@ -175,17 +175,23 @@ class Diffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, net: Callable, x_T: torch.Tensor, nz: int, generator: Generators = None,
-               latents: torch.Tensor | None = None, noises: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the T denoising steps from x_T: x'_0 = G(x_{t+1}, t, z) with fresh z, then x_t ~ posterior.
+               latents: torch.Tensor | None = None, noises: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None, start_step: int | None = None) -> torch.Tensor:
+        """Run the denoising steps from x_T: x'_0 = G(x_{t+1}, t, z[, y]) with fresh z, then x_t ~ posterior.
 
         `latents` [T, B, nz] and `noises` [T, B, C, H, W], indexed by step t, replace the draws from
-        `generator` when given (precomputed noise makes each image a function of its own seed).
+        `generator` when given (precomputed noise makes each image a function of its own seed). `labels`
+        [B] are the classes of a conditional G. With `start_step=k` the input is x_k instead of x_T and
+        only the k remaining steps run (editing: diffuse an image to step k, then denoise it).
         """
+        start_step = self.num_timesteps if start_step is None else start_step
+        if not 1 <= start_step <= self.num_timesteps:
+            raise ValueError(f"start_step must lie in 1..{self.num_timesteps}, got {start_step}")
         x = x_T
-        for step in reversed(range(self.num_timesteps)):
+        for step in reversed(range(start_step)):
             t = torch.full((x.shape[0],), step, dtype=torch.int64, device=x.device)
             z = latents[step] if latents is not None else randn((x.shape[0], nz), generator, x.device, x.dtype)
-            x0_pred = net(x, t, z)
+            x0_pred = net(x, t, z) if labels is None else net(x, t, z, labels)
             noise = noises[step] if noises is not None else None
             x = self.posterior_sample(x0_pred.to(x.dtype), x, t, generator=generator, noise=noise)
         return x

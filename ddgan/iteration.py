@@ -95,11 +95,11 @@ class Trainer:
         x_t, x_next = self.diffusion.q_sample_pairs(x0, t, generator=self.rng)
         return t, x_t, x_next
 
-    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor, labels: tuple) -> torch.Tensor:
         """x_t ~ q(x_t | x_{t+1}, x'_0) with x'_0 = G(x_{t+1}, t, z); posterior arithmetic in fp32."""
         z = self._randn(x_next.shape[0], self.config.nz)
         with self.autocast():
-            x0_pred = generator(x_next, t, z)
+            x0_pred = generator(x_next, t, z, *labels)
         return self.diffusion.posterior_sample(x0_pred.float(), x_next, t, generator=self.rng)
 
     def set_learning_rates(self) -> float:
@@ -131,8 +131,11 @@ class Trainer:
         c = self.config
         return c.r1_gamma > 0 and (c.lazy_reg is None or self.step % c.lazy_reg == 0)
 
-    def run_iteration(self, x0: torch.Tensor, check_finite: bool = True) -> dict:
+    def run_iteration(self, x0: torch.Tensor, y: torch.Tensor | None = None, check_finite: bool = True) -> dict:
         """One D step and one G step on a data batch in [-1, 1]; returns the step's scalars as tensors.
+
+        y: the batch's class labels for a conditional run: real pairs carry them, and G makes its fake
+        pairs for the same labels in both steps.
 
         With check_finite, a non-finite D or G loss raises NonFiniteError on every rank and the iteration
         changes nothing but the random stream and the data position (`batches_drawn`): D's step is undone
@@ -141,6 +144,7 @@ class Trainer:
         c = self.config
         self.batches_drawn += 1
         x0 = self.prepare_batch(x0)
+        labels = () if y is None else (y.to(self.device, non_blocking=True),)
         self.set_learning_rates()
         stats = {}
 
@@ -153,7 +157,7 @@ class Trainer:
         sync_later = self.D_train.no_sync() if self.context.distributed else nullcontext()
         with sync_later:
             with self.autocast():
-                real_logits = self.D_train(x_t, t, x_next).view(-1)
+                real_logits = self.D_train(x_t, t, x_next, *labels).view(-1)
             loss_real = losses.d_loss_real(real_logits)
             loss = loss_real
             if apply_r1:
@@ -162,9 +166,9 @@ class Trainer:
                 stats["loss/r1"] = r1.detach()
             self.scaler.scale(loss).backward()
         with torch.no_grad():
-            x_fake = self._fake_sample(self.G_forward, x_next, t)
+            x_fake = self._fake_sample(self.G_forward, x_next, t, labels)
         with self.autocast():
-            fake_logits = self.D_train(x_fake, t, x_next).view(-1)
+            fake_logits = self.D_train(x_fake, t, x_next, *labels).view(-1)
         loss_fake = losses.d_loss_fake(fake_logits)
         self.scaler.scale(loss_fake).backward()
         loss_D = loss_real.detach() + loss_fake.detach()
@@ -178,9 +182,9 @@ class Trainer:
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         t, _, x_next = self._random_pairs(x0)
-        x_fake = self._fake_sample(self.G_train, x_next, t)
+        x_fake = self._fake_sample(self.G_train, x_next, t, labels)
         with self.autocast():
-            logits = self.D(x_fake, t, x_next).view(-1)
+            logits = self.D(x_fake, t, x_next, *labels).view(-1)
         loss_G = losses.g_loss(logits)
         self.scaler.scale(loss_G).backward()
         if check_finite:

@@ -156,23 +156,25 @@ def capture_cuda_graph(run) -> torch.cuda.CUDAGraph:
 class GraphedSampler:
     """The whole T-step sampling loop replayed as one CUDA graph for a fixed batch size.
 
-    New noise is copied into the graph's static inputs; a smaller last batch is padded with zeros
-    (images do not interact in G, so padding rows change nothing) and cut back after the replay.
+    New noise (and labels) are copied into the graph's static inputs; a smaller last batch is padded with
+    zeros (images do not interact in G, so padding rows change nothing) and cut back after the replay.
     """
 
-    def __init__(self, G, diffusion: Diffusion, nz: int, x_T, latents, noises, dtype: torch.dtype | None):
-        self.inputs = [x_T.clone(), latents.clone(), noises.clone()]
+    def __init__(self, G, diffusion: Diffusion, nz: int, x_T, latents, noises, labels, dtype: torch.dtype | None):
+        self.inputs = [x_T.clone(), latents.clone(), noises.clone()] + ([] if labels is None else [labels.clone()])
+        self.batch_dims = (0, 1, 1, 0)[:len(self.inputs)]
 
         def run():
             with torch.no_grad(), autocast("cuda", dtype, cache_enabled=False):
-                x_T, latents, noises = self.inputs
-                self.output = diffusion.sample(G, x_T, nz, latents=latents, noises=noises)
+                x_T, latents, noises, *labels = self.inputs
+                self.output = diffusion.sample(G, x_T, nz, latents=latents, noises=noises,
+                                               labels=labels[0] if labels else None)
 
         self.graph = capture_cuda_graph(run)
 
-    def __call__(self, x_T, latents, noises) -> torch.Tensor:
-        n = x_T.shape[0]
-        for static, new, batch_dim in zip(self.inputs, (x_T, latents, noises), (0, 1, 1), strict=True):
+    def __call__(self, *inputs) -> torch.Tensor:
+        n = inputs[0].shape[0]
+        for static, new, batch_dim in zip(self.inputs, inputs, self.batch_dims, strict=True):
             static.narrow(batch_dim, 0, n).copy_(new)
             static.narrow(batch_dim, n, static.shape[batch_dim] - n).zero_()
         self.graph.replay()
@@ -194,12 +196,86 @@ def prefetched(chunks: Sequence, draw: Callable, depth: int) -> Iterator:
             yield pending.popleft().result()
 
 
+def parse_classes(spec, config: Config) -> list[int]:
+    """Class indices from --class: an index (3), a name (cat), a list (0,2 or cat,dog) or `all`."""
+    if config.num_classes == 0:
+        raise ValueError("--class: this checkpoint is unconditional (trained without --cond=True); leave --class out")
+    names = list(config.class_names) or [str(i) for i in range(config.num_classes)]
+    listing = ", ".join(f"{i}={name}" for i, name in enumerate(names))
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return list(range(config.num_classes))
+    parts = [p.strip() for p in spec.split(",") if p.strip()] if isinstance(spec, str) else \
+        list(spec) if isinstance(spec, list | tuple) else [spec]
+    chosen = []
+    for part in parts:
+        if isinstance(part, str) and part in names:
+            chosen.append(names.index(part))
+        elif isinstance(part, int | np.integer) and not isinstance(part, bool) and 0 <= part < config.num_classes:
+            chosen.append(int(part))
+        elif isinstance(part, str) and part.isdigit() and int(part) < config.num_classes:
+            chosen.append(int(part))
+        else:
+            raise ValueError(f"--class={part!r} is not one of this model's {config.num_classes} classes: {listing} "
+                             "(or `all`)")
+    if not chosen:
+        raise ValueError(f"--class={spec!r} selects no class; choose from {listing} (or `all`)")
+    return chosen
+
+
+def class_labels(config: Config, labels, count: int) -> torch.Tensor | None:
+    """The int64 labels [count] of the images to draw (one int for all), checked against the model."""
+    if config.num_classes == 0:
+        if labels is not None:
+            raise ValueError("--class: this checkpoint is unconditional (trained without --cond=True); "
+                             "leave --class out")
+        return None
+    if labels is None:
+        names = ", ".join(config.class_names) or f"0..{config.num_classes - 1}"
+        raise ValueError(f"this checkpoint is class-conditional ({config.num_classes} classes: {names}); "
+                         "choose them with --class=NAME|INDEX|all")
+    labels = torch.full((count,), int(labels)) if isinstance(labels, int | np.integer) else \
+        torch.as_tensor(list(labels), dtype=torch.int64)
+    if labels.shape != (count,):
+        raise ValueError(f"got {labels.numel()} labels for {count} images; give one per image or one for all")
+    if count and (int(labels.min()) < 0 or int(labels.max()) >= config.num_classes):
+        raise ValueError(f"labels must lie in 0..{config.num_classes - 1}, got {sorted(set(labels.tolist()))}")
+    return labels.to(torch.int64)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation between two vectors (exactly a at weight 0 and b at weight 1)."""
+    if weight == 0:
+        return a.clone()
+    if weight == 1:
+        return b.clone()
+    cosine = (a @ b / (a.norm() * b.norm())).clamp(-1, 1)
+    angle = torch.arccos(cosine)
+    if angle.abs() < 1e-6:  # (almost) parallel: the sphere's arc is a line
+        return torch.lerp(a, b, weight)
+    return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)
+
+
+def interpolation_noise(seed_a: int, seed_b: int, frames: int, config: Config) -> torch.Tensor:
+    """Rows of sampler noise [frames, numbers per seed] along slerps of x_T, every z and every posterior noise."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"--frames must be an integer >= 2 (the two seeds' images and those between), got {frames!r}")
+    ends = seed_vectors([seed_a, seed_b], config)
+    pixels, _ = noise_sizes(config)
+    # Each draw is a Gaussian vector of its own: interpolate them one by one, not as one long vector.
+    sizes = [pixels] + [config.nz] * config.num_timesteps + [pixels] * config.num_timesteps
+    parts = list(zip(ends[0].split(sizes), ends[1].split(sizes), strict=True))
+    weights = [i / (frames - 1) for i in range(frames)]
+    return torch.stack([torch.cat([slerp(a, b, w) for a, b in parts]) for w in weights])
+
+
 def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int], batch: int = 64, device=None,
              amp: str | None = None, channels_last: bool = False, progress: bool = True,
-             cuda_graph: bool = False, prefetch: int | None = None) -> Iterator[np.ndarray]:
+             cuda_graph: bool = False, prefetch: int | None = None, labels=None) -> Iterator[np.ndarray]:
     """Sample the images of `seeds` in batches; yields uint8 (B, H, W, C) numpy arrays in seed order.
 
     seeds: a list of seeds, or a spec as `parse_seeds` reads it (`64`, `0-49999`, `1,5,7`).
+    labels: a conditional G's class for every seed (or one int for all); image i depends on
+        (seeds[i], labels[i]) only.
     amp: bf16, fp16 or none; default bf16 on CUDA, full float32 on the CPU (`ddgan.precision`).
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch.
     prefetch: batches of seed noise drawn ahead in threads while the device samples (default 4 on
@@ -207,28 +283,83 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     """
     check_batch(batch)
     seeds = parse_seeds(seeds) if isinstance(seeds, int | str) else list(seeds)
+    labels = class_labels(config, labels, len(seeds))
     device = torch.device(device) if device is not None else next(G.parameters()).device
+    chunks = [range(start, min(start + batch, len(seeds))) for start in range(0, len(seeds), batch)]
+    draw = functools.partial(_seed_rows, seeds=seeds, config=config, pin_memory=device.type == "cuda")
+    yield from _sample_batches(G, config, chunks, draw, labels, None, None, device, amp, channels_last, progress,
+                               cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch)
+
+
+def interpolate(G: torch.nn.Module, config: Config, seed_a: int, seed_b: int, frames: int = 8, label=None,
+                batch: int = 64, device=None, amp: str | None = None) -> np.ndarray:
+    """uint8 (frames, H, W, C) images along a spherical path from seed_a's image to seed_b's (for a class)."""
+    rows = interpolation_noise(_as_seed(seed_a), _as_seed(seed_b), frames, config)
+    labels = class_labels(config, label, frames)
+    device = torch.device(device) if device is not None else next(G.parameters()).device
+    chunks = [range(start, min(start + batch, frames)) for start in range(0, frames, batch)]
+    return np.concatenate(list(_sample_batches(G, config, chunks, lambda chunk: rows[chunk.start:chunk.stop],
+                                               labels, None, None, device, amp, False, False, False, 0)))
+
+
+def edit(G: torch.nn.Module, config: Config, images: torch.Tensor, seeds: Sequence[int], start_step: int,
+         labels=None, batch: int = 64, device=None, amp: str | None = None,
+         progress: bool = True) -> Iterator[np.ndarray]:
+    """Add noise, then denoise (SDEdit): diffuse images [N, C, H, W] in [-1, 1] to step k, run the k steps left.
+
+    Image i is diffused with seed i's x_T draw, x_k = a_k x_0 + sigma_k eps, and denoised with seed i's
+    latents and noises; k = T starts from eps itself (the input is ignored: plain sampling of the seed),
+    k = 1 keeps most of the input. Yields uint8 (B, H, W, C) arrays in order.
+    """
+    check_batch(batch)
+    seeds = list(seeds)
+    if images.ndim != 4 or images.shape[1:] != (config.num_channels, config.image_size, config.image_size):
+        raise ValueError(f"images: expected [N, {config.num_channels}, {config.image_size}, {config.image_size}], "
+                         f"got {list(images.shape)}")
+    if len(seeds) != len(images):
+        raise ValueError(f"--seeds selects {len(seeds)} seeds for {len(images)} input images; give one per image")
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 1 <= start_step <= config.num_timesteps:
+        raise ValueError(f"--start_step must be an integer in 1..{config.num_timesteps} (the model's T), got "
+                         f"{start_step!r}")
+    labels = class_labels(config, labels, len(seeds))
+    device = torch.device(device) if device is not None else next(G.parameters()).device
+    chunks = [range(start, min(start + batch, len(seeds))) for start in range(0, len(seeds), batch)]
+    draw = functools.partial(_seed_rows, seeds=seeds, config=config, pin_memory=False)
+    yield from _sample_batches(G, config, chunks, draw, labels, images, start_step, device, amp, False, progress,
+                               False, 0)
+
+
+def _seed_rows(chunk: range, seeds: Sequence[int], config: Config, pin_memory: bool) -> torch.Tensor:
+    return seed_vectors(seeds[chunk.start:chunk.stop], config, pin_memory)
+
+
+def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, labels: torch.Tensor | None,
+                    inputs: torch.Tensor | None, start_step: int | None, device: torch.device, amp: str | None,
+                    channels_last: bool, progress: bool, cuda_graph: bool, prefetch: int) -> Iterator[np.ndarray]:
+    """The batch loop behind generate, interpolate and edit: draw(chunk) gives each batch's noise rows."""
     dtype = amp_dtype(amp, device)
     if cuda_graph and device.type != "cuda":
         raise ValueError("--cuda_graph needs a CUDA device")
-    graphed = None
     diffusion = Diffusion.from_config(config).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    chunks = [seeds[start:start + batch] for start in range(0, len(seeds), batch)]
-    prefetch = (4 if device.type == "cuda" else 0) if prefetch is None else prefetch
-    draw = functools.partial(seed_vectors, config=config, pin_memory=device.type == "cuda")
-    rows_per_batch = prefetched(chunks, draw, prefetch)
-    for rows in tqdm(rows_per_batch, total=len(chunks), desc="sampling", unit="batch",
-                     disable=not progress or len(chunks) <= 1, file=sys.stderr):
+    graphed = None
+    for chunk, rows in tqdm(zip(chunks, prefetched(chunks, draw, prefetch), strict=True), total=len(chunks),
+                            desc="sampling", unit="batch", disable=not progress or len(chunks) <= 1, file=sys.stderr):
         x_T, latents, noises = split_noise(rows.to(device, non_blocking=True), config)
+        y = labels[chunk.start:chunk.stop].to(device) if labels is not None else None
+        if inputs is not None and start_step < config.num_timesteps:
+            x0 = inputs[chunk.start:chunk.stop].to(device=device, dtype=x_T.dtype)
+            step = torch.full((len(x0),), start_step, dtype=torch.int64, device=device)
+            x_T = diffusion.q_sample(x0, step, noise=x_T)
         x_T = x_T.contiguous(memory_format=memory_format)
         if cuda_graph:
             # Recorded at the first batch's size; only the last batch can be smaller, and it is padded.
-            graphed = graphed or GraphedSampler(G, diffusion, config.nz, x_T, latents, noises, dtype)
-            x = graphed(x_T, latents, noises)
+            graphed = graphed or GraphedSampler(G, diffusion, config.nz, x_T, latents, noises, y, dtype)
+            x = graphed(x_T, latents, noises, *([] if y is None else [y]))
         else:
             with torch.no_grad(), autocast(device, dtype):
-                x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises)
+                x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises, labels=y,
+                                     start_step=start_step)
         yield to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -243,12 +374,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def grid_image(images: np.ndarray, nrow: int | None = None) -> np.ndarray:
-    """Tile uint8 (N, H, W, C) images into one (rows*H, nrow*W, C) image, `nrow` per row (default near-square)."""
+MAX_GRID_CLASSES = 16  # grids show one row per class up to this many, then an evenly spaced subset
+
+
+def grid_image(images: np.ndarray, nrow: int | None = None, scale: int = 1) -> np.ndarray:
+    """Tile uint8 (N, H, W, C) images into one image, `nrow` per row (default near-square), each upscaled
+    `scale` times (nearest neighbour, so small images stay crisp)."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"images: expected uint8 (N, H, W, C) with N >= 1 and C in (1, 3), got {images.dtype} "
                          f"{images.shape}")
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = images.shape
     nrow = nrow or math.ceil(math.sqrt(n))
     if nrow < 1:
@@ -260,9 +397,31 @@ def grid_image(images: np.ndarray, nrow: int | None = None) -> np.ndarray:
     return canvas
 
 
-def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> Path:
+def readable_scale(image_size: int) -> int:
+    """How many times a grid enlarges images smaller than 32 px (16 px -> 4x), so that one can see them."""
+    return max(1, 64 // image_size) if image_size < 32 else 1
+
+
+def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None, scale: int = 1) -> Path:
     """Write uint8 (N, H, W, C) images as one grid PNG (see grid_image), atomically."""
-    return write_png(grid_image(images, nrow), path)
+    return write_png(grid_image(images, nrow, scale), path)
+
+
+def grid_classes(config: Config) -> list[int]:
+    """The classes a grid shows, one row each: all of them, or an evenly spaced MAX_GRID_CLASSES of them."""
+    if config.num_classes <= MAX_GRID_CLASSES:
+        return list(range(config.num_classes))
+    return [round(i * (config.num_classes - 1) / (MAX_GRID_CLASSES - 1)) for i in range(MAX_GRID_CLASSES)]
+
+
+def grid_layout(config: Config, count: int) -> tuple[list[int], list[int] | None, int | None]:
+    """(seeds, labels, images per row) of a fixed-seed grid of about `count` images: for a conditional model
+    one row per class, each row seeds 0..columns-1; else seeds 0..count-1, near-square."""
+    if config.num_classes == 0:
+        return list(range(count)), None, None
+    classes = grid_classes(config)
+    columns = max(1, count // len(classes))
+    return list(range(columns)) * len(classes), [c for c in classes for _ in range(columns)], columns
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:

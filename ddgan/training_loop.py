@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import networks
@@ -23,7 +24,7 @@ from ddgan.config import Config, architecture_changes, check_known, make_config,
 from ddgan.data import ImageDataset, describe_dataset, make_loader, open_dataset
 from ddgan.iteration import NonFiniteError, Trainer
 from ddgan.monitor import Monitor
-from ddgan.sampling import generate, grid_image, save_grid
+from ddgan.sampling import generate, grid_image, grid_layout, readable_scale, write_png
 
 # Scores a generator for the run's config (FID: lower is better); `ddgan train` passes eval.fid's.
 Evaluator = Callable[[torch.nn.Module, Config], float]
@@ -104,6 +105,18 @@ def weights_finite(trainer: Trainer) -> bool:
     return all(torch.isfinite(p).all() for net in (trainer.G, trainer.D, trainer.G_ema) for p in net.parameters())
 
 
+def with_classes(config: Config, dataset: ImageDataset) -> Config:
+    """Under --cond, the config with the data's classes; a resumed run's classes must be the data's."""
+    if not config.cond:
+        return config
+    names = tuple(dataset.class_names)
+    if config.num_classes and (config.num_classes, tuple(config.class_names)) != (dataset.num_classes, names):
+        raise ValueError(f"--data={config.data} has {dataset.num_classes} classes ({', '.join(names)}), but the "
+                         f"networks were made for {config.num_classes} ({', '.join(config.class_names)}); resume on "
+                         "the same data, or start a new run")
+    return replace(config, num_classes=dataset.num_classes, class_names=names)
+
+
 def decide_flips(config: Config, dataset: ImageDataset) -> tuple[Config, str]:
     """The config with --hflip as it will apply to this data, and a line for the run log saying so."""
     if config.hflip and not dataset.flippable:
@@ -139,7 +152,8 @@ def _run_loop(config: Config, context: distributed.Context, max_steps: int | Non
                          f"use a multiple of {context.world_size}")
     per_rank_batch = config.batch_size // context.world_size
     dataset = open_dataset(config.data, config.image_size, config.num_channels, download=config.download,
-                           skip_bad_images=config.skip_bad_images)
+                           skip_bad_images=config.skip_bad_images, labels=config.cond)
+    config = with_classes(config, dataset)
     config, flips = decide_flips(config, dataset)
     trainer = Trainer(config, context)
 
@@ -194,11 +208,11 @@ def _run_loop(config: Config, context: distributed.Context, max_steps: int | Non
         try:
             while trainer.images_seen < total_images and (max_steps is None or steps_done < max_steps):
                 waited = time.perf_counter()
-                x0 = next(batches)
+                x0, y = next(batches) if config.cond else (next(batches), None)
                 data_wait += time.perf_counter() - waited
                 log_now = trainer.step % config.log_every == 0
                 try:
-                    stats = trainer.run_iteration(x0, check_finite=strict_checks or log_now)
+                    stats = trainer.run_iteration(x0, y, check_finite=strict_checks or log_now)
                 except NonFiniteError as error:
                     skipped += 1
                     if skipped > config.skip_nonfinite:
@@ -253,13 +267,16 @@ def _next_mark(images_seen: int, every_kimg: float) -> float:
 
 
 def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
-    """Sample a grid from the EMA generator with fixed seeds 0..n-1 (the same images every time)."""
-    n = trainer.config.grid_images
-    images = next(iter(generate(trainer.G_ema, trainer.config, list(range(n)), batch=n, device=trainer.device,
-                                progress=False)))
-    save_grid(images, path)
+    """A grid from the EMA generator with fixed seeds (the same images every time), one row per class when
+    the model is conditional, small images enlarged so that one can see them."""
+    config = trainer.config
+    seeds, labels, columns = grid_layout(config, config.grid_images)
+    images = np.concatenate(list(generate(trainer.G_ema, config, seeds, batch=len(seeds), device=trainer.device,
+                                          progress=False, labels=labels)))
+    grid = grid_image(images, columns, readable_scale(config.image_size))
+    write_png(grid, path)
     if monitor is not None:
-        monitor.image("samples", trainer.images_seen / 1000, grid_image(images))
+        monitor.image("samples", trainer.images_seen / 1000, grid)
     return path
 
 

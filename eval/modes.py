@@ -1,4 +1,6 @@
-"""A Stacked-MNIST-style mode count that needs no download: three demo shapes stacked as RGB channels.
+"""Mode coverage and class accuracy on the demo shapes, which need no download.
+
+`count`: a Stacked-MNIST-style mode count, three demo shapes stacked as RGB channels.
 
 Each channel of an image holds one of 4 grayscale shapes, so the data has 4**3 = 64 equally likely modes.
 A small classifier trained on single shapes labels each channel of a generated image; the report gives
@@ -8,6 +10,11 @@ the two numbers the DDGAN paper reports on Stacked-MNIST.
     python -m eval.modes make-data stacked.npz --image_size=32
     ddgan train --preset=stackmnist --data=stacked.npz --image_size=32 --num_channels_dae=32 --kimg=50
     python -m eval.modes count RUN_FOLDER --n=2000
+
+`accuracy`: for a class-conditional checkpoint, the fraction of each class's samples that a classifier
+labels as the class asked for (the shape classifier for the demo shapes, or one you pass).
+
+    python -m eval.modes accuracy runs/demo --n=256
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ddgan.data import DemoShapes, write_image_array
-from ddgan.data.demo import SHAPES
+from ddgan.data.demo import LUMA, SHAPES
 
 NUM_SHAPES = len(SHAPES)
 
@@ -66,6 +73,15 @@ def train_classifier(image_size: int, steps: int = 400, seed: int = 1) -> tuple[
     return model.eval(), accuracy
 
 
+def shape_labels(images: np.ndarray, classifier: ShapeClassifier) -> np.ndarray:
+    """The shape index (in SHAPES) the classifier sees in each uint8 [N, H, W, C] image (RGB seen as luma)."""
+    x = torch.from_numpy(images).float().permute(0, 3, 1, 2)
+    if x.shape[1] == 3:  # the demo's grayscale images are the luma of its RGB ones
+        x = torch.einsum("nchw,c->nhw", x, torch.from_numpy(LUMA))[:, None]
+    with torch.no_grad():
+        return classifier(x / 127.5 - 1).argmax(1).numpy()
+
+
 def mode_histogram(images: np.ndarray, classifier: ShapeClassifier) -> np.ndarray:
     """Counts of the 64 modes among uint8 [N, H, W, 3] images."""
     x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
@@ -108,7 +124,46 @@ def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu") -> di
     return report
 
 
+def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", classifier: str | None = None) -> dict:
+    """Per-class accuracy of a conditional checkpoint: n samples per class, the share labelled as asked.
+
+    classifier: "package.module:function", a function from uint8 images (N, H, W, C) to the predicted class
+        indices (N,) in the model's classes; default the demo shape classifier (for the demo shapes).
+    """
+    from ddgan.models import load_generator
+    from ddgan.sampling import generate
+
+    G, config = load_generator(ckpt, device=device)
+    if config.num_classes == 0:
+        raise ValueError(f"{ckpt} is unconditional (trained without --cond=True): it has no classes to check")
+    names = list(config.class_names) or [str(i) for i in range(config.num_classes)]
+    if classifier is not None:
+        module, _, function = str(classifier).partition(":")
+        predict = getattr(__import__(module, fromlist=[function]), function)
+        held_out = None
+    elif set(names) <= set(SHAPES):
+        shapes, held_out = train_classifier(config.image_size)
+        to_class = np.array([names.index(shape) if shape in names else -1 for shape in SHAPES])
+
+        def predict(images):
+            return to_class[shape_labels(images, shapes)]
+    else:
+        raise ValueError(f"the classes ({', '.join(names[:5])}...) are not the demo shapes: pass "
+                         "--classifier=package.module:function (uint8 NHWC images -> class indices)")
+    per_class = {}
+    for label, name in enumerate(names):
+        samples = np.concatenate(list(generate(G, config, list(range(n)), batch=batch, device=device, labels=label,
+                                               progress=False)))
+        per_class[name] = round(float(np.mean(np.asarray(predict(samples)) == label)), 4)
+    scores = list(per_class.values())
+    report = {"checkpoint": str(ckpt), "samples_per_class": n, "accuracy": per_class, "min_accuracy": min(scores),
+              "mean_accuracy": round(float(np.mean(scores)), 4),
+              "classifier_held_out_accuracy": None if held_out is None else round(held_out, 4)}
+    print(json.dumps(report))
+    return report
+
+
 if __name__ == "__main__":
     from ddgan.cli import main
 
-    main(commands={"make-data": make_data, "count": count}, name="python -m eval.modes")
+    main(commands={"make-data": make_data, "count": count, "accuracy": accuracy}, name="python -m eval.modes")

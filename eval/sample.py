@@ -22,7 +22,18 @@ from ddgan import checkpoint
 from ddgan.data import write_image_array
 from ddgan.models import load_generator
 from ddgan.precision import check_amp
-from ddgan.sampling import check_batch, default_device, generate, save_grid, seed_list, write_png
+from ddgan.sampling import (
+    check_batch,
+    default_device,
+    generate,
+    parse_classes,
+    parse_seeds,
+    readable_scale,
+    save_grid,
+    seed_list,
+    write_png,
+)
+from ddgan.sampling import interpolate as interpolate_images
 
 MAX_GRID_IMAGES = 4096  # beyond this a single PNG gets unwieldy; use a folder or an .npz
 FILE_SUFFIXES = (".jpg", ".jpeg", ".npy", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pt", ".pth")
@@ -56,60 +67,107 @@ def check_output(out: Path, kind: str, overwrite: bool) -> None:
         raise ValueError(f"--out={str(out)!r}: the {what}; pass --overwrite to replace it, or choose another --out")
 
 
-def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int = 64, seeds=None, device=None,
-           ema: bool = True, overwrite: bool = False, preset: str | None = None, reference_config: str | None = None,
-           amp: str | None = None, channels_last: bool | None = None, compile: bool = False,
-           cuda_graph: bool = False) -> str:
+def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int = 64, seeds=None, class_=None,
+           interpolate=None, frames: int = 8, device=None, ema: bool = True, overwrite: bool = False,
+           preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
+           channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False,
+           scale: int | None = None) -> str:
     """Sample images from a checkpoint (file or run folder) and write them; returns the output path.
 
     ckpt: a ddgan checkpoint, a run folder (its newest checkpoint), or an original netG_*.pth /
         content.pth (then --preset or --reference_config gives its architecture).
-    out: *.png = one grid, *.npz = uint8 (N, H, W, C) under key `x`, else a folder of <seed>.png;
-        default <checkpoint folder>/samples-<checkpoint name>.png.
+    out: *.png = one grid, *.npz = uint8 (N, H, W, C) under key `x` (class indices under `y`), else a
+        folder of <seed>.png (<class>/<seed>.png for a conditional model); default
+        <checkpoint folder>/samples-<checkpoint name>.png.
     n: images to draw (seeds 0..n-1) when --seeds is not given; default 64.
-    seeds: a count, a range like 0-49999, or a list like 1,5,7; image i depends on its seed only.
+    seeds: a count, a range like 0-49999, or a list like 1,5,7; image i depends on its seed (and class) only.
+    class: a conditional model's class: an index (--class=3), a name (--class=cat), a list (--class=0,2)
+        or --class=all; with several, every seed is drawn for every class, one grid row per class.
+    interpolate: SEED_A,SEED_B: a row of --frames images along a spherical interpolation of the two
+        seeds' noise (x_T, every z and every posterior noise), for one --class if conditional.
     ema: use the EMA generator weights when the checkpoint has them.
     amp: bf16, fp16 or none; default bf16 on CUDA, full float32 on the CPU.
     channels_last: NHWC memory layout; default on for CUDA.
     compile: torch.compile the generator (pays off for many batches).
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch (CUDA only).
+    scale: enlarge each image in a grid this many times (nearest); default 4x for 16 px, 1x from 32 px.
     """
     check_batch(batch)
     check_amp(amp)
-    seeds = seed_list(n, seeds)
     source = checkpoint.resolve(ckpt)
     out_path = Path(out).expanduser() if out is not None else source.parent / f"samples-{source.stem}.png"
     kind = output_kind(out_path)
-    if kind == "grid" and len(seeds) > MAX_GRID_IMAGES:
-        raise ValueError(f"--out={str(out_path)!r}: a grid of {len(seeds)} images is too large for one PNG "
+    device = torch.device(device) if device is not None else default_device()
+    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
+    classes = parse_classes(class_, config) if class_ is not None else None
+    if interpolate is not None:
+        ends = _interpolation_ends(interpolate, frames, n, seeds, classes)
+        labels, nrow = None if classes is None else classes * frames, frames
+        stems = [f"{ends[0]:06d}-{ends[1]:06d}-{i:03d}" for i in range(frames)]
+    else:
+        seeds = seed_list(n, seeds)
+        labels = None if classes is None else [c for c in classes for _ in seeds]
+        nrow = len(seeds) if classes is not None and len(classes) > 1 else None
+        stems = [f"{seed:06d}" for seed in seeds] * (len(classes) if classes else 1)
+    if kind == "grid" and len(stems) > MAX_GRID_IMAGES:
+        raise ValueError(f"--out={str(out_path)!r}: a grid of {len(stems)} images is too large for one PNG "
                          f"(at most {MAX_GRID_IMAGES}); write a folder or an .npz instead")
     check_output(out_path, kind, overwrite)
 
-    device = torch.device(device) if device is not None else default_device()
-    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     if channels_last:
         G = G.to(memory_format=torch.channels_last)
     if compile:
         G = torch.compile(G)
-    batches = generate(G, config, seeds, batch, device, amp=amp, channels_last=channels_last,
-                       cuda_graph=cuda_graph)
+    if interpolate is not None:
+        batches = iter([interpolate_images(G, config, *ends, frames=frames, label=labels[0] if labels else None,
+                                           batch=batch, device=device, amp=amp)])
+    else:
+        batches = generate(G, config, seeds * (len(classes) if classes else 1), batch, device, amp=amp,
+                           channels_last=channels_last, cuda_graph=cuda_graph, labels=labels)
+    names = list(config.class_names) or [str(i) for i in range(config.num_classes)]
+    write_images(batches, stems, labels, names, out_path, kind, nrow,
+                 readable_scale(config.image_size) if scale is None else scale)
+    return str(out_path)
 
+
+def _interpolation_ends(interpolate, frames, n, seeds, classes) -> list[int]:
+    """The two seeds of `--interpolate=A,B`, with the other flags checked."""
+    if n is not None or seeds is not None:
+        raise ValueError("--interpolate draws its own row of --frames images; leave out --n and --seeds")
+    ends = parse_seeds(interpolate) if isinstance(interpolate, str) else [int(s) for s in interpolate] \
+        if isinstance(interpolate, list | tuple) else []
+    if len(ends) != 2:
+        raise ValueError(f"--interpolate takes two seeds, SEED_A,SEED_B (e.g. --interpolate=3,7), got {interpolate!r}")
+    if classes is not None and len(classes) != 1:
+        raise ValueError("--interpolate draws one class at a time: give a single --class")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"--frames must be an integer >= 2, got {frames!r}")
+    return ends
+
+
+def write_images(batches, stems: list[str], labels: list[int] | None, names: list[str], out: Path, kind: str,
+                 nrow: int | None, scale: int) -> None:
+    """Write sampled uint8 batches as a grid PNG, an .npz (with y and classes) or a folder of <stem>.png."""
     if kind == "folder":
-        out_path.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         done = 0
         for images in batches:
-            for seed, image in zip(seeds[done:done + len(images)], images, strict=True):
-                write_png(image, out_path / f"{seed:06d}.png")
+            for index, image in enumerate(images, start=done):
+                folder = out / names[labels[index]] if labels is not None else out
+                folder.mkdir(exist_ok=True)
+                write_png(image, folder / f"{stems[index]}.png")
             done += len(images)
-    else:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        images = np.concatenate(list(batches))
-        if kind == "npz":
-            write_image_array(out_path, images)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = np.concatenate(list(batches))
+    if kind == "npz":
+        if labels is None:
+            write_image_array(out, images)
         else:
-            save_grid(images, out_path)
-    return str(out_path)
+            write_image_array(out, images, y=np.asarray(labels, dtype=np.int64), classes=names)
+    else:
+        save_grid(images, out, nrow, scale)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,7 +3,9 @@
 D judges whether x_t is a real denoising of x_{t+1} (named `x_next`, as in `ddgan.diffusion`). The
 candidate x_t and the condition x_{t+1} are concatenated along channels (in that order) and run
 through residual blocks with FIR downsampling, each receiving a time embedding as a per-channel bias;
-a minibatch-stddev feature and a final conv follow, and the logit is a linear map of the spatial sum.
+a minibatch-stddev feature and a final conv follow, and the logit is a linear map of the spatial sum. A
+class-conditional D(x_t, t, x_{t+1}, y) adds the inner product of that sum with an embedding of the class y
+(a projection discriminator, Miyato & Koyama 2018).
 Numbers and initialisation follow the original implementation (every layer has the original `dense`
 init, fan="out" in `networks.layers`); `networks.reference` converts weights.
 """
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from networks.layers import SQRT2, Resample, conv2d, linear, positional_embedding
+from networks.layers import SQRT2, ClassEmbedding, Resample, check_class_labels, conv2d, linear, positional_embedding
 from ops.bias_act import bias_act
 
 
@@ -82,8 +84,11 @@ class Discriminator(nn.Module):
     stddev_group = 4
 
     def __init__(self, nc: int, ngf: int, t_emb_dim: int, act, widths: Sequence[tuple[int, int, bool]],
-                 final_init_scale: float):
+                 final_init_scale: float, num_classes: int = 0):
         super().__init__()
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or a number of classes, got {num_classes}")
+        self.num_classes = num_classes
         self.act = Activation(act) if not isinstance(act, Activation) else act
         self.time_embed = DiscriminatorTimeEmbedding(t_emb_dim, self.act)
         self.input_conv = conv2d(nc, widths[0][0] * ngf, 1, fan="out")
@@ -93,31 +98,54 @@ class Discriminator(nn.Module):
         top = widths[-1][1] * ngf
         self.final_conv = conv2d(top + 1, top, 3, fan="out", init_scale=final_init_scale)
         self.head = linear(top, 1, fan="out")
+        # Last, so that every layer above draws the same initial numbers as in the unconditional network.
+        self.class_embed = ClassEmbedding(num_classes, top) if num_classes > 0 else None
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
-        """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t (of class y)."""
+        check_class_labels(y, self.num_classes, x_t.shape[0])
         temb = self.act(self.time_embed(t))
         h = self.input_conv(torch.cat([x_t, x_next], dim=1))
         for block in self.blocks:
             h = block(h, temb)
         h = self.act(self.final_conv(minibatch_stddev(h, self.stddev_group)))
-        return self.head(h.sum(dim=(2, 3)))
+        pooled = h.sum(dim=(2, 3))
+        logits = self.head(pooled)
+        if self.class_embed is not None:
+            # Projection: the class enters as <embed(y), pooled>, in the features' dtype as the head computes.
+            logits = logits + (self.class_embed(y).to(pooled.dtype) * pooled).sum(dim=1, keepdim=True)
+        return logits
 
 
 class DiscriminatorSmall(Discriminator):
     """Discriminator for 32x32 images (CIFAR-10, StackMNIST): 4 blocks, 3 downsamplings."""
 
-    def __init__(self, nc: int = 6, ngf: int = 64, t_emb_dim: int = 128, act="lrelu"):
+    def __init__(
+        self,
+        nc: int = 6,  # input channels: the candidate x_t and the condition x_{t+1}, concatenated
+        ngf: int = 64,  # base width; the blocks have 2, 4 and 8 times as many channels
+        t_emb_dim: int = 128,  # width of the time embedding
+        act="lrelu",  # activation: a name for ops.bias_act, or the original's nn.LeakyReLU instance
+        num_classes: int = 0,  # number of class labels y to condition on (projection head); 0: unconditional
+    ):
         widths = [(2, 2, False), (2, 4, True), (4, 8, True), (8, 8, True)]
-        super().__init__(nc, ngf, t_emb_dim, act, widths, final_init_scale=0.0)
+        super().__init__(nc, ngf, t_emb_dim, act, widths, final_init_scale=0.0, num_classes=num_classes)
 
 
 class DiscriminatorLarge(Discriminator):
     """Discriminator for 256x256 images (CelebA-HQ, LSUN): 6 downsampling blocks."""
 
-    def __init__(self, nc: int = 6, ngf: int = 32, t_emb_dim: int = 128, act="lrelu"):
+    def __init__(
+        self,
+        nc: int = 6,  # input channels: the candidate x_t and the condition x_{t+1}, concatenated
+        ngf: int = 32,  # base width; the blocks have 2, 4 and 8 times as many channels
+        t_emb_dim: int = 128,  # width of the time embedding
+        act="lrelu",  # activation: a name for ops.bias_act, or the original's nn.LeakyReLU instance
+        num_classes: int = 0,  # number of class labels y to condition on (projection head); 0: unconditional
+    ):
         widths = [(2, 4, True), (4, 8, True)] + [(8, 8, True)] * 4
-        super().__init__(nc, ngf, t_emb_dim, act, widths, final_init_scale=1.0)
+        super().__init__(nc, ngf, t_emb_dim, act, widths, final_init_scale=1.0, num_classes=num_classes)
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""NCSN++ generator of Denoising Diffusion GANs: x'_0 = G(x_t, t, z).
+"""NCSN++ generator of Denoising Diffusion GANs: x'_0 = G(x_t, t, z), or G(x_t, t, z, y) for a class y.
 
 A U-Net (Song et al., 2021) of BigGAN-style residual blocks whose group norms are modulated by a latent
-code z through a mapping network (adaptive group norm, AdaGN), as in Xiao, Kreis & Vahdat (2022).
+code z through a mapping network (adaptive group norm, AdaGN), as in Xiao, Kreis & Vahdat (2022). A
+class-conditional network also feeds an embedding of the label to the mapping network, as conditional
+StyleGAN2-ADA does (Karras et al., 2020), so every AdaGN layer sees the class.
 Numbers and initialisation follow the original implementation; `networks.reference` converts weights
 to and from its flat `all_modules` layout.
 """
@@ -17,15 +19,18 @@ import torch.nn.functional as F
 
 from networks.layers import (
     SQRT2,
+    ClassEmbedding,
     ConvDownsample,
     GaussianFourierProjection,
     Resample,
     ResnetBlockBigGAN,
     SelfAttention,
+    check_class_labels,
     conv2d,
     group_norm,
     linear,
     positional_embedding,
+    variance_scaling_,
 )
 
 RESBLOCK_TYPES = ("biggan",)
@@ -35,20 +40,42 @@ COMBINE_METHODS = ("sum", "cat")
 EMBEDDING_TYPES = ("positional", "fourier")
 
 
+def normalize_2nd_moment(x: torch.Tensor) -> torch.Tensor:
+    """Scale each row of [B, C] to unit root mean square (StyleGAN's PixelNorm of z)."""
+    return x / torch.sqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
+
+
 class MappingNetwork(nn.Module):
-    """z -> z_emb: PixelNorm, then n_mlp + 1 dense layers each followed by SiLU."""
+    """z (and a class label) -> z_emb: PixelNorm, then n_mlp + 1 dense layers each followed by SiLU."""
 
     def __init__(self, nz: int, z_emb_dim: int, n_mlp: int):
         super().__init__()
+        self.nz = nz
         widths = [nz] + [z_emb_dim] * (n_mlp + 1)
         self.layers = nn.ModuleList(linear(i, o, fan="out") for i, o in zip(widths[:-1], widths[1:], strict=True))
+        self.class_embed: ClassEmbedding | None = None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Map a batch of latents [B, nz] to style vectors [B, z_emb_dim]."""
-        z = z / torch.sqrt(torch.mean(z**2, dim=1, keepdim=True) + 1e-8)
+    def add_class_input(self, num_classes: int) -> None:
+        """Condition on a class label: embed it (width nz) and widen the first dense layer to read it too."""
+        # A step of its own, so that the generator can take it after building all its other layers: those
+        # then draw the same initial numbers as in an unconditional network.
+        self.class_embed = ClassEmbedding(num_classes, self.nz)
+        first = self.layers[0]
+        # fan="out" depends on the output width only, so new columns drawn with the layer's own init make it
+        # distributed as linear(2 nz, z_emb_dim, fan="out") while its z columns keep their numbers.
+        extra = variance_scaling_(torch.empty(first.out_features, self.nz), fan="out")
+        first.weight = nn.Parameter(torch.cat([first.weight.detach(), extra], dim=1))
+        first.in_features += self.nz
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Map latents [B, nz] (and class indices y [B], when conditional) to style vectors [B, z_emb_dim]."""
+        h = normalize_2nd_moment(z)
+        if self.class_embed is not None:
+            # Normalised like z, so that the label and the latent enter the first layer on an equal footing.
+            h = torch.cat([h, normalize_2nd_moment(self.class_embed(y))], dim=1)
         for layer in self.layers:
-            z = F.silu(layer(z))
-        return z
+            h = F.silu(layer(h))
+        return h
 
 
 class TimeEmbedding(nn.Module):
@@ -217,7 +244,7 @@ class Decoder(nn.Module):
 
 
 class NCSNpp(nn.Module):
-    """NCSN++ with AdaGN: predicts x_0 from (x_t, t) and a latent z ~ N(0, I).
+    """NCSN++ with AdaGN: predicts x_0 from (x_t, t), a latent z ~ N(0, I) and optionally a class label y.
 
     Argument names follow the original code, except `nf` (its `num_channels_dae`).
     """
@@ -249,6 +276,7 @@ class NCSNpp(nn.Module):
         z_emb_dim: int = 256,  # width of the mapping network and its style vectors
         n_mlp: int = 3,  # mapping network depth: n_mlp + 1 dense layers
         centered: bool = True,  # inputs in [-1, 1]; off: [0, 1], rescaled first
+        num_classes: int = 0,  # number of class labels y to condition on; 0: unconditional
     ):
         super().__init__()
         progressive, progressive_input = progressive.lower(), progressive_input.lower()
@@ -273,6 +301,9 @@ class NCSNpp(nn.Module):
         self.fir_kernel = tuple(fir_kernel)
         self.skip_rescale = skip_rescale
         self.nz = nz
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (unconditional) or a number of classes, got {num_classes}")
+        self.num_classes = num_classes
 
         self.time_embed = TimeEmbedding(nf, embedding_type, fourier_scale, conditional)
         self.z_mapping = MappingNetwork(nz, z_emb_dim, n_mlp)
@@ -289,6 +320,9 @@ class NCSNpp(nn.Module):
         else:
             self.output_norm = group_norm(top)
             self.output_conv = conv2d(top, num_channels, fan="avg", init_scale=0.0)
+        # Last, so that every layer above draws the same initial numbers as in the unconditional network.
+        if num_classes > 0:
+            self.z_mapping.add_class_input(num_classes)
 
     def _attention(self, level: int, channels: int) -> nn.Module:
         """Self-attention where the level's resolution is listed in attn_resolutions, else identity."""
@@ -339,9 +373,11 @@ class NCSNpp(nn.Module):
             levels[i] = DecoderLevel(blocks, self._attention(i, in_ch), output_skip, up)
         return Decoder([levels[i] for i in range(len(self.ch_mult))]), in_ch
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Predict x_0 from x_t [B, C, H, W], time t [B] (int step, or float time for fourier), z [B, nz]."""
-        zemb = self.z_mapping(z)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict x_0 from x_t [B, C, H, W], time t [B] (int step, or float for fourier), z [B, nz], class y [B]."""
+        check_class_labels(y, self.num_classes, x.shape[0])
+        zemb = self.z_mapping(z, y)
         temb = self.time_embed(t)
         # Every residual block reads act(temb): compute it once.
         temb = F.silu(temb) if temb is not None else None

@@ -107,6 +107,50 @@ class GaussianFourierProjection(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Class labels.
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class: a bias-free dense layer applied to the one-hot label, looked up directly."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"a class embedding needs num_classes >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        # The weight and init of linear(num_classes, dim, fan="out"): with a one-hot input, fan_in would count
+        # classes, not signal, so the bound sqrt(3 / dim) comes from the width and each class vector starts
+        # with unit expected squared norm, whatever the number of classes.
+        self.weight = nn.Parameter(variance_scaling_(torch.empty(dim, num_classes), fan="out"))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, dim] of class indices y [B]."""
+        return F.embedding(y, self.weight.t())
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, dim={self.weight.shape[0]}"
+
+
+def check_class_labels(y: torch.Tensor | None, num_classes: int, batch: int) -> None:
+    """Raise ValueError unless y suits a network with `num_classes` classes (0: unconditional) and a batch."""
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError("class labels y were given to an unconditional network (num_classes=0): pass y=None, "
+                             "or build the network with num_classes > 0")
+        return
+    if y is None:
+        raise ValueError(f"the network is class-conditional (num_classes={num_classes}): pass class labels y, "
+                         f"an int64 tensor [B] of indices in 0..{num_classes - 1}")
+    if y.dtype not in (torch.int64, torch.int32) or y.shape != (batch,):
+        raise ValueError(f"class labels y must be an int64 tensor of shape [{batch}] (one index per sample), "
+                         f"got dtype {y.dtype} and shape {list(y.shape)}")
+    # A range check needs the values on the host; skip it on accelerators to keep steps sync-free.
+    if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"class labels y must lie in 0..{num_classes - 1} for num_classes={num_classes}, "
+                         f"got {y.tolist()}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Resampling.
 
 

@@ -3,7 +3,8 @@
 The original generator keeps all its layers in one flat `all_modules` list that its forward pass walks
 with a running index; this file is the one place that describes that layout. `_generator_layout` lists
 our modules in exactly the order the original appends them, so position i is `all_modules.<i>`; the
-rename tables translate parameter names inside each module. The discriminators map by name.
+rename tables translate parameter names inside each module. The discriminators map by name. The original
+has no class-conditional networks, so only unconditional ones (num_classes=0) convert.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from networks.layers import ResnetBlockBigGAN, SelfAttention
 
 KINDS = ("NCSNpp", "Discriminator_small", "Discriminator_large")
 
-# Defaults of the original train_ddgan.py argument parser (ch_mult has none: it must be given).
+# Defaults of the original train_ddgan.py argument parser (ch_mult has none: it must be given), and of
+# our additions to it (num_classes).
 REFERENCE_DEFAULTS = {
     "image_size": 32,
     "num_channels": 3,
@@ -49,6 +51,7 @@ REFERENCE_DEFAULTS = {
     "z_emb_dim": 256,
     "t_emb_dim": 256,
     "ngf": 64,
+    "num_classes": 0,  # ours: class labels to condition on; the original's networks are all unconditional
 }
 
 # Reference config name -> NCSNpp argument name, for every argument the generator takes.
@@ -112,7 +115,8 @@ def build(kind: str, config: Mapping | argparse.Namespace | None = None) -> nn.M
         return NCSNpp(**generator_kwargs(config))
     cfg = with_reference_defaults(config)
     discriminator = DiscriminatorSmall if kind == "Discriminator_small" else DiscriminatorLarge
-    return discriminator(nc=2 * cfg["num_channels"], ngf=cfg["ngf"], t_emb_dim=cfg["t_emb_dim"], act="lrelu")
+    return discriminator(nc=2 * cfg["num_channels"], ngf=cfg["ngf"], t_emb_dim=cfg["t_emb_dim"], act="lrelu",
+                         num_classes=cfg["num_classes"])
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -177,6 +181,11 @@ def _renames(module: nn.Module) -> dict[str, str]:
 
 def _entries(kind: str, net: nn.Module) -> list[_Entry]:
     """Every tensor of `net`, in the original's order, with its original key."""
+    num_classes = getattr(net, "num_classes", 0)
+    if num_classes:
+        raise ValueError(f"this {kind} is class-conditional (num_classes={num_classes}), and the original "
+                         "implementation has no class-conditional networks: only num_classes=0 converts to or "
+                         "from its layout")
     layout = _generator_layout(net) if kind == "NCSNpp" else _discriminator_layout(net)
     entries = []
     for ours, ref in layout:

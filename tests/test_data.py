@@ -1,6 +1,7 @@
 """Datasets by name and path, the image-array format, the infinite sampler and the loader."""
 
 import io
+import pickle
 import socket
 import warnings
 import zipfile
@@ -21,8 +22,10 @@ from ddgan.data import (
     make_loader,
     open_dataset,
     read_image_array,
+    read_labels,
     write_image_array,
 )
+from ddgan.data.demo import SHAPES
 
 RED, GREEN, BLUE, GRAY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128)
 
@@ -338,6 +341,207 @@ def test_describe_dataset_names_size_and_resolution():
     line = describe_dataset(open_dataset("demo", image_size=16, num_channels=1))
     assert "demo" in line and "8192" in line and "1x16x16" in line
     assert "4 images of 3x16x16" in describe_dataset(DemoShapes(16, size=4))
+
+
+# ---------------------------------------------------------------- class labels
+
+NO_LABELS = ("--cond=True needs class labels, and {} has none; labels come from cifar10, demo, an image folder or "
+             ".zip with one sub-folder per class, or a .npz with an int array `y` beside `x`")
+
+
+def mean_color(item: torch.Tensor) -> np.ndarray:
+    """A dataset item's average colour in [0, 255]."""
+    return to_rgb255(item).mean(axis=(0, 1))
+
+
+def make_class_folders(root: Path) -> None:
+    """Images in one sub-folder per class, one nested deeper; classes sort as bird, cat, dog."""
+    (root / "cat" / "deep").mkdir(parents=True)
+    (root / "dog").mkdir()
+    (root / "bird").mkdir()
+    solid(RED).save(root / "cat" / "1.png")
+    solid(GREEN).save(root / "cat" / "deep" / "3.png")
+    solid(BLUE).save(root / "dog" / "2.png")
+    solid(GRAY).save(root / "bird" / "0.png")
+    (root / "dog" / "notes.txt").write_text("not an image")
+
+
+def test_folder_classes_are_the_first_level_sub_folders(tmp_path):
+    make_class_folders(tmp_path)
+    ds = open_dataset(str(tmp_path), image_size=8, labels=True)
+    assert ds.class_names == ["bird", "cat", "dog"] and ds.num_classes == 3
+    assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 1, 1, 2], "cat/deep/ belongs to cat"
+    for i, (color, label) in enumerate([(GRAY, 0), (RED, 1), (GREEN, 1), (BLUE, 2)]):
+        image, item_label = ds[i]
+        assert type(item_label) is int and item_label == label
+        np.testing.assert_allclose(mean_color(image), color, atol=1)
+    plain = open_dataset(str(tmp_path), image_size=8)
+    assert isinstance(plain[0], torch.Tensor) and torch.equal(plain[0], ds[0][0]), "labels=False yields images"
+    assert plain.num_classes == 3 and plain.labels.tolist() == [0, 1, 1, 2], "labels are there to inspect"
+
+
+def test_zip_classes_are_the_first_level_folders(tmp_path):
+    path = tmp_path / "classes.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("dog/2.png", png_bytes(solid(BLUE)))
+        archive.writestr("cat/deep/1.png", png_bytes(solid(RED)))
+        archive.writestr("cat/0.png", png_bytes(solid(GREEN)))
+        archive.writestr("__MACOSX/cat/._0.png", b"resource fork")
+        archive.writestr("readme.txt", "x")
+    ds = open_dataset(str(path), image_size=8, labels=True)
+    assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [0, 0, 1]
+    image, label = ds[2]
+    assert label == 1
+    np.testing.assert_allclose(mean_color(image), BLUE, atol=1)
+
+
+def test_images_outside_class_folders_have_no_class(tmp_path):
+    make_mixed_folder(tmp_path / "mixed")
+    with pytest.raises(ValueError, match="images outside any class sub-folder.*3.PNG.*one sub-folder per class"):
+        open_dataset(str(tmp_path / "mixed"), image_size=8, labels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small.bmp is upscaled
+        plain = open_dataset(str(tmp_path / "mixed"), image_size=8)
+        assert len(plain) == 4 and isinstance(plain[3], torch.Tensor), "labels=False: any layout, as before"
+    assert plain.labels is None and plain.class_names == [] and plain.num_classes == 0
+    with zipfile.ZipFile(tmp_path / "flat.zip", "w") as archive:
+        archive.writestr("a/1.png", png_bytes(solid(RED)))
+        archive.writestr("0.png", png_bytes(solid(RED)))
+    with pytest.raises(ValueError, match=r"flat.zip:0.png; move the images into one sub-folder per class"):
+        open_dataset(str(tmp_path / "flat.zip"), image_size=8, labels=True)
+
+
+def test_npz_labels_round_trip_with_class_names(tmp_path):
+    x, y = random_images(4), np.array([2, 0, 1, 2], dtype=np.uint8)
+    path = tmp_path / "labeled.npz"
+    write_image_array(path, x, y=y, classes=["cat", "dog", "eel"])
+    assert [p.name for p in tmp_path.iterdir()] == ["labeled.npz"], "written atomically, as before"
+    with np.load(path) as stored:
+        assert stored["y"].dtype == np.int64 and stored["classes"].dtype.kind == "U"
+    labels, names = read_labels(path)
+    assert labels.dtype == np.int64 and labels.tolist() == [2, 0, 1, 2] and names == ["cat", "dog", "eel"]
+    ds = open_dataset(str(path), image_size=8, labels=True)
+    assert ds.class_names == ["cat", "dog", "eel"] and ds.num_classes == 3
+    image, label = ds[0]
+    assert label == 2
+    np.testing.assert_allclose(to_rgb255(image), x[0], atol=1e-3)
+    assert "3 classes" in describe_dataset(ds)
+
+
+def test_npz_labels_without_class_names_are_numbered(tmp_path):
+    x = random_images(3)
+    np.savez(tmp_path / "y.npz", x=x, y=np.array([0, 3, 1], dtype=np.int16))
+    ds = open_dataset(str(tmp_path / "y.npz"), image_size=8, labels=True)
+    assert ds.class_names == ["0", "1", "2", "3"] and ds.labels.dtype == np.int64
+    assert [ds[i][1] for i in range(3)] == [0, 3, 1]
+    np.savez(tmp_path / "plain.npz", x=x)
+    np.save(tmp_path / "plain.npy", x)
+    assert read_labels(tmp_path / "plain.npz") is None and read_labels(tmp_path / "plain.npy") is None
+
+
+@pytest.mark.parametrize("labels, message", [
+    ({"y": np.array([0, 1])}, r"`y` has shape \(2,\) for 3 images; expected one label per image, shape \(3,\)"),
+    ({"y": np.array([0.0, 1.0, 1.0])}, "`y` holds float64 labels; expected integer class indices"),
+    ({"y": np.array([0, -1, 1])}, "`y` holds the negative label -1"),
+    ({"y": np.array([0, 2, 1]), "classes": np.array(["a", "b"])}, "label 2 but `classes` names only 2 classes"),
+    ({"classes": np.array(["a", "b"])}, "holds class names `classes` but no labels"),
+])
+def test_bad_npz_labels_are_named(tmp_path, labels, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=random_images(3), **labels)
+    with pytest.raises(ValueError, match=message) as info:
+        open_dataset(str(path), image_size=8, labels=True)
+    assert "bad.npz" in str(info.value) and "\n" not in str(info.value)
+    with pytest.warns(UserWarning, match="ignoring the class labels.*bad.npz"):
+        plain = open_dataset(str(path), image_size=8)
+    assert plain.labels is None and isinstance(plain[0], torch.Tensor), "a run without labels goes on"
+
+
+def test_write_rejects_bad_labels(tmp_path):
+    x = random_images(3)
+    with pytest.raises(ValueError, match="for 3 images"):
+        write_image_array(tmp_path / "x.npz", x, y=[0, 1])
+    with pytest.raises(ValueError, match="float"):
+        write_image_array(tmp_path / "x.npz", x, y=[0.5, 1, 2])
+    with pytest.raises(ValueError, match="names only 1 classes"):
+        write_image_array(tmp_path / "x.npz", x, y=[0, 1, 0], classes=["a"])
+    with pytest.raises(ValueError, match="without labels; pass y"):
+        write_image_array(tmp_path / "x.npz", x, classes=["a"])
+    assert not list(tmp_path.iterdir()), "nothing is written when the labels are refused"
+
+
+def test_sources_without_labels_refuse_labels(tmp_path):
+    np.save(tmp_path / "images.npy", random_images(2))
+    write_lmdb(tmp_path / "lmdb", {b"0": png_bytes(solid(RED)), b"1": png_bytes(solid(BLUE))})
+    digits = np.random.default_rng(0).integers(1, 256, (5, 28, 28), dtype=np.uint8)
+    write_fake_mnist(tmp_path, digits)
+    for data in (str(tmp_path / "images.npy"), str(tmp_path / "lmdb"), "stackmnist"):
+        with pytest.raises(ValueError) as info:
+            open_dataset(data, image_size=32, root=str(tmp_path), labels=True)
+        assert str(info.value) == NO_LABELS.format(data)
+        assert open_dataset(data, image_size=32, root=str(tmp_path)).labels is None
+
+
+def test_demo_labels_are_its_shapes():
+    ds = open_dataset("demo", image_size=16, labels=True)
+    shapes = DemoShapes(16).shapes
+    assert ds.class_names == list(SHAPES) == ["circle", "square", "triangle", "cross"]
+    assert ds.labels.tolist() == [SHAPES.index(shape) for shape in shapes]
+    image, label = ds[7]
+    assert SHAPES[label] == shapes[7] and torch.equal(image, open_dataset("demo", image_size=16)[7])
+    assert describe_dataset(ds) == "demo: 8192 images of 3x16x16, 4 classes"
+
+
+def write_fake_cifar10(root: Path, batches: list[tuple[np.ndarray, list[int]]], names: list[str]) -> None:
+    """CIFAR-10's python batches in torchvision's layout: per batch a pickled dict of rows (N, 3*32*32) and labels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for number, (images, labels) in enumerate(batches, start=1):
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+        (folder / f"data_batch_{number}").write_bytes(pickle.dumps({"data": rows, "labels": labels}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def test_cifar10_labels_are_its_targets_and_classes(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar
+
+    # The fake batches cannot match the real files' checksums, which torchvision checks before reading.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    images = random_images(10, size=32)
+    labels = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    write_fake_cifar10(tmp_path, [(images[i:i + 2], labels[i:i + 2]) for i in range(0, 10, 2)], names)
+    ds = open_dataset("cifar10", image_size=32, root=str(tmp_path), labels=True)
+    assert ds.labels.tolist() == labels and ds.class_names == names and ds.num_classes == 10
+    image, label = ds[4]
+    assert label == 5
+    np.testing.assert_allclose(to_rgb255(image), images[4], atol=1e-3)
+
+
+def test_skipped_images_bring_their_own_labels(tmp_path):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    solid(RED).save(root / "a" / "0.png")
+    (root / "a" / "1_garbage.png").write_bytes(b"this is not a png")
+    solid(BLUE).save(root / "b" / "2.png")
+    ds = open_dataset(str(root), image_size=8, skip_bad_images=True, labels=True)
+    with pytest.warns(UserWarning, match="1_garbage.png"):
+        image, label = ds[1]
+    np.testing.assert_allclose(mean_color(image), BLUE, atol=1)
+    assert label == 1, "the stand-in from b/ is labeled b, not a"
+    assert ds[0][1] == 0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_batches_labels_as_int64(workers):
+    ds = open_dataset("demo", image_size=8, labels=True)
+    images, labels = next(make_loader(ds, batch_size=4, seed=2, workers=workers, pin_memory=False))
+    assert images.shape == (4, 3, 8, 8) and images.dtype == torch.float32
+    assert labels.shape == (4,) and labels.dtype == torch.int64
+    indices = list(islice(iter(InfiniteSampler(ds, seed=2)), 4))
+    assert labels.tolist() == ds.labels[indices].tolist()
+    assert torch.equal(images, torch.stack([ds[i][0] for i in indices]))
 
 
 # ---------------------------------------------------------------- sampler and loader

@@ -314,3 +314,148 @@ def test_discriminator_r1_double_backward():
     grad.square().sum().backward()
     assert logits.shape == (4, 1)
     assert disc.blocks[0].conv_0.weight.grad is not None and disc.blocks[0].conv_0.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Class-conditional networks.
+
+NUM_CLASSES = 3
+CONDITIONAL_G = {**TINY_GENERATORS["default"], "num_classes": NUM_CLASSES}
+CONDITIONAL_D = {**TINY_DISCRIMINATOR, "image_size": 32, "num_classes": NUM_CLASSES}
+# sum_i (i + 1) * sum(tensor_i) over the state_dict of build(kind, config) after torch.manual_seed(0),
+# recorded before class conditioning existed: the argument must not move any initial number.
+UNCONDITIONAL_INIT_FINGERPRINTS = [("NCSNpp", TINY_GENERATORS["default"], 31443.758187911928),
+                                   ("Discriminator_small", TINY_DISCRIMINATOR, 5.6592073289696)]
+
+
+def fingerprint(net: torch.nn.Module) -> float:
+    """A number that changes with any initial value, or with the order of the state_dict."""
+    return sum((i + 1) * value.double().sum().item() for i, value in enumerate(net.state_dict().values()))
+
+
+def without_zero_init(net: torch.nn.Module) -> torch.nn.Module:
+    """Give the (almost) zero-initialised layers ordinary weights, as training would, so inputs visibly matter."""
+    with torch.no_grad():
+        for param in net.parameters():
+            if param.ndim > 1 and param.abs().max() < 1e-4:  # init scale 1e-10, see networks.layers
+                variance_scaling_(param, fan="avg")
+    return net
+
+
+def conditional_inputs(kind: str) -> tuple[torch.nn.Module, dict]:
+    """A fresh conditional network of `kind` and inputs for it, without labels."""
+    config = CONDITIONAL_G if kind == "NCSNpp" else CONDITIONAL_D
+    torch.manual_seed(0)
+    return networks.build(kind, config), tiny_inputs(kind, config, batch=4)
+
+
+@pytest.mark.parametrize("kind, config, expected", UNCONDITIONAL_INIT_FINGERPRINTS)
+def test_unconditional_init_is_unchanged(kind, config, expected):
+    torch.manual_seed(0)
+    assert fingerprint(networks.build(kind, config)) == pytest.approx(expected, rel=1e-12, abs=0)
+    torch.manual_seed(0)
+    assert fingerprint(networks.build(kind, {**config, "num_classes": 0})) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small", "Discriminator_large"])
+def test_conditional_network_shares_the_unconditional_init(kind):
+    """The class modules are built last, so every existing layer draws the numbers it draws unconditionally."""
+    config = TINY_GENERATORS["default"] if kind == "NCSNpp" else TINY_DISCRIMINATOR
+    torch.manual_seed(0)
+    plain = networks.build(kind, config).state_dict()
+    torch.manual_seed(0)
+    conditional = networks.build(kind, {**config, "num_classes": NUM_CLASSES}).state_dict()
+    class_keys = [key for key in conditional if key not in plain]
+    assert class_keys == (["z_mapping.class_embed.weight"] if kind == "NCSNpp" else ["class_embed.weight"])
+    assert [key for key in conditional if key in plain] == list(plain)
+    for key, value in plain.items():
+        if key == "z_mapping.layers.0.weight":  # widened by the class inputs: the z columns come first
+            assert torch.equal(conditional[key][:, : value.shape[1]], value)
+        else:
+            assert torch.equal(conditional[key], value), key
+
+
+def test_conditional_parameter_counts():
+    cfg = networks.with_reference_defaults(CONDITIONAL_G)
+    nz, z_emb_dim, top = cfg["nz"], cfg["z_emb_dim"], 8 * TINY_DISCRIMINATOR["ngf"]
+    count = lambda kind, config: networks.count_parameters(networks.build(kind, config))
+    # G: the class embedding (num_classes x nz) and nz more inputs of the first mapping layer (z_emb_dim x nz).
+    assert (count("NCSNpp", CONDITIONAL_G) - count("NCSNpp", TINY_GENERATORS["default"])
+            == NUM_CLASSES * nz + z_emb_dim * nz)
+    # D: one projection vector per class, as wide as the pooled features (8 ngf channels).
+    for kind in ["Discriminator_small", "Discriminator_large"]:
+        assert count(kind, CONDITIONAL_D) - count(kind, TINY_DISCRIMINATOR) == NUM_CLASSES * top
+
+
+@pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small"])
+def test_outputs_depend_on_the_class_label(kind):
+    net, inputs = conditional_inputs(kind)
+    net = without_zero_init(net).eval()
+    y = torch.tensor([0, 1, 2, 0])
+    other = torch.tensor([1, 1, 0, 0])  # samples 0 and 2 change class, 1 and 3 keep theirs
+    with torch.no_grad():
+        out = net(*inputs.values(), y)
+        again = net(*inputs.values(), y.clone())
+        changed = net(*inputs.values(), other)
+    assert torch.equal(out, again)
+    difference = (out - changed).flatten(1).abs().amax(dim=1)
+    assert (difference[[0, 2]] > 1e-3 * out.abs().max()).all(), difference
+    assert not difference[[1, 3]].any(), difference
+
+
+@pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small"])
+def test_every_parameter_gets_a_gradient(kind):
+    """Including the class embedding: DDP then needs no find_unused_parameters (G with time conditioning on)."""
+    net, inputs = conditional_inputs(kind)
+    assert kind != "NCSNpp" or net.conditional
+    net(*inputs.values(), torch.tensor([0, 2, 2, 0])).square().sum().backward()
+    unused = [name for name, param in net.named_parameters() if param.grad is None]
+    assert not unused
+    embedding = net.z_mapping.class_embed if kind == "NCSNpp" else net.class_embed
+    assert embedding.weight.grad is not None
+    # Only the classes in the batch receive a gradient; the label's column is its embedding.
+    grad_per_class = embedding.weight.grad.abs().sum(dim=0)
+    assert (grad_per_class[[0, 2]] > 0).all() and grad_per_class[1] == 0
+
+
+BAD_LABELS = [
+    (None, r"class-conditional \(num_classes=3\): pass class labels y"),
+    (torch.tensor([0, 1, 2, 3]), r"must lie in 0\.\.2 for num_classes=3, got \[0, 1, 2, 3\]"),
+    (torch.tensor([0, -1, 2, 0]), r"must lie in 0\.\.2"),
+    (torch.tensor([0.0, 1.0, 2.0, 0.0]), r"int64 tensor of shape \[4\].*torch\.float32"),
+    (torch.tensor([0, 1]), r"int64 tensor of shape \[4\].*shape \[2\]"),
+]
+
+
+@pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small"])
+@pytest.mark.parametrize("y, match", BAD_LABELS)
+def test_bad_class_labels(kind, y, match):
+    net, inputs = conditional_inputs(kind)
+    with pytest.raises(ValueError, match=match):
+        net(*inputs.values(), y)
+
+
+@pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small"])
+def test_unconditional_network_refuses_labels(kind):
+    config = TINY_GENERATORS["default"] if kind == "NCSNpp" else {**TINY_DISCRIMINATOR, "image_size": 32}
+    net, inputs = networks.build(kind, config), tiny_inputs(kind, config, batch=4)
+    with pytest.raises(ValueError, match=r"unconditional network \(num_classes=0\): pass y=None"):
+        net(*inputs.values(), torch.zeros(4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small"])
+def test_conditional_networks_have_no_reference_layout(kind):
+    net, _ = conditional_inputs(kind)
+    config = CONDITIONAL_G if kind == "NCSNpp" else CONDITIONAL_D
+    with pytest.raises(ValueError, match="class-conditional.*no class-conditional networks"):
+        networks.to_reference(kind, net)
+    state = networks.to_reference(kind, networks.build(kind, {**config, "num_classes": 0}))
+    with pytest.raises(ValueError, match="class-conditional.*no class-conditional networks"):
+        networks.from_reference(kind, config, state)
+
+
+def test_negative_num_classes_is_refused():
+    with pytest.raises(ValueError, match="num_classes"):
+        networks.build("NCSNpp", {**TINY_GENERATORS["default"], "num_classes": -1})
+    with pytest.raises(ValueError, match="num_classes"):
+        networks.build("Discriminator_small", {**TINY_DISCRIMINATOR, "num_classes": -1})

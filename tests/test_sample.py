@@ -152,9 +152,12 @@ def test_default_output_is_a_grid_next_to_the_checkpoint(ckpt, reference, capsys
     expected = ckpt.parent / f"samples-{ckpt.stem}.png"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(expected)
     grid = np.asarray(Image.open(expected))
-    assert grid.shape == (2 * 8, 3 * 8, 3)  # 6 images in a near-square 3-wide grid
-    np.testing.assert_array_equal(grid[8:16, 0:8], reference[3])
-    np.testing.assert_array_equal(grid[0:8, 16:24], reference[2])
+    assert grid.shape == (2 * 64, 3 * 64, 3)  # 6 images in a near-square 3-wide grid, 8 px enlarged 8 times
+    np.testing.assert_array_equal(grid[64:128:8, 0:64:8], reference[3])
+    np.testing.assert_array_equal(grid[0:64:8, 128:192:8], reference[2])
+    np.testing.assert_array_equal(grid[71:128:8, 7:64:8], reference[3])  # nearest: every copy of a pixel
+    sample_command.main([str(ckpt.parent), "--n=6", "--device=cpu", "--overwrite=True", "--scale=1"])
+    np.testing.assert_array_equal(np.asarray(Image.open(expected))[8:16, 0:8], reference[3])
 
 
 def test_save_grid_pads_and_handles_grayscale(tmp_path):

@@ -111,7 +111,8 @@ for step in range(3):
     bad = context.rank == nan_rank and step == 1
     losses.g_loss = (lambda logits: real_g_loss(logits) * float("nan")) if bad else real_g_loss
     try:
-        trainer.run_iteration(torch.rand(2, 3, 8, 8) * 2 - 1)
+        labels = torch.randint(0, config.num_classes, (2,)) if config.cond else None
+        trainer.run_iteration(torch.rand(2, 3, 8, 8) * 2 - 1, labels)
     except NonFiniteError:
         skipped += 1
 assert skipped == (nan_rank >= 0), f"rank {context.rank} skipped {skipped} steps"
@@ -128,8 +129,9 @@ distributed.teardown()
 """
 
 
-@pytest.mark.parametrize("variant, nan_rank", [({}, -1), (dict(conditional=False), 1)],
-                         ids=["conditional", "unconditional_with_a_nan_on_rank_1"])
+@pytest.mark.parametrize("variant, nan_rank", [({}, -1), (dict(conditional=False), 1),
+                                              (dict(cond=True, num_classes=4), -1)],
+                         ids=["conditional", "unconditional_with_a_nan_on_rank_1", "class_labels"])
 def test_two_process_gloo_keeps_ranks_identical(tmp_path, variant, nan_rank):
     """Ranks stay in step: also with G's unused time projections, and when one rank's loss is NaN."""
     overrides = TINY | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2) | variant

@@ -1,6 +1,6 @@
 """Training data: datasets by name or path, the image-array file format, and endless resumable loaders."""
 
-from ddgan.data.arrays import read_image_array, write_image_array
+from ddgan.data.arrays import read_image_array, read_labels, write_image_array
 from ddgan.data.dataset import (
     DATASET_NAMES,
     BadImageError,
@@ -23,5 +23,6 @@ __all__ = [
     "make_loader",
     "open_dataset",
     "read_image_array",
+    "read_labels",
     "write_image_array",
 ]

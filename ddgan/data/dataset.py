@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from ddgan.data.arrays import read_image_array
-from ddgan.data.demo import DemoShapes
+from ddgan.data.arrays import read_image_array, read_labels
+from ddgan.data.demo import SHAPES, DemoShapes
 from ddgan.data.sources import (
     READ_ERRORS,
     ArraySource,
@@ -20,6 +20,7 @@ from ddgan.data.sources import (
     StackedMnistSource,
     ZipSource,
     lmdb_location,
+    source_labels,
 )
 
 DATASET_NAMES = ("demo", "cifar10", "stackmnist")
@@ -37,10 +38,18 @@ class ImageDataset(Dataset):
     training iteration's (`Trainer.flip`), where `flippable` allows them. An unreadable image raises
     BadImageError naming it; with
     `skip_bad_images` it is reported once as a warning and the next readable image stands in for it.
+
+    The source's classes are `labels` (int64 (N,), None when it has none), `class_names` and `num_classes`;
+    `with_labels` makes items (image, label) pairs, the label an int, and needs a labeled source.
     """
 
-    def __init__(self, source: ImageSource, image_size: int, num_channels: int = 3, skip_bad_images: bool = False):
+    def __init__(self, source: ImageSource, image_size: int, num_channels: int = 3, skip_bad_images: bool = False,
+                 with_labels: bool = False):
         check_image_args(image_size, num_channels)
+        self.labels, self.class_names = source_labels(source)
+        if with_labels and self.labels is None:
+            raise ValueError(missing_labels_message(source))
+        self.with_labels = with_labels
         self.source = source
         self.image_size, self.num_channels = image_size, num_channels
         self.skip_bad_images = skip_bad_images
@@ -54,6 +63,11 @@ class ImageDataset(Dataset):
         return self.source.name
 
     @property
+    def num_classes(self) -> int:
+        """How many classes the images fall into; 0 when they have no labels."""
+        return len(self.class_names)
+
+    @property
     def flippable(self) -> bool:
         """Whether a left-right mirror of an image is still an image of the data (not for digits)."""
         return getattr(self.source, "flippable", True)
@@ -61,25 +75,27 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        return self._read_readable(index)
+        read, image = self._read_readable(index)
+        # The label of the image actually read: a skipped image's stand-in brings its own class.
+        return (image, int(self.labels[read])) if self.with_labels else image
 
     def bad_image_count(self) -> int:
         """How many distinct unreadable images have been skipped so far, across all loader workers."""
         return 0 if self._bad is None else int(self._bad.sum())
 
-    def _read_readable(self, index: int) -> torch.Tensor:
-        """Image `index`, or with skip_bad_images the first readable one after it (wrapping around)."""
+    def _read_readable(self, index: int) -> tuple[int, torch.Tensor]:
+        """Image `index`, or with skip_bad_images the first readable one after it (wrapping around), and its index."""
         if not self.skip_bad_images:
-            return self._read(index)
+            return index, self._read(index)
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             if self._bad[candidate]:
                 continue
             try:
-                return self._read(candidate)
+                return candidate, self._read(candidate)
             except BadImageError as err:
                 self._bad[candidate] = 1
                 warnings.warn(f"skipping an unreadable image: {err}", stacklevel=2)
@@ -113,6 +129,17 @@ class ImageDataset(Dataset):
         return np.asarray(image)
 
 
+def missing_labels_message(source: ImageSource) -> str:
+    """Why a source cannot give class labels, and where labels come from."""
+    unclassified = getattr(source, "unclassified", None)
+    if unclassified is not None:
+        return (f"--cond=True needs class labels, and {source.name} has images outside any class sub-folder, such "
+                f"as {source.describe(unclassified)}; move the images into one sub-folder per class "
+                "(<data>/<class>/<image>; the sub-folders' sorted names are the classes)")
+    return (f"--cond=True needs class labels, and {source.name} has none; labels come from cifar10, demo, an image "
+            "folder or .zip with one sub-folder per class, or a .npz with an int array `y` beside `x`")
+
+
 def to_channels(image: Image.Image, num_channels: int) -> Image.Image:
     """Convert any PIL mode (grayscale, palette, RGBA, 16-bit...) to 'L' for 1 channel or 'RGB' for 3."""
     if image.mode == "I" or image.mode.startswith("I;16"):
@@ -137,7 +164,7 @@ def default_data_root() -> Path:
 
 
 def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bool = False,
-                 skip_bad_images: bool = False, root: str | None = None) -> ImageDataset:
+                 skip_bad_images: bool = False, root: str | None = None, labels: bool = False) -> ImageDataset:
     """Open training images by name or path, as float32 tensors (C, H, W) in [-1, 1].
 
     `data` is a name — 'demo' (built-in shapes, nothing to download), 'cifar10' (train split, under
@@ -145,22 +172,30 @@ def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bo
     (from MNIST under `root`; not `flippable`, since a mirrored digit is not a digit) — or a path to a
     folder of images (searched recursively), a .zip of images, an LMDB (see LmdbSource), or a .npz/.npy
     uint8 array (see read_image_array). Names take precedence: write './cifar10' for a folder of that name.
+
+    With `labels`, items are (image, class label) pairs, for class-conditional training. Labels come from
+    cifar10's classes, the demo's shapes (SHAPES order), a folder's or .zip's first-level sub-folders
+    (sorted by name), or a .npz's int array `y` (and names `classes`, see read_labels); the dataset's
+    `labels`, `class_names` and `num_classes` describe them either way.
     """
     check_image_args(image_size, num_channels)
     data_root = Path(root).expanduser() if root is not None else default_data_root()
     if data == "demo":
         demo = DemoShapes(image_size=max(image_size, 8), num_channels=num_channels)
-        source = ArraySource(demo.images.permute(0, 2, 3, 1).numpy(), name="demo")
+        shape_labels = np.array([SHAPES.index(shape) for shape in demo.shapes], dtype=np.int64)
+        source = ArraySource(demo.images.permute(0, 2, 3, 1).numpy(), "demo", shape_labels, SHAPES)
     elif data == "cifar10":
-        source = ArraySource(torchvision_images("CIFAR10", data_root, download), name="cifar10")
+        images, classes, class_names = torchvision_images("CIFAR10", data_root, download)
+        source = ArraySource(images, "cifar10", classes, class_names)
     elif data == "stackmnist":
-        source = StackedMnistSource(torchvision_images("MNIST", data_root, download))
+        digits, _, _ = torchvision_images("MNIST", data_root, download)
+        source = StackedMnistSource(digits)
     else:
-        source = open_path(data)
-    return ImageDataset(source, image_size, num_channels, skip_bad_images=skip_bad_images)
+        source = open_path(data, labels_required=labels)
+    return ImageDataset(source, image_size, num_channels, skip_bad_images=skip_bad_images, with_labels=labels)
 
 
-def open_path(data: str) -> ImageSource:
+def open_path(data: str, labels_required: bool = False) -> ImageSource:
     """The image source a path points to, told apart by its suffix and contents."""
     path = Path(data).expanduser()
     if not path.exists():
@@ -168,7 +203,7 @@ def open_path(data: str) -> ImageSource:
                                 "nor an existing path")
     suffix = path.suffix.lower()
     if path.is_file() and suffix in (".npz", ".npy"):
-        return ArraySource(read_image_array(path), name=str(path))
+        return array_file_source(path, labels_required)
     if path.is_file() and suffix == ".zip":
         return ZipSource(path)
     location = lmdb_location(path)
@@ -180,6 +215,23 @@ def open_path(data: str) -> ImageSource:
                      "images, a .zip of images, an LMDB, or a .npz/.npy image array")
 
 
+def array_file_source(path: Path, labels_required: bool) -> ArraySource:
+    """The images of a .npz/.npy file and their labels, if any.
+
+    Broken labels fail only a run that needs them: the images are fine, so one that trains without labels
+    warns and goes on.
+    """
+    images = read_image_array(path)
+    try:
+        labels, class_names = read_labels(path, len(images)) or (None, [])
+    except ValueError as err:
+        if labels_required:
+            raise
+        warnings.warn(f"ignoring the class labels of {path}: {err}", stacklevel=4)
+        labels, class_names = None, []
+    return ArraySource(images, str(path), labels, class_names)
+
+
 # Where torchvision looks under the root, and how to put the files there by hand.
 TORCHVISION_DATASETS = {
     "CIFAR10": ("cifar-10-batches-py", "unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
@@ -189,8 +241,15 @@ TORCHVISION_DATASETS = {
 }
 
 
-def torchvision_images(kind: str, root: Path, download: bool) -> np.ndarray:
-    """A torchvision dataset's training images as uint8 numpy; its errors say how to get the files."""
+# The torchvision datasets whose labels are the images' classes (a StackedMNIST image is three MNIST digits).
+LABELED_TORCHVISION_DATASETS = ("CIFAR10",)
+
+
+def torchvision_images(kind: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """A torchvision dataset's training images as uint8 numpy, its int64 labels and its class names.
+
+    Labels are None and names [] for a dataset not in LABELED_TORCHVISION_DATASETS. Errors say how to get the files.
+    """
     import torchvision.datasets
 
     folder, by_hand = TORCHVISION_DATASETS[kind]
@@ -205,13 +264,16 @@ def torchvision_images(kind: str, root: Path, download: bool) -> np.ndarray:
                                f"fetch the files on another machine, then {by_hand}") from err
         raise FileNotFoundError(f"{kind} not found at {where}. Pass --download (download=True) to fetch it, "
                                 f"or {by_hand}") from err
-    return np.asarray(dataset.data)
+    if kind not in LABELED_TORCHVISION_DATASETS:
+        return np.asarray(dataset.data), None, []
+    return np.asarray(dataset.data), np.asarray(dataset.targets, dtype=np.int64), list(dataset.classes)
 
 
 def describe_dataset(ds: Dataset) -> str:
-    """One line for logs: the dataset's name, size and image resolution."""
+    """One line for logs: the dataset's name, size, image resolution, and its number of classes if it has labels."""
     if isinstance(ds, ImageDataset):
-        return f"{ds.name}: {len(ds)} images of {ds.num_channels}x{ds.image_size}x{ds.image_size}"
+        classes = "" if ds.labels is None else f", {ds.num_classes} class{'es' if ds.num_classes != 1 else ''}"
+        return f"{ds.name}: {len(ds)} images of {ds.num_channels}x{ds.image_size}x{ds.image_size}{classes}"
     name = getattr(ds, "name", type(ds).__name__)
     try:
         first = ds[0]

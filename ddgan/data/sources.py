@@ -4,6 +4,9 @@ A source knows its `name`, its length, how to `load(index)` one image (a decoded
 array (H, W, C)), how to `describe(index)` where that image lives for error messages, and whether its
 images may be mirrored (`flippable`). Conversion and resizing are the dataset's job and random flips the
 training iteration's, so every source is read the same way.
+
+A source that knows its images' classes holds them as `labels`, int64 (N,), and their names as
+`class_names`; one without has labels None and no names. `source_labels` is how the dataset reads them.
 """
 
 import io
@@ -29,6 +32,8 @@ class ImageSource(Protocol):
 
     name: str
     flippable: bool  # whether a left-right mirror of an image is still an image of the data
+    labels: np.ndarray | None  # image i's class index, or None when the images have no classes
+    class_names: list[str]
 
     def __len__(self) -> int: ...
 
@@ -44,17 +49,58 @@ def decode_image(file: str | Path | IO[bytes]) -> Image.Image:
     return image
 
 
+def path_parts(relative_path: str) -> list[str]:
+    """The folders and file name of a path inside a dataset, split on either slash (zips made on Windows)."""
+    return relative_path.replace("\\", "/").split("/")
+
+
 def is_image_name(relative_path: str) -> bool:
     """Whether a path inside a dataset names an image: a known extension, no hidden or macOS metadata part."""
-    parts = relative_path.replace("\\", "/").split("/")
+    parts = path_parts(relative_path)
     # macOS archives carry `__MACOSX/` folders and `._name.png` resource forks that are not images.
     if any(part.startswith(".") or part == "__MACOSX" for part in parts):
         return False
     return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
 
 
+def classes_by_first_folder(relative_paths: list[str]) -> tuple[np.ndarray | None, list[str], int | None]:
+    """Each image's class: its first-level folder, the classes being those folders sorted by name.
+
+    Numbered as torchvision's ImageFolder numbers them; deeper folders belong to their first-level folder.
+    Returns (labels, class names, None), or (None, [], index) when the image at `index`, and perhaps
+    others, sits directly at the top, outside every class folder.
+    """
+    folders = []
+    for index, relative_path in enumerate(relative_paths):
+        parts = path_parts(relative_path)
+        if len(parts) == 1:
+            return None, [], index
+        folders.append(parts[0])
+    class_names = sorted(set(folders))
+    class_index = {name: k for k, name in enumerate(class_names)}
+    return np.array([class_index[f] for f in folders], dtype=np.int64), class_names, None
+
+
+def source_labels(source: ImageSource) -> tuple[np.ndarray | None, list[str]]:
+    """A source's labels, int64 (N,), and class names, checked against each other; (None, []) without labels."""
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        return None, []
+    labels, class_names = np.asarray(labels, dtype=np.int64), list(getattr(source, "class_names", []))
+    if labels.shape != (len(source),):
+        raise ValueError(f"{source.name}: {labels.shape} labels for {len(source)} images; expected one per image")
+    if len(labels) and not 0 <= labels.min() <= labels.max() < len(class_names):
+        raise ValueError(f"{source.name}: labels span {labels.min()}..{labels.max()} but there are "
+                         f"{len(class_names)} class names; expected labels 0..{len(class_names) - 1}")
+    return labels, class_names
+
+
 class FolderSource:
-    """The image files under a folder, found recursively, in sorted order of their relative paths."""
+    """The image files under a folder, found recursively, in sorted order of their relative paths.
+
+    The first-level sub-folders are the classes (see classes_by_first_folder); when an image lies directly
+    in the folder there are none, and `unclassified` is its index.
+    """
 
     flippable = True
 
@@ -70,6 +116,7 @@ class FolderSource:
         if not self.files:
             raise ValueError(f"data={str(root)!r}: the folder holds no images "
                              f"({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}, searched recursively)")
+        self.labels, self.class_names, self.unclassified = classes_by_first_folder(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -84,7 +131,10 @@ class FolderSource:
 
 
 class ZipSource:
-    """The image files inside a zip archive, in sorted order of their names, read without extracting."""
+    """The image files inside a zip archive, in sorted order of their names, read without extracting.
+
+    Classes come from the archive's first-level folders, as for FolderSource.
+    """
 
     flippable = True
 
@@ -100,6 +150,7 @@ class ZipSource:
         if not self.members:
             raise ValueError(f"data={str(path)!r}: the zip archive holds no images "
                              f"({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+        self.labels, self.class_names, self.unclassified = classes_by_first_folder(self.members)
         self._archive, self._pid = None, None
 
     def __len__(self) -> int:
@@ -178,6 +229,7 @@ class LmdbSource:
     def __init__(self, path: Path, is_dir: bool, name: str | None = None):
         self.path, self.is_dir = path, is_dir
         self.name = name or str(path)
+        self.labels, self.class_names = None, []
         try:
             with open_environment(path, is_dir).begin() as txn:
                 self.keys, self.length, self.raw_side = self._index(txn)
@@ -244,13 +296,15 @@ def _looks_encoded(value: bytes | None) -> bool:
 
 
 class ArraySource:
-    """Images held in memory as a uint8 array (N, H, W, C)."""
+    """Images held in memory as a uint8 array (N, H, W, C), with their int labels (N,) and class names if known."""
 
     flippable = True
 
-    def __init__(self, images: np.ndarray, name: str):
+    def __init__(self, images: np.ndarray, name: str, labels: np.ndarray | None = None,
+                 class_names: list[str] | tuple[str, ...] = ()):
         self.images = images
         self.name = name
+        self.labels, self.class_names = labels, list(class_names)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -276,6 +330,8 @@ class StackedMnistSource:
     def __init__(self, digits: np.ndarray, seed: int = 0):
         self.digits = digits
         self.name = "stackmnist"
+        # Mode-coverage runs are unconditional; a class here would be one of 1000 digit triples.
+        self.labels, self.class_names = None, []
         rng = np.random.default_rng(seed)
         count = len(digits)
         self.triples = np.stack(

@@ -1,0 +1,189 @@
+"""Class-conditional models: training on labels, sampling by class, editing and interpolation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddgan import checkpoint, sampling
+from ddgan.cli import main
+from ddgan.data import read_image_array, write_image_array
+from ddgan.models import load_generator
+from ddgan.training_loop import config_from_flags, run_training
+from tests.test_training import tiny
+
+
+def perturbed(G, seed: int = 0):
+    """G with its weights pushed away from init, whose zero output layers make every image flat grey."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator))
+    return G
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny conditional run on the demo shapes, and its EMA generator with perturbed weights."""
+    run_dir = run_training(tiny("demo", tmp_path_factory.mktemp("runs"), cond=True, kimg=0.008, sample_kimg=0.004))
+    G, config = load_generator(run_dir)
+    return run_dir, perturbed(G), config
+
+
+def images(G, config, seeds, labels, batch=64):
+    return np.concatenate(list(sampling.generate(G, config, seeds, batch=batch, labels=labels, progress=False)))
+
+
+def test_the_run_learns_its_classes_from_the_data(run):
+    run_dir, _, config = run
+    assert config.cond and config.num_classes == 4
+    assert config.class_names == ("circle", "square", "triangle", "cross")
+    assert (run_dir / "samples-000000000004.png").exists()
+    grid = np.asarray(Image.open(run_dir / "samples-final.png"))
+    # grid_images=4: one row per class, one column; 8 px images enlarged 8 times.
+    assert grid.shape[:2] == (4 * 8 * 8, 8 * 8)
+
+
+def test_an_image_is_a_function_of_its_seed_and_class(run):
+    _, G, config = run
+    seeds, labels = [5, 1, 9, 5], [0, 2, 2, 3]
+    together = images(G, config, seeds, labels, batch=4)
+    for batch in (1, 3):
+        assert np.array_equal(together, images(G, config, seeds, labels, batch=batch))
+    alone = images(G, config, [9], [2])
+    assert np.array_equal(together[2], alone[0])
+    assert not np.array_equal(together[0], together[3]), "the same seed in another class is another image"
+
+
+def test_labels_are_checked(run):
+    _, G, config = run
+    with pytest.raises(ValueError, match="class-conditional .*--class"):
+        images(G, config, [0], None)
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.3"):
+        images(G, config, [0], [4])
+    with pytest.raises(ValueError, match="not one of this model's 4 classes: 0=circle, 1=square"):
+        sampling.parse_classes("hexagon", config)
+    assert sampling.parse_classes("all", config) == [0, 1, 2, 3]
+    assert sampling.parse_classes("cross,0", config) == [3, 0]
+    assert sampling.parse_classes((1, 2), config) == [1, 2]
+
+
+def test_editing_from_step_T_is_sampling_and_from_step_1_keeps_the_input(run):
+    _, G, config = run
+    seeds, labels = [3, 4], [1, 2]
+    inputs = torch.rand(2, config.num_channels, config.image_size, config.image_size) * 2 - 1
+    from_noise = np.concatenate(list(sampling.edit(G, config, inputs, seeds, config.num_timesteps, labels=labels)))
+    assert np.array_equal(from_noise, images(G, config, seeds, labels))
+    kept = np.concatenate(list(sampling.edit(G, config, inputs, seeds, 1, labels=labels))).astype(float)
+    original = sampling.to_uint8(inputs).permute(0, 2, 3, 1).numpy().astype(float)
+    assert np.abs(kept - original).mean() < np.abs(from_noise - original).mean()
+    with pytest.raises(ValueError, match=r"--start_step must be an integer in 1\.\.2"):
+        list(sampling.edit(G, config, inputs, seeds, 0, labels=labels))
+
+
+def test_interpolation_ends_at_the_two_seeds_images(run):
+    _, G, config = run
+    row = sampling.interpolate(G, config, 7, 11, frames=5, label=3)
+    assert row.shape[0] == 5
+    ends = images(G, config, [7, 11], [3, 3])
+    assert np.array_equal(row[0], ends[0]) and np.array_equal(row[-1], ends[1])
+    assert not np.array_equal(row[2], row[0]) and not np.array_equal(row[2], row[-1])
+
+
+def test_slerp_stays_on_the_sphere():
+    a, b = torch.randn(1000, dtype=torch.float64), torch.randn(1000, dtype=torch.float64)
+    b = b / b.norm() * a.norm()
+    middle = sampling.slerp(a, b, 0.5)
+    assert torch.isclose(middle.norm(), a.norm()) and not torch.isclose((a + b).norm() / 2, a.norm())
+
+
+def test_sample_command_by_class(run, tmp_path, capsys):
+    run_dir, _, config = run
+    out = tmp_path / "all.npz"
+    main(["sample", str(run_dir), f"--out={out}", "--seeds=0-2", "--class=all", "--device=cpu"])
+    x = read_image_array(out)
+    with np.load(out) as archive:
+        assert archive["y"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+        assert archive["classes"].tolist() == list(config.class_names)
+    assert x.shape[0] == 12
+    folder = tmp_path / "pngs"
+    main(["sample", str(run_dir), f"--out={folder}", "--seeds=4-4", "--class=square,2", "--device=cpu"])
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png")) == [
+        "square/000004.png", "triangle/000004.png"]
+    row = tmp_path / "row.png"
+    main(["sample", str(run_dir), f"--out={row}", "--interpolate=1,2", "--frames=3", "--class=circle",
+          "--device=cpu"])
+    assert np.asarray(Image.open(row)).shape[:2] == (8 * 8, 3 * 8 * 8)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--class=7"], "--class=7 is not one of this model's 4 classes: 0=circle, 1=square, 2=triangle, 3=cross"),
+    ([], "class-conditional (4 classes: circle, square, triangle, cross); choose them with --class"),
+    (["--interpolate=1,2", "--class=all"], "one class at a time"),
+])
+def test_sample_command_errors(run, tmp_path, capsys, argv, message):
+    run_dir, _, _ = run
+    with pytest.raises(SystemExit):
+        main(["sample", str(run_dir), f"--out={tmp_path}/x.png", "--device=cpu", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_class_on_an_unconditional_checkpoint(tmp_path, capsys):
+    from tests.test_sample import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "run")
+    with pytest.raises(SystemExit):
+        main(["sample", str(ckpt), "--class=1", f"--out={tmp_path}/x.png"])
+    assert "this checkpoint is unconditional" in capsys.readouterr().err
+
+
+def test_edit_command(run, tmp_path, capsys):
+    run_dir, _, config = run
+    inputs = tmp_path / "in.npz"
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
+    write_image_array(inputs, pixels)
+    out = tmp_path / "edits.png"
+    main(["edit", str(run_dir), f"--input={inputs}", "--start_step=1", "--class=cross", f"--out={out}"])
+    assert np.asarray(Image.open(out)).shape[:2] == (2 * 8 * 8, 3 * 8 * 8), "inputs above their edits"
+    single = tmp_path / "one.png"
+    Image.fromarray(pixels[0]).save(single)
+    main(["edit", str(run_dir), f"--input={single}", "--start_step=2", "--class=0", f"--out={tmp_path}/e.npz"])
+    assert read_image_array(tmp_path / "e.npz").shape == (1, 8, 8, 3)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    cases = [([f"--input={broken}", "--start_step=1"], f"--input={broken}: cannot read it as an image"),
+             ([f"--input={inputs}", "--start_step=3", "--class=0"], "--start_step must be an integer in 1..2"),
+             ([f"--input={inputs}", "--start_step=1"], "class-conditional")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            main(["edit", str(run_dir), *argv, f"--out={tmp_path}/x.npz", "--overwrite=True"])
+        assert message in capsys.readouterr().err
+
+
+def test_exact_resume_of_a_conditional_run(tmp_path):
+    config = tiny("demo", tmp_path / "a", cond=True, kimg=0.024, snapshot_kimg=0.008, lazy_reg=2)
+    whole = run_training(config)
+    half = run_training(config, max_steps=3)
+    run_training(config_from_flags(resume=str(half)))
+    a, b = checkpoint.load(whole), checkpoint.load(half)
+    assert a["step"] == b["step"] == 6
+    for net in ("G", "D", "G_ema"):
+        for key, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs after resume"
+
+
+def test_cond_on_unlabeled_data_is_refused(tmp_path):
+    data = tmp_path / "x.npz"
+    write_image_array(data, np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="--cond=True needs class labels"):
+        run_training(tiny("demo", tmp_path, data=str(data), cond=True))
+
+
+def test_accuracy_of_the_demo_classes(run):
+    from eval.modes import accuracy
+
+    run_dir, _, _ = run
+    report = accuracy(str(run_dir), n=8)
+    assert set(report["accuracy"]) == {"circle", "square", "triangle", "cross"}
+    assert all(0 <= v <= 1 for v in report["accuracy"].values())
+    assert report["classifier_held_out_accuracy"] > 0.9

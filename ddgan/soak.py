@@ -19,7 +19,7 @@ from pathlib import Path
 from ddgan import checkpoint
 
 TINY = ["--preset=demo", "--image_size=8", "--ch_mult=[1,2]", "--num_channels_dae=8", "--nz=4", "--z_emb_dim=8",
-        "--t_emb_dim=8", "--n_mlp=1", "--ngf=4", "--batch_size=8", "--workers=0", "--log_every=20",
+        "--t_emb_dim=8", "--n_mlp=1", "--ngf=4", "--batch_size=8", "--workers=0", "--log_every=20", "--cond=False",
         "--sample_kimg=0"]
 
 

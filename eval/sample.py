@@ -82,7 +82,7 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     n: images to draw (seeds 0..n-1) when --seeds is not given; default 64.
     seeds: a count, a range like 0-49999, or a list like 1,5,7; image i depends on its seed (and class) only.
     class: a conditional model's class: an index (--class=3), a name (--class=cat), a list (--class=0,2)
-        or --class=all; with several, every seed is drawn for every class, one grid row per class.
+        or --class=all (the default); with several, every seed is drawn for every class, a grid row each.
     interpolate: SEED_A,SEED_B: a row of --frames images along a spherical interpolation of the two
         seeds' noise (x_T, every z and every posterior noise), for one --class if conditional.
     ema: use the EMA generator weights when the checkpoint has them.
@@ -99,7 +99,9 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     kind = output_kind(out_path)
     device = torch.device(device) if device is not None else default_device()
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
-    classes = parse_classes(class_, config) if class_ is not None else None
+    # A conditional model's default is every class, a grid row each.
+    classes = parse_classes("all" if class_ is None else class_, config) if config.num_classes else \
+        parse_classes(class_, config) if class_ is not None else None
     if interpolate is not None:
         ends = _interpolation_ends(interpolate, frames, n, seeds, classes)
         labels, nrow = None if classes is None else classes * frames, frames

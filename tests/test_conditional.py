@@ -118,7 +118,6 @@ def test_sample_command_by_class(run, tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--class=7"], "--class=7 is not one of this model's 4 classes: 0=circle, 1=square, 2=triangle, 3=cross"),
-    ([], "class-conditional (4 classes: circle, square, triangle, cross); choose them with --class"),
     (["--interpolate=1,2", "--class=all"], "one class at a time"),
 ])
 def test_sample_command_errors(run, tmp_path, capsys, argv, message):
@@ -126,6 +125,13 @@ def test_sample_command_errors(run, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         main(["sample", str(run_dir), f"--out={tmp_path}/x.png", "--device=cpu", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_sample_command_draws_every_class_by_default(run, tmp_path):
+    run_dir, _, _ = run
+    main(["sample", str(run_dir), f"--out={tmp_path}/all.npz", "--seeds=0-1", "--device=cpu"])
+    with np.load(tmp_path / "all.npz") as archive:
+        assert archive["y"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_class_on_an_unconditional_checkpoint(tmp_path, capsys):

@@ -15,8 +15,8 @@ from eval import sample as sample_command
 
 
 def tiny_config():
-    return make_config("demo", image_size=8, num_channels_dae=8, ch_mult=[1, 2], nz=4, z_emb_dim=8, t_emb_dim=8,
-                       n_mlp=1, ngf=8)
+    return make_config("demo", cond=False, image_size=8, num_channels_dae=8, ch_mult=[1, 2], nz=4, z_emb_dim=8,
+                       t_emb_dim=8, n_mlp=1, ngf=8)
 
 
 def tiny_generator(config, seed: int = 0):

@@ -17,7 +17,7 @@ from ddgan.training_loop import config_from_flags, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0,
-            log_every=1, snapshot_kimg=0.0, sample_kimg=0.0, grid_images=4)
+            log_every=1, snapshot_kimg=0.0, sample_kimg=0.0, grid_images=4, cond=False)
 
 
 def tiny(preset: str, tmp_path, **overrides):

@@ -2,6 +2,7 @@
 
 `build`, `from_reference`, `to_reference` and `load_reference_file` speak the original implementation's
 config names and weight layout (NVlabs/denoising-diffusion-gan), so its checkpoints load unchanged.
+`WaveletNCSNpp` is WaveDiff's wavelet generator; `from_wavediff` and `to_wavediff` convert its weights.
 """
 
 from networks.discriminator import Discriminator, DiscriminatorLarge, DiscriminatorSmall
@@ -17,6 +18,8 @@ from networks.reference import (
     to_reference,
     with_reference_defaults,
 )
+from networks.wavediff import WAVEDIFF_KINDS, from_wavediff, to_wavediff
+from networks.wavelet_generator import WaveletNCSNpp
 
 __all__ = [
     "KINDS",
@@ -25,12 +28,16 @@ __all__ = [
     "DiscriminatorLarge",
     "DiscriminatorSmall",
     "NCSNpp",
+    "WAVEDIFF_KINDS",
+    "WaveletNCSNpp",
     "build",
     "check_generator_args",
     "count_parameters",
     "from_reference",
+    "from_wavediff",
     "load_reference_file",
     "load_reference_state_dict",
     "with_reference_defaults",
     "to_reference",
+    "to_wavediff",
 ]

@@ -119,7 +119,7 @@ class Discriminator(nn.Module):
 
 
 class DiscriminatorSmall(Discriminator):
-    """Discriminator for 32x32 images (CIFAR-10, StackMNIST): 4 blocks, 3 downsamplings."""
+    """Discriminator for 32x32 images (CIFAR-10, StackMNIST): 4 blocks, 3 downsamplings (or the first num_layers)."""
 
     def __init__(
         self,
@@ -128,13 +128,15 @@ class DiscriminatorSmall(Discriminator):
         t_emb_dim: int = 128,  # width of the time embedding
         act="lrelu",  # activation: a name for ops.bias_act, or the original's nn.LeakyReLU instance
         num_classes: int = 0,  # number of class labels y to condition on (projection head); 0: unconditional
+        num_layers: int = 4,  # residual blocks used, from the first (WaveDiff's num_disc_layers)
     ):
         widths = [(2, 2, False), (2, 4, True), (4, 8, True), (8, 8, True)]
-        super().__init__(nc, ngf, t_emb_dim, act, widths, final_init_scale=0.0, num_classes=num_classes)
+        super().__init__(nc, ngf, t_emb_dim, act, first_blocks(widths, num_layers, "DiscriminatorSmall"),
+                         final_init_scale=0.0, num_classes=num_classes)
 
 
 class DiscriminatorLarge(Discriminator):
-    """Discriminator for 256x256 images (CelebA-HQ, LSUN): 6 downsampling blocks."""
+    """Discriminator for 256x256 images (CelebA-HQ, LSUN): 6 downsampling blocks (or the first num_layers)."""
 
     def __init__(
         self,
@@ -143,9 +145,19 @@ class DiscriminatorLarge(Discriminator):
         t_emb_dim: int = 128,  # width of the time embedding
         act="lrelu",  # activation: a name for ops.bias_act, or the original's nn.LeakyReLU instance
         num_classes: int = 0,  # number of class labels y to condition on (projection head); 0: unconditional
+        num_layers: int = 6,  # residual blocks used, from the first (WaveDiff's num_disc_layers)
     ):
         widths = [(2, 4, True), (4, 8, True)] + [(8, 8, True)] * 4
-        super().__init__(nc, ngf, t_emb_dim, act, widths, final_init_scale=1.0, num_classes=num_classes)
+        super().__init__(nc, ngf, t_emb_dim, act, first_blocks(widths, num_layers, "DiscriminatorLarge"),
+                         final_init_scale=1.0, num_classes=num_classes)
+
+
+def first_blocks(widths: list, num_layers: int, name: str) -> list:
+    """The first num_layers block widths. WaveDiff's D sees half-size wavelet tensors, so it stops a
+    downsampling earlier; the final conv and the head take the width of the last block used."""
+    if not isinstance(num_layers, int) or not 1 <= num_layers <= len(widths):
+        raise ValueError(f"num_layers (num_disc_layers) of {name} must be 1..{len(widths)}, got {num_layers!r}")
+    return widths[:num_layers]
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:

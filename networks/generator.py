@@ -122,10 +122,12 @@ class InputSkip(nn.Module):
 class ResidualInputPyramid(nn.Module):
     """progressive_input='residual': a strided-conv path from the image, summed into the features."""
 
-    def __init__(self, in_ch: int, out_ch: int, skip_rescale: bool, fir: bool, fir_kernel):
+    def __init__(self, in_ch: int, out_ch: int, skip_rescale: bool, fir: bool, fir_kernel,
+                 down: nn.Module | None = None):
         super().__init__()
         self.skip_rescale = skip_rescale
-        self.down = ConvDownsample(in_ch, out_ch, fir=fir, fir_kernel=fir_kernel)
+        # `down` replaces the strided conv: the wavelet generator halves the image by a Haar transform instead.
+        self.down = down if down is not None else ConvDownsample(in_ch, out_ch, fir=fir, fir_kernel=fir_kernel)
 
     def forward(self, pyramid: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the new pyramid level, which also replaces the features."""
@@ -160,13 +162,16 @@ class EncoderLevel(nn.Module):
         self.down = down
         self.input_pyramid = input_pyramid
 
-    def forward(self, h, pyramid, temb, zemb, skips: list[torch.Tensor]):
-        """Advance (features, image pyramid) by one level, appending every output to `skips`."""
+    def forward(self, h, pyramid, temb, zemb, skips: list[torch.Tensor], *resample_args):
+        """Advance (features, image pyramid) by one level, appending every output to `skips`.
+
+        `resample_args` go to the down block (the wavelet generator's list of high-band skips).
+        """
         for block, attention in zip(self.blocks, self.attentions, strict=True):
             h = attention(block(h, temb, zemb))
             skips.append(h)
         if self.down is not None:
-            h = self.down(h, temb, zemb)
+            h = self.down(h, temb, zemb, *resample_args)
             if self.input_pyramid is not None:
                 pyramid, h = self.input_pyramid(pyramid, h)
             skips.append(h)
@@ -184,15 +189,18 @@ class DecoderLevel(nn.Module):
         self.output_skip = output_skip
         self.up = up
 
-    def forward(self, h, pyramid, temb, zemb, skips: list[torch.Tensor]):
-        """Advance (features, output pyramid) by one level, consuming skips from the end of `skips`."""
+    def forward(self, h, pyramid, temb, zemb, skips: list[torch.Tensor], *resample_args):
+        """Advance (features, output pyramid) by one level, consuming skips from the end of `skips`.
+
+        `resample_args` go to the up block, as in EncoderLevel.
+        """
         for block in self.blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), temb, zemb)
         h = self.attention(h)
         if self.output_skip is not None:
             pyramid = self.output_skip(h, pyramid)
         if self.up is not None:
-            h = self.up(h, temb, zemb)
+            h = self.up(h, temb, zemb, *resample_args)
         return h, pyramid
 
 
@@ -203,12 +211,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList(levels)
 
-    def forward(self, h, image, temb, zemb) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, h, image, temb, zemb, *resample_args) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the bottom features and the skip connections (input conv output first)."""
         skips = [h]
         pyramid = image
         for level in self.levels:
-            h, pyramid = level(h, pyramid, temb, zemb, skips)
+            h, pyramid = level(h, pyramid, temb, zemb, skips, *resample_args)
         return h, skips
 
 
@@ -233,11 +241,11 @@ class Decoder(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList(levels)
 
-    def forward(self, h, skips, temb, zemb) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, h, skips, temb, zemb, *resample_args) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the top features and the output-skip image (None without progressive output)."""
         pyramid = None
         for level in reversed(self.levels):
-            h, pyramid = level(h, pyramid, temb, zemb, skips)
+            h, pyramid = level(h, pyramid, temb, zemb, skips, *resample_args)
         if skips:
             raise RuntimeError(f"{len(skips)} skip connections left unused")
         return h, pyramid
@@ -312,8 +320,7 @@ class NCSNpp(nn.Module):
                                   fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale)
         self.input_conv = conv2d(num_channels, nf, fan="avg")
         self.encoder, skip_channels = self._build_encoder(block)
-        bottom = skip_channels[-1]
-        self.middle = Middle(block(bottom), SelfAttention(bottom, skip_rescale), block(bottom))
+        self.middle = self._middle(block, skip_channels[-1])
         self.decoder, top = self._build_decoder(block, skip_channels)
         if progressive == "output_skip":
             self.output_norm, self.output_conv = None, None
@@ -323,6 +330,25 @@ class NCSNpp(nn.Module):
         # Last, so that every layer above draws the same initial numbers as in the unconditional network.
         if num_classes > 0:
             self.z_mapping.add_class_input(num_classes)
+
+    # Construction hooks: a variant (networks.wavelet_generator) swaps in its own resampling blocks, input
+    # pyramid and bottleneck, while the rest of the U-Net, its module names and its init order stay these.
+
+    def _down_block(self, block, channels: int) -> nn.Module:
+        """The residual block that halves the resolution at the end of an encoder level."""
+        return block(channels, down=True)
+
+    def _up_block(self, block, channels: int, down_channels: int) -> nn.Module:
+        """The residual block that doubles the resolution; `down_channels` is the width of its down block."""
+        return block(channels, up=True)
+
+    def _residual_input_pyramid(self, in_ch: int, out_ch: int) -> nn.Module:
+        """progressive_input='residual': the image path from in_ch to out_ch channels, half the resolution."""
+        return ResidualInputPyramid(in_ch, out_ch, self.skip_rescale, self.fir, self.fir_kernel)
+
+    def _middle(self, block, channels: int) -> nn.Module:
+        """The bottleneck."""
+        return Middle(block(channels), SelfAttention(channels, self.skip_rescale), block(channels))
 
     def _attention(self, level: int, channels: int) -> nn.Module:
         """Self-attention where the level's resolution is listed in attn_resolutions, else identity."""
@@ -342,14 +368,13 @@ class NCSNpp(nn.Module):
             in_ch = out_ch
             down = input_pyramid = None
             if i != len(self.ch_mult) - 1:
-                down = block(in_ch, down=True)
+                down = self._down_block(block, in_ch)
                 if self.progressive_input == "input_skip":
                     input_pyramid = InputSkip(pyramid_ch, in_ch, self.progressive_combine, self.fir,
                                               self.fir_kernel)
                     in_ch *= 2 if self.progressive_combine == "cat" else 1
                 elif self.progressive_input == "residual":
-                    input_pyramid = ResidualInputPyramid(pyramid_ch, in_ch, self.skip_rescale, self.fir,
-                                                         self.fir_kernel)
+                    input_pyramid = self._residual_input_pyramid(pyramid_ch, in_ch)
                     pyramid_ch = in_ch
                 skip_channels.append(in_ch)
             levels.append(EncoderLevel(blocks, attentions, down, input_pyramid))
@@ -369,7 +394,7 @@ class NCSNpp(nn.Module):
             output_skip = None
             if self.progressive == "output_skip":
                 output_skip = OutputSkip(in_ch, self.num_channels, self.fir, self.fir_kernel)
-            up = block(in_ch, up=True) if i != 0 else None
+            up = self._up_block(block, in_ch, self.nf * self.ch_mult[i - 1]) if i != 0 else None
             levels[i] = DecoderLevel(blocks, self._attention(i, in_ch), output_skip, up)
         return Decoder([levels[i] for i in range(len(self.ch_mult))]), in_ch
 
@@ -383,11 +408,19 @@ class NCSNpp(nn.Module):
         temb = F.silu(temb) if temb is not None else None
         if not self.centered:
             x = 2 * x - 1.0
-        h, skips = self.encoder(self.input_conv(x), x, temb, zemb)
-        h = self.middle(h, temb, zemb)
-        h, pyramid = self.decoder(h, skips, temb, zemb)
+        h, pyramid = self._unet(x, temb, zemb)
         h = pyramid if self.output_conv is None else self.output_conv(F.silu(self.output_norm(h)))
         return h if self.not_use_tanh else torch.tanh(h)
+
+
+    def _unet(self, x: torch.Tensor, temb: torch.Tensor | None, zemb: torch.Tensor, *resample_args):
+        """(top features, output-skip image or None) of the encoder, bottleneck and decoder.
+
+        `resample_args` go to every down and up block (see EncoderLevel).
+        """
+        h, skips = self.encoder(self.input_conv(x), x, temb, zemb, *resample_args)
+        h = self.middle(h, temb, zemb)
+        return self.decoder(h, skips, temb, zemb, *resample_args)
 
 
 def level_resolutions(image_size: int, num_levels: int) -> list[int]:

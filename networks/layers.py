@@ -278,10 +278,16 @@ class ResnetBlockBigGAN(nn.Module):
             h = self.resample(h)
             x = self.resample(x)
         h = self.conv_0(h)
+        if self.skip is not None:
+            x = self.skip(x)
+        return self._finish(h, x, temb, zemb)
+
+    def _finish(self, h: torch.Tensor, x: torch.Tensor, temb: torch.Tensor | None,
+                zemb: torch.Tensor) -> torch.Tensor:
+        """The block after conv_0 and the shortcut conv, whatever resamples between them: time bias, AdaGN,
+        conv_1, and the residual sum of the path h and shortcut x."""
         if temb is not None:
             h = h + self.dense_t(temb)[:, :, None, None]
         h = F.silu(self.norm_1(h, zemb))
         h = self.conv_1(self.dropout(h))
-        if self.skip is not None:
-            x = self.skip(x)
         return (x + h) / SQRT2 if self.skip_rescale else x + h

@@ -4,7 +4,8 @@ The original generator keeps all its layers in one flat `all_modules` list that 
 with a running index; this file is the one place that describes that layout. `_generator_layout` lists
 our modules in exactly the order the original appends them, so position i is `all_modules.<i>`; the
 rename tables translate parameter names inside each module. The discriminators map by name. The original
-has no class-conditional networks, so only unconditional ones (num_classes=0) convert.
+has no class-conditional networks, so only unconditional ones (num_classes=0) convert. WaveDiff keeps this
+layout for its wavelet generator and discriminators; `networks.wavediff` reads its configs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import torch.nn as nn
 from networks.discriminator import DiscriminatorLarge, DiscriminatorSmall, DownConvBlock
 from networks.generator import InputSkip, NCSNpp, ResidualInputPyramid
 from networks.layers import ResnetBlockBigGAN, SelfAttention
+from networks.wavelet_generator import WaveletDownsample, WaveletNCSNpp, WaveletResnetBlock
 
-KINDS = ("NCSNpp", "Discriminator_small", "Discriminator_large")
+KINDS = ("NCSNpp", "Discriminator_small", "Discriminator_large", "WaveletNCSNpp")
+# Kinds with the original generator's flat `all_modules` layout (WaveDiff's WaveletNCSNpp keeps it).
+GENERATOR_KINDS = ("NCSNpp", "WaveletNCSNpp")
 
 # Defaults of the original train_ddgan.py argument parser (ch_mult has none: it must be given), and of
 # our additions to it (num_classes).
@@ -54,6 +58,10 @@ REFERENCE_DEFAULTS = {
     "num_classes": 0,  # ours: class labels to condition on; the original's networks are all unconditional
 }
 
+# WaveDiff's additions to the config (VinAIResearch/WaveDiff train_wddgan.py defaults); `networks.wavediff`
+# reads its configs. num_disc_layers is absent here: without it the discriminators use all their blocks.
+WAVELET_DEFAULTS = {"patch_size": 1, "no_use_fbn": False, "no_use_freq": False, "no_use_residual": False}
+
 # Reference config name -> NCSNpp argument name, for every argument the generator takes.
 _GENERATOR_ARGS = {name: name for name in REFERENCE_DEFAULTS if name not in ("t_emb_dim", "ngf")}
 _GENERATOR_ARGS["num_channels_dae"] = "nf"
@@ -66,6 +74,7 @@ _RENAMES: dict[type, dict[str, str]] = {
     DownConvBlock: {"conv_0": "conv1.0", "conv_1": "conv2.0", "dense_t": "dense_t1", "skip": "skip.0"},
     InputSkip: {"conv": "Conv_0"},
 }
+_RENAMES[WaveletResnetBlock] = {**_RENAMES[ResnetBlockBigGAN], "conv_h": "convH_0"}
 # The original's NIN layers hold W [in, out] and b where we hold 1x1 conv weight [out, in, 1, 1] and bias.
 _NIN_PARAMS = {"weight": "W", "bias": "b"}
 
@@ -109,14 +118,19 @@ def generator_kwargs(config: Mapping | argparse.Namespace) -> dict:
 
 
 def build(kind: str, config: Mapping | argparse.Namespace | None = None) -> nn.Module:
-    """Randomly initialised network of `kind` (NCSNpp, Discriminator_small/large) from a reference config."""
+    """Randomly initialised network of `kind` (NCSNpp, WaveletNCSNpp, Discriminator_small/large) from a
+    reference config (WaveDiff's names for WaveletNCSNpp's switches and the discriminators' num_disc_layers)."""
     kind = _check_kind(kind)
     if kind == "NCSNpp":
         return NCSNpp(**generator_kwargs(config))
     cfg = with_reference_defaults(config)
+    if kind == "WaveletNCSNpp":
+        cfg = {**WAVELET_DEFAULTS, **cfg}
+        return WaveletNCSNpp(**generator_kwargs(cfg), **{name: cfg[name] for name in WAVELET_DEFAULTS})
     discriminator = DiscriminatorSmall if kind == "Discriminator_small" else DiscriminatorLarge
+    layers = {} if cfg.get("num_disc_layers") is None else {"num_layers": cfg["num_disc_layers"]}
     return discriminator(nc=2 * cfg["num_channels"], ngf=cfg["ngf"], t_emb_dim=cfg["t_emb_dim"], act="lrelu",
-                         num_classes=cfg["num_classes"])
+                         num_classes=cfg["num_classes"], **layers)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -175,6 +189,8 @@ def _discriminator_layout(net: nn.Module) -> list[tuple[str, str]]:
 def _renames(module: nn.Module) -> dict[str, str]:
     """Submodule renames inside one of our modules (empty for plain layers)."""
     if isinstance(module, ResidualInputPyramid):
+        if isinstance(module.down, WaveletDownsample):
+            return {"down.conv": ""}  # WaveDiff's WaveletDownsample holds a bare weight and bias
         return {"down.conv": "Conv2d_0" if module.down.fir else "Conv_0"}
     return _RENAMES.get(type(module), {})
 
@@ -186,7 +202,7 @@ def _entries(kind: str, net: nn.Module) -> list[_Entry]:
         raise ValueError(f"this {kind} is class-conditional (num_classes={num_classes}), and the original "
                          "implementation has no class-conditional networks: only num_classes=0 converts to or "
                          "from its layout")
-    layout = _generator_layout(net) if kind == "NCSNpp" else _discriminator_layout(net)
+    layout = _generator_layout(net) if kind in GENERATOR_KINDS else _discriminator_layout(net)
     entries = []
     for ours, ref in layout:
         module = net.get_submodule(ours)
@@ -294,7 +310,7 @@ def load_reference_file(path: str | os.PathLike, config: Mapping | argparse.Name
     if not isinstance(saved, Mapping):
         raise ValueError(f"{path} holds a {type(saved).__name__}, not a state dict or training checkpoint")
     if "netG_dict" in saved or "netD_dict" in saved:
-        key = "netG_dict" if kind == "NCSNpp" else "netD_dict"
+        key = "netG_dict" if kind in GENERATOR_KINDS else "netD_dict"
         if key not in saved:
             raise ValueError(f"{path} has no {key!r} for kind {kind!r}")
         if config is None and "args" in saved:

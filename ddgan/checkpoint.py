@@ -145,7 +145,7 @@ def is_original(obj: dict) -> bool:
     if "netG_dict" in obj:
         return True
     return bool(obj) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()) and any(
-        k.split(".", 1)[-1].startswith(("all_modules.", "z_transform.")) for k in obj)
+        k.removeprefix("module.").startswith(("all_modules.", "z_transform.")) for k in obj)
 
 
 def migrate(obj: dict, path: str | os.PathLike) -> dict:

@@ -17,7 +17,11 @@ ARCHITECTURE_FIELDS = (
     "resamp_with_conv", "conditional", "fir", "fir_kernel", "skip_rescale", "resblock_type", "progressive",
     "progressive_input", "progressive_combine", "embedding_type", "fourier_scale", "not_use_tanh", "nz",
     "z_emb_dim", "t_emb_dim", "n_mlp", "ngf", "discriminator", "num_timesteps", "cond", "num_classes",
+    "space", "wavelet_order", "net_type", "patch_size", "no_use_fbn", "no_use_freq", "no_use_residual",
+    "num_disc_layers",
 )
+# The settings the networks take besides the architecture fields.
+NETWORK_FIELDS = ARCHITECTURE_FIELDS + ("dropout", "centered")
 
 
 GROUPS = ("data", "diffusion", "generator", "discriminator", "optimisation", "speed", "run folder")
@@ -50,6 +54,10 @@ class Config:
     beta_min: float = option("diffusion", 0.1, "beta(t) at t = 0 of the noise schedule")
     beta_max: float = option("diffusion", 20.0, "beta(t) at t = 1 of the noise schedule")
     use_geometric: bool = option("diffusion", False, "geometric variance schedule instead of the VP SDE's")
+    space: str = option("diffusion", "pixel", "pixel, or wavelet: diffuse the Haar wavelet tensor (4C channels at "
+                        "half the size), as WaveDiff")
+    wavelet_order: str = option("diffusion", "bundled", "band order of the wavelet tensor: bundled (WaveDiff's "
+                                "DWT_IDWT) or pytorch_wavelets (LH and HL swapped; WaveDiff's --use_pytorch_wavelet)")
 
     num_channels_dae: int = option("generator", 128, "base width nf of the NCSN++ U-Net")
     ch_mult: tuple = option("generator", (1, 2, 2, 2), "width multiplier of each resolution level, e.g. '[1,2,2,2]'")
@@ -74,10 +82,17 @@ class Config:
     nz: int = option("generator", 100, "dimension of the latent z")
     z_emb_dim: int = option("generator", 256, "width of the mapping network's output that drives AdaGN")
     n_mlp: int = option("generator", 4, "hidden layers of the mapping network (the released CIFAR-10 model has 4)")
+    net_type: str = option("generator", "normal", "normal (NCSN++) or wavelet (WaveDiff's frequency-aware NCSN++)")
+    patch_size: int = option("generator", 1, "the generator works on patch_size x patch_size patches (WaveDiff)")
+    no_use_fbn: bool = option("generator", False, "wavelet G without the frequency bottleneck (ablation)")
+    no_use_freq: bool = option("generator", False, "wavelet G without wavelet down/up blocks (ablation)")
+    no_use_residual: bool = option("generator", False, "wavelet G without the wavelet input pyramid (ablation)")
 
     ngf: int = option("discriminator", 64, "base width of the discriminator")
     discriminator: str = option("discriminator", "auto", "small (32 px), large (256 px) or auto (by image_size)")
     t_emb_dim: int = option("discriminator", 256, "width of the discriminator's time embedding")
+    num_disc_layers: int | None = option("discriminator", None, "down blocks D uses (small: up to 4, large: up to "
+                                         "6); None = all")
 
     batch_size: int = option("optimisation", 256, "global batch over all processes")
     kimg: float = option("optimisation", 90_000.0, "training length in thousands of real images seen")
@@ -90,6 +105,9 @@ class Config:
     use_ema: bool = option("optimisation", True, "keep an exponential moving average of G for sampling")
     ema_decay: float = option("optimisation", 0.9999, "EMA decay per iteration")
     r1_gamma: float = option("optimisation", 0.02, "weight of the R1 penalty on D's gradient at real pairs")
+    rec_loss: bool = option("optimisation", False, "add the L1 distance of G's x'_0 to the real x_0 to G's loss "
+                            "(WaveDiff)")
+    rec_loss_weight: float = option("optimisation", 1.0, "weight of that L1 term (1 in WaveDiff)")
     lazy_reg: int | None = option("optimisation", 15, "R1 every lazy_reg D steps; None = every step")
     seed: int = option("optimisation", 0, "seed of the initial weights, the data order and the iterations' noise")
 
@@ -124,9 +142,23 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def network_kwargs(self) -> dict:
-        """The settings the networks take, under the original implementation's names."""
-        names = ARCHITECTURE_FIELDS + ("dropout", "centered")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in names}
+        """The settings the networks take, under the original implementation's names; in wavelet space the
+        networks see the wavelet tensor, so image_size and num_channels are the tensor's (as WaveDiff's)."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in NETWORK_FIELDS}
+        channels, size, _ = self.latent_shape
+        return values | {"image_size": size, "num_channels": channels}
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the tensor the diffusion runs on: the image, or its wavelet tensor."""
+        if self.space == "wavelet":
+            return 4 * self.num_channels, self.image_size // 2, self.image_size // 2
+        return self.num_channels, self.image_size, self.image_size
+
+    @property
+    def generator_kind(self) -> str:
+        """`NCSNpp` or `WaveletNCSNpp` (net_type wavelet)."""
+        return "WaveletNCSNpp" if self.net_type == "wavelet" else "NCSNpp"
 
     @property
     def discriminator_kind(self) -> str:
@@ -155,6 +187,33 @@ PRESETS: dict[str, dict] = {
         data="lsun256", image_size=256, num_channels_dae=64, ch_mult=(1, 1, 2, 2, 4, 4), num_timesteps=4,
         batch_size=64, kimg=60_000.0, ema_decay=0.999, r1_gamma=1.0, lr_d=1e-4, lr_g=1.6e-4, lazy_reg=10,
         n_mlp=3, snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
+    ),
+    # WaveDiff's recipes (its run.sh; batch sizes are per process there): DDGAN on the 12-channel Haar wavelet
+    # tensor at half the resolution, with the L1 reconstruction term.
+    # CIFAR-10 in 1800 epochs; its run.sh builds the plain NCSN++ (no --net_type), attention nowhere but the
+    # middle block (its "32" never occurs at 16 px).
+    "cifar10_wavelet": dict(
+        data="cifar10", space="wavelet", wavelet_order="pytorch_wavelets", ch_mult=(1, 2, 2), attn_resolutions=(),
+        num_disc_layers=3, rec_loss=True,
+    ),
+    # STL-10 at 64 px (pass --data=PATH), 900 epochs of the 100k unlabeled images.
+    "stl10_wavelet": dict(
+        data="stl10", image_size=64, space="wavelet", wavelet_order="pytorch_wavelets", net_type="wavelet",
+        ch_mult=(1, 2, 2, 2), attn_resolutions=(16,), num_disc_layers=4, rec_loss=True, kimg=90_000.0,
+    ),
+    # CelebA-HQ 256, 500 epochs of 30k images; WaveDiff's bundled band order.
+    "celeba256_wavelet": dict(
+        data="celeba256", image_size=256, space="wavelet", net_type="wavelet", num_channels_dae=64,
+        ch_mult=(1, 2, 2, 2, 4), attn_resolutions=(16,), num_timesteps=2, n_mlp=3, num_disc_layers=5,
+        rec_loss=True, batch_size=32, kimg=15_000.0, r1_gamma=2.0, lr_d=1e-4, lr_g=2e-4, lazy_reg=10,
+        snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
+    ),
+    # LSUN Church 256, 500 epochs.
+    "lsun256_wavelet": dict(
+        data="lsun256", image_size=256, space="wavelet", wavelet_order="pytorch_wavelets", net_type="wavelet",
+        num_channels_dae=64, ch_mult=(1, 2, 2, 2, 4), attn_resolutions=(16,), num_timesteps=4, n_mlp=3,
+        num_disc_layers=5, rec_loss=True, batch_size=16, kimg=60_000.0, ema_decay=0.999, r1_gamma=1.0, lr_d=1e-4,
+        lr_g=1.6e-4, lazy_reg=10, snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
     ),
     # Built-in shapes at 16 px, one class per shape, sized for minutes on 2 CPU cores.
     "demo": dict(
@@ -219,9 +278,36 @@ def validate(c: Config) -> None:
     # Each check that another module owns lives there once: the schedule's, the precision's, the generator's.
     from ddgan.diffusion import check_schedule
     from ddgan.precision import check_amp
+    from ddgan.wavelet import ORDERS
     from networks import check_generator_args
 
-    check_generator_args(c.image_size, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
+    need(c.space in ("pixel", "wavelet"), f"--space must be pixel or wavelet, got {c.space!r}")
+    need(c.wavelet_order in ORDERS, f"--wavelet_order must be one of {', '.join(ORDERS)}, got {c.wavelet_order!r}")
+    need(c.net_type in ("normal", "wavelet"), f"--net_type must be normal or wavelet, got {c.net_type!r}")
+    need(c.net_type == "normal" or c.space == "wavelet",
+         "--net_type=wavelet works on wavelet tensors: add --space=wavelet")
+    need(c.space == "pixel" or c.image_size % 2 == 0,
+         f"--image_size={c.image_size} must be even in wavelet space (the Haar transform halves it)")
+    _, resolution, _ = c.latent_shape
+    need(isinstance(c.patch_size, int) and c.patch_size >= 1 and resolution % c.patch_size == 0,
+         f"--patch_size={c.patch_size} must divide the {resolution} px the generator sees")
+    resolution //= c.patch_size
+    if c.net_type == "wavelet" and not c.no_use_fbn:
+        need(resolution % 2 ** len(c.ch_mult) == 0,
+             f"--image_size={c.image_size}: the frequency bottleneck halves the generator's lowest resolution once "
+             f"more, so {resolution} px must be divisible by 2**len(ch_mult)={2 ** len(c.ch_mult)}; change "
+             "--image_size or --ch_mult, or pass --no_use_fbn=True")
+    need(c.num_disc_layers is None or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
+         f"--num_disc_layers={c.num_disc_layers}: the {c.discriminator_kind} has "
+         f"{4 if c.discriminator_kind.endswith('small') else 6} down blocks; give 1 to that, or None for all")
+    small = c.discriminator_kind.endswith("small")
+    layers = c.num_disc_layers or (4 if small else 6)
+    halvings = layers - 1 if small else layers  # the small D's first block keeps the resolution
+    need(c.latent_shape[1] >> halvings >= 1,
+         f"the {c.discriminator_kind} halves the {c.latent_shape[1]} px it sees {halvings} times; use a larger "
+         "--image_size or fewer --num_disc_layers")
+    need(c.rec_loss_weight >= 0, f"--rec_loss_weight must be >= 0, got {c.rec_loss_weight}")
+    check_generator_args(resolution, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
                          c.progressive_input, c.progressive_combine, c.embedding_type)
     need(c.resamp_with_conv, "--resamp_with_conv=False has no effect with BigGAN residual blocks (they resample "
          "inside the block, as in the original); leave it at True")

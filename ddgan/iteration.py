@@ -23,6 +23,7 @@ from ddgan.diffusion import Diffusion
 from ddgan.distributed import Context
 from ddgan.models import build_discriminator, build_generator
 from ddgan.precision import amp_dtype, autocast
+from ddgan.wavelet import to_diffusion_space
 
 
 class NonFiniteError(ArithmeticError):
@@ -95,12 +96,12 @@ class Trainer:
         x_t, x_next = self.diffusion.q_sample_pairs(x0, t, generator=self.rng)
         return t, x_t, x_next
 
-    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor, labels: tuple) -> torch.Tensor:
-        """x_t ~ q(x_t | x_{t+1}, x'_0) with x'_0 = G(x_{t+1}, t, z); posterior arithmetic in fp32."""
+    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor, labels: tuple):
+        """(x_t ~ q(x_t | x_{t+1}, x'_0), x'_0) with x'_0 = G(x_{t+1}, t, z[, y]); posterior arithmetic in fp32."""
         z = self._randn(x_next.shape[0], self.config.nz)
         with self.autocast():
-            x0_pred = generator(x_next, t, z, *labels)
-        return self.diffusion.posterior_sample(x0_pred.float(), x_next, t, generator=self.rng)
+            x0_pred = generator(x_next, t, z, *labels).float()
+        return self.diffusion.posterior_sample(x0_pred, x_next, t, generator=self.rng), x0_pred
 
     def set_learning_rates(self) -> float:
         """Cosine decay in images seen (or constant with --no_lr_decay); returns the progress in [0, 1]."""
@@ -120,11 +121,12 @@ class Trainer:
         return torch.where(mask.view(-1, 1, 1, 1), x0.flip(3), x0)
 
     def prepare_batch(self, x0: torch.Tensor) -> torch.Tensor:
-        """The data batch on the device, in float32, in the run's layout, randomly flipped."""
-        x0 = x0.to(self.device, non_blocking=True).float()
+        """The data batch on the device, in float32, randomly flipped, in the run's space and layout."""
+        x0 = self.flip(x0.to(self.device, non_blocking=True).float())
+        x0 = to_diffusion_space(x0, self.config)  # flipped as images, as WaveDiff's data loader does
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        return self.flip(x0)
+        return x0
 
     def r1_due(self) -> bool:
         """Whether this iteration's D step adds the R1 penalty (every lazy_reg steps)."""
@@ -166,7 +168,7 @@ class Trainer:
                 stats["loss/r1"] = r1.detach()
             self.scaler.scale(loss).backward()
         with torch.no_grad():
-            x_fake = self._fake_sample(self.G_forward, x_next, t, labels)
+            x_fake, _ = self._fake_sample(self.G_forward, x_next, t, labels)
         with self.autocast():
             fake_logits = self.D_train(x_fake, t, x_next, *labels).view(-1)
         loss_fake = losses.d_loss_fake(fake_logits)
@@ -182,10 +184,14 @@ class Trainer:
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         t, _, x_next = self._random_pairs(x0)
-        x_fake = self._fake_sample(self.G_train, x_next, t, labels)
+        x_fake, x0_pred = self._fake_sample(self.G_train, x_next, t, labels)
         with self.autocast():
             logits = self.D(x_fake, t, x_next, *labels).view(-1)
         loss_G = losses.g_loss(logits)
+        if c.rec_loss:  # WaveDiff: G's x'_0 should also be close to the x_0 its pair came from
+            rec = losses.reconstruction(x0_pred, x0)
+            stats["loss/rec"] = rec.detach()
+            loss_G = loss_G + c.rec_loss_weight * rec
         self.scaler.scale(loss_G).backward()
         if check_finite:
             self._check_finite("G loss", loss_G.detach(), before_raising=before_D_step.undo)

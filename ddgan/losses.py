@@ -21,6 +21,11 @@ def g_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-logits.float()).mean()
 
 
+def reconstruction(x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of G's x'_0 against the real x_0 (WaveDiff's --rec_loss)."""
+    return F.l1_loss(x0_pred.float(), x0.float())
+
+
 def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float,
                scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """gamma/2 * E ||grad_{x_t} D(x_t, t, x_{t+1})||^2 on real pairs, differentiable for D's update.

@@ -14,8 +14,8 @@ from ddgan.config import Config, make_config
 
 
 def build_generator(config: Config) -> torch.nn.Module:
-    """A randomly initialised NCSN++ generator for `config`."""
-    return networks.build("NCSNpp", config.network_kwargs())
+    """A randomly initialised generator for `config`: NCSN++, or WaveDiff's wavelet NCSN++ (--net_type=wavelet)."""
+    return networks.build(config.generator_kind, config.network_kwargs())
 
 
 def build_discriminator(config: Config) -> torch.nn.Module:
@@ -35,30 +35,63 @@ def original_config(preset: str | None = None, flags: str | os.PathLike | dict |
         except (OSError, json.JSONDecodeError) as error:
             raise checkpoint.CheckpointError(f"--reference_config {path}: cannot read it as JSON ({error})") from None
     known = {f for f in Config.__dataclass_fields__}
-    values = {k: v for k, v in values.items() if k in known}  # the original's files hold many other flags
+    # The original's files hold many other flags.
+    raw, values = values, {k: v for k, v in values.items() if k in known}
     # The original's BigGAN blocks resample without a separate conv whatever this flag says.
     values.pop("resamp_with_conv", None)
+    # WaveDiff's files give the sizes its networks see (image_size = current_resolution, 4C channels), the
+    # pixel size as ori_image_size, and its band order as a flag.
+    if "current_resolution" in raw:
+        values = {k: v for k, v in values.items() if k not in ("image_size", "num_channels")}
+        values |= {"image_size": raw["ori_image_size"]} if "ori_image_size" in raw else {}
+    if "use_pytorch_wavelet" in raw:
+        values["wavelet_order"] = "pytorch_wavelets" if raw["use_pytorch_wavelet"] else "bundled"
+    if "current_resolution" in raw:
+        values["space"] = "wavelet"
+        if "attn_resolutions" in values and "ch_mult" in values:  # "attention at 32" on a 16 px net means none
+            size = raw["current_resolution"] // raw.get("patch_size", 1)
+            occurring = {size // 2**level for level in range(len(values["ch_mult"]))}
+            attn = values["attn_resolutions"]
+            values["attn_resolutions"] = [r for r in ([attn] if isinstance(attn, int) else attn) if r in occurring]
     return make_config(preset or "cifar10", **{**values, **overrides})
 
 
 def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
                    preset: str | None = None, reference_config_path: str | os.PathLike | None = None):
-    """(G in eval mode on `device`, its Config) from a ddgan checkpoint or an original netG_*.pth/content.pth."""
+    """(G in eval mode on `device`, its Config) from a ddgan checkpoint or an original DDGAN or WaveDiff
+    netG_*.pth / content.pth (whose architecture --preset or --reference_config gives)."""
     file = checkpoint.resolve(path)
     obj = checkpoint.load(file, original_ok=True)
     if checkpoint.is_original(obj):
+        state = obj["netG_dict"] if "netG_dict" in obj else obj
+        wavediff = looks_like_wavediff(state)
         if preset is None and reference_config_path is None:
             raise checkpoint.CheckpointError(
-                f"{file} is an original DDGAN checkpoint, which does not record its architecture; add "
-                "--preset=cifar10 (or celeba256, lsun256) or --reference_config=FLAGS.json")
+                f"{file} is an original {'WaveDiff' if wavediff else 'DDGAN'} checkpoint, which does not record its "
+                f"architecture; add --preset={'cifar10_wavelet' if wavediff else 'cifar10'} (or "
+                f"{'stl10_wavelet, celeba256_wavelet, lsun256_wavelet' if wavediff else 'celeba256, lsun256'}) or "
+                "--reference_config=FLAGS.json")
         config = original_config(preset, reference_config_path)
-        state = obj["netG_dict"] if "netG_dict" in obj else obj
-        generator = networks.from_reference("NCSNpp", config.network_kwargs(), state)
+        if wavediff and config.space != "wavelet":
+            raise checkpoint.CheckpointError(
+                f"{file} is a WaveDiff checkpoint (its generator takes wavelet tensors), but --preset={config.preset} "
+                "is a pixel-space recipe; use a wavelet preset (cifar10_wavelet, stl10_wavelet, celeba256_wavelet, "
+                "lsun256_wavelet) or a config with space wavelet")
+        convert = networks.from_wavediff if config.space == "wavelet" else networks.from_reference
+        generator = convert(config.generator_kind, config.network_kwargs(), state)
     else:
         config = Config.from_dict(obj["config"], f"checkpoint {file}")
         generator = build_generator(config)
         generator.load_state_dict(obj["G_ema"] if ema and obj.get("G_ema") is not None else obj["G"])
     return generator.to(device).eval().requires_grad_(False), config
+
+
+def looks_like_wavediff(state: dict) -> bool:
+    """Whether an original generator state_dict is WaveDiff's: wavelet skips, or a 4C-channel input conv."""
+    if any("convH_0" in key for key in state):
+        return True
+    convs = [v for k, v in state.items() if k.startswith(("all_modules.", "module.all_modules.")) and v.ndim == 4]
+    return bool(convs) and convs[0].shape[1] in (4, 12)
 
 
 def describe_checkpoint(path: str | os.PathLike) -> str:
@@ -70,7 +103,10 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
         f"{file}: ddgan checkpoint format {state['version']} (ddgan {state.get('ddgan_version', '?')})",
         f"preset {config.preset}, data {config.data}, {state['images_seen'] / 1000:.2f} kimg, step {state['step']}",
         f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
-        f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}",
+        f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}"
+        + (f", {config.space} space ({config.wavelet_order} bands), {config.generator_kind}"
+           if config.space == "wavelet" else "")
+        + (f", {config.num_classes} classes ({', '.join(config.class_names)})" if config.num_classes else ""),
         f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters, "
         f"D {networks.count_parameters(build_discriminator(config)) / 1e6:.2f} M",
     ]

@@ -33,6 +33,7 @@ from ddgan.config import Config
 from ddgan.diffusion import Diffusion
 from ddgan.files import atomic_write
 from ddgan.precision import amp_dtype, autocast
+from ddgan.wavelet import to_diffusion_space, to_image_space
 
 DEFAULT_COUNT = 64
 MAX_SEED = 2**63 - 1
@@ -96,8 +97,8 @@ def _as_seed(value) -> int:
 
 
 def noise_sizes(config: Config) -> tuple[int, int]:
-    """(numbers in one image, numbers one seed draws): x_T, then T latents, then T noise images."""
-    pixels = config.num_channels * config.image_size**2
+    """(numbers in one x_t, numbers one seed draws): x_T, then T latents, then T noise tensors."""
+    pixels = math.prod(config.latent_shape)  # as many in wavelet space as in pixel space
     return pixels, pixels + config.num_timesteps * (config.nz + pixels)
 
 
@@ -117,7 +118,7 @@ def split_noise(rows: torch.Tensor, config: Config):
     """
     pixels, _ = noise_sizes(config)
     batch, steps, nz = rows.shape[0], config.num_timesteps, config.nz
-    image = (config.num_channels, config.image_size, config.image_size)
+    image = config.latent_shape
     x_T, latents, noises = rows.split([pixels, steps * nz, steps * pixels], dim=1)
     latents = latents.reshape(batch, steps, nz).transpose(0, 1).contiguous()
     noises = noises.reshape(batch, steps, *image).transpose(0, 1).contiguous()
@@ -313,7 +314,7 @@ def edit(G: torch.nn.Module, config: Config, images: torch.Tensor, seeds: Sequen
     """
     check_batch(batch)
     seeds = list(seeds)
-    if images.ndim != 4 or images.shape[1:] != (config.num_channels, config.image_size, config.image_size):
+    if images.ndim != 4 or tuple(images.shape[1:]) != (config.num_channels, config.image_size, config.image_size):
         raise ValueError(f"images: expected [N, {config.num_channels}, {config.image_size}, {config.image_size}], "
                          f"got {list(images.shape)}")
     if len(seeds) != len(images):
@@ -348,7 +349,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
         x_T, latents, noises = split_noise(rows.to(device, non_blocking=True), config)
         y = labels[chunk.start:chunk.stop].to(device) if labels is not None else None
         if inputs is not None and start_step < config.num_timesteps:
-            x0 = inputs[chunk.start:chunk.stop].to(device=device, dtype=x_T.dtype)
+            x0 = to_diffusion_space(inputs[chunk.start:chunk.stop].to(device=device, dtype=x_T.dtype), config)
             step = torch.full((len(x0),), start_step, dtype=torch.int64, device=device)
             x_T = diffusion.q_sample(x0, step, noise=x_T)
         x_T = x_T.contiguous(memory_format=memory_format)
@@ -360,7 +361,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
             with torch.no_grad(), autocast(device, dtype):
                 x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises, labels=y,
                                      start_step=start_step)
-        yield to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+        yield to_uint8(to_image_space(x, config)).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def check_batch(batch) -> None:

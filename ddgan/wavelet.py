@@ -49,3 +49,13 @@ def from_wavelet(w: torch.Tensor, order: str) -> torch.Tensor:
     if order == "pytorch_wavelets":
         lh, hl = hl, lh
     return idwt(ll, lh, hl, hh)
+
+
+def to_diffusion_space(images: torch.Tensor, config) -> torch.Tensor:
+    """Images in [-1, 1] as the tensor the model diffuses: themselves, or their wavelet tensor."""
+    return to_wavelet(images, config.wavelet_order) if config.space == "wavelet" else images
+
+
+def to_image_space(x: torch.Tensor, config) -> torch.Tensor:
+    """The diffusion's final tensor as images in [-1, 1] (the inverse wavelet transform, then a clamp)."""
+    return from_wavelet(x.float(), config.wavelet_order).clamp(-1, 1) if config.space == "wavelet" else x

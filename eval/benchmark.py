@@ -33,6 +33,7 @@ from ddgan.iteration import Trainer
 from ddgan.models import build_generator
 from ddgan.precision import autocast
 from ddgan.sampling import capture_cuda_graph
+from ddgan.wavelet import to_image_space
 from eval import bench_ops
 from eval.baseline import original_resampling, run_original_iteration
 
@@ -101,7 +102,7 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
     G = G.to(memory_format=memory_format)
     net = torch.compile(G) if compile else G
     diffusion = Diffusion.from_config(config).to(device)
-    T, image = config.num_timesteps, (config.num_channels, config.image_size, config.image_size)
+    T, image = config.num_timesteps, config.latent_shape
     x_T = torch.randn(batch, *image, device=device).contiguous(memory_format=memory_format)
     latents = torch.randn(T, batch, config.nz, device=device)
     noises = torch.randn(T, batch, *image, device=device)
@@ -109,7 +110,7 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
     def run():
         # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
         with autocast(device, amp_dtype, cache_enabled=not cuda_graph):
-            return diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises)
+            return to_image_space(diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises), config)
 
     times = time_calls(capture_cuda_graph(run).replay if cuda_graph else run, device, repeats, warmup)
     return {"images_per_s": batch * len(times) / sum(times), "ms_median": 1000 * statistics.median(times),

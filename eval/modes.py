@@ -19,6 +19,7 @@ labels as the class asked for (the shape classifier for the demo shapes, or one 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -163,7 +164,18 @@ def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", cla
     return report
 
 
+def printed(report):
+    """A command of `report`, which prints its JSON line: returning None keeps fire from printing it again."""
+
+    @functools.wraps(report)  # the command shows and checks report's flags
+    def command(*args, **flags) -> None:
+        report(*args, **flags)
+
+    return command
+
+
 if __name__ == "__main__":
     from ddgan.cli import main
 
-    main(commands={"make-data": make_data, "count": count, "accuracy": accuracy}, name="python -m eval.modes")
+    main(commands={"make-data": make_data, "count": printed(count), "accuracy": printed(accuracy)},
+         name="python -m eval.modes")

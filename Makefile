@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+GPU_CHECK_DIR ?= runs/gpu-check
 
-.PHONY: demo test lint venv clean soak
+.PHONY: demo test lint venv clean soak gpu-check
 
 venv: $(STAMP)
 
@@ -31,6 +32,12 @@ test: lint
 
 soak: $(STAMP)
 	$(PY) -m ddgan.soak
+
+# On one NVIDIA GPU, in at most 8 minutes: build the kernels (they check themselves), run their CUDA tests,
+# train the demo preset 200 steps and run the GPU benchmark rows; writes $(GPU_CHECK_DIR)/gpu-check.md and
+# gpu-check.jsonl, and fails on any mismatch. Without a GPU: one line, after checking that all of it would start.
+gpu-check: $(STAMP)
+	$(PY) -m eval.gpu_check --out=$(GPU_CHECK_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

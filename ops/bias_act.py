@@ -63,7 +63,8 @@ def bias_act(
     alpha = float(alpha if alpha is not None else spec.def_alpha)
     gain = float(gain if gain is not None else spec.def_gain)
     clamp = float(clamp) if clamp is not None else -1.0
-    if custom_ops.use_plugin(x, impl) and custom_ops.get_plugin() is not None:
+    if (custom_ops.use_plugin(x, impl) and custom_ops.get_plugin() is not None
+            and custom_ops.self_checked("bias_act", x, _self_check_runs)):
         if b is None:
             b = x.new_empty([0])
         return _bias_act_cuda(dim, act, alpha, gain, clamp).apply(x, b)
@@ -162,3 +163,37 @@ def _bias_act_cuda(dim: int, act: str, alpha: float, gain: float, clamp: float):
             return d_dy, d_x, d_b
 
     return BiasActCuda
+
+
+# The activations the networks run (SiLU in G, leaky ReLU in D), with a bias along the channels.
+SELF_CHECK_ACTIVATIONS = ("silu", "lrelu")
+
+
+def _self_check_runs(like: torch.Tensor) -> custom_ops.CheckRuns:
+    """The kernel's and the reference's outputs and gradients (x and b) on a small input of like's kind."""
+    generator = torch.Generator().manual_seed(0)  # its own stream: the caller's random numbers stay as they were
+    z = torch.randn([2, 4, 3, 3], generator=generator)
+    z += 0.1 * torch.sign(z)  # x + b kept off the kink at 0, where rounding may rightly pick either side
+    b = torch.randn([4], generator=generator)
+    dy = torch.randn([2, 4, 3, 3], generator=generator)
+    memory_format = torch.channels_last if custom_ops.is_channels_last(like) else torch.contiguous_format
+
+    def placed(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=like.device, dtype=like.dtype).contiguous(memory_format=memory_format)
+
+    x, dy, b = placed(z - b[:, None, None]), placed(dy), b.to(device=like.device, dtype=like.dtype)
+
+    def run(kernel: bool) -> list[torch.Tensor]:
+        results = []
+        for act in SELF_CHECK_ACTIVATIONS:
+            spec = ACTIVATIONS[act]
+            x_in, b_in = x.detach().requires_grad_(), b.detach().requires_grad_()
+            if kernel:
+                y = _bias_act_cuda(1, act, spec.def_alpha, spec.def_gain, -1.0).apply(x_in, b_in)
+            else:
+                y = _bias_act_ref(x_in, b_in, 1, spec, spec.def_alpha, spec.def_gain, -1.0)
+            # A scalar's gradient, not grad(y, ..., dy): torch imports sympy (0.5 s) on its first given dy.
+            results += [y, *torch.autograd.grad((y * dy).sum(), (x_in, b_in))]
+        return results
+
+    return functools.partial(run, True), functools.partial(run, False)

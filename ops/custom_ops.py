@@ -4,15 +4,24 @@ The extension is compiled with ninja on first use, never at import. Its build di
 of the sources, the torch/CUDA versions and the target architectures, so a rebuild happens only when one
 of them changes, and a file lock lets several DDP ranks start at once: one compiles, the others wait and
 then load the result. A failed build warns once and leaves every op on its PyTorch reference path.
+
+Each kernel also checks itself: the first time an op would run its kernel in a process, `self_checked`
+compares it with the op's reference on a small input (forward and backward); a kernel that disagrees
+(or raises) warns once, naming the op, and that op takes its reference path from then on.
+`self_check_report()` says what each check found and what it cost.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -26,8 +35,20 @@ REFERENCE_ENV = "DDGAN_OPS_REFERENCE"
 BUILD_DIR_ENV = "DDGAN_OPS_BUILD_DIR"
 IMPLS = ("cuda", "ref")
 
+# Only CUDA tensors ever reach a compiled kernel. Tests that force the kernel path on the CPU with a
+# stand-in for the extension add "cpu" here to put the stand-in through the self-check too.
+SELF_CHECK_DEVICES = ("cuda",)
+# Largest |kernel - reference| allowed, relative to 1 + the reference's largest magnitude. A broken kernel
+# (wrong architecture, bad indexing) is off by O(1); a sound one by rounding, which the CUDA tests bound
+# tightly. Here rounding must never pass for breakage: in float32 the reference's convolutions may run in
+# TF32 (cuDNN's default), about 1e-3 off, and in half types it rounds every intermediate, the kernel once.
+SELF_CHECK_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 6e-2}
+DEFAULT_SELF_CHECK_TOLERANCE = 1e-2
+
 _plugin: ModuleType | None = None
 _plugin_failed = False
+_self_checks: dict[str, dict] = {}
+_self_check_lock = threading.Lock()
 
 
 def reference_forced() -> bool:
@@ -62,6 +83,82 @@ def get_plugin(verbose: bool = False) -> ModuleType | None:
             stacklevel=2,
         )
     return _plugin
+
+
+# A check's two runs: each returns the same list of tensors (outputs, then gradients) on the same inputs.
+CheckRuns = tuple[Callable[[], Sequence[torch.Tensor]], Callable[[], Sequence[torch.Tensor]]]
+
+
+def self_checked(op_name: str, x: torch.Tensor, make_runs: Callable[[torch.Tensor], CheckRuns]) -> bool:
+    """Whether op_name may run its compiled kernel on x: checked against its reference once per process.
+
+    make_runs(x) gives (run_kernel, run_reference) on a small input of x's device, dtype and layout; it is
+    called only the first time. Under torch.compile tracing and during CUDA graph capture an op not
+    checked yet takes its reference path for that call, unchecked: a check there would be traced or would
+    sync inside the capture, which breaks it. The next call outside them runs the check. (Capturing code
+    normally warms up first, as ddgan.sampling.capture_cuda_graph does, so the check is already done.)
+    """
+    result = _self_checks.get(op_name)
+    if result is not None:
+        return result["ok"]
+    if x.device.type not in SELF_CHECK_DEVICES:
+        return True
+    if reference_forced() or torch.compiler.is_compiling() or _capturing(x):
+        return False
+    with _self_check_lock:
+        if op_name not in _self_checks:
+            _self_checks[op_name] = _compare_kernel(op_name, x, make_runs)
+    return _self_checks[op_name]["ok"]
+
+
+def self_check_report() -> dict[str, dict]:
+    """{op: {"ok", "seconds", "max_error"}} for every op whose kernel checked itself in this process."""
+    return {op: dict(result) for op, result in _self_checks.items()}
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether x is laid out NHWC (and not also NCHW, as tensors with one channel or pixel are)."""
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether x's CUDA stream is recording a CUDA graph."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _compare_kernel(op_name: str, x: torch.Tensor, make_runs: Callable[[torch.Tensor], CheckRuns]) -> dict:
+    """Run both paths, time it all, and warn (once: the result is cached) when the kernel is off or raises."""
+    started = time.perf_counter()
+    failure = None
+    # The caller may be sampling under no_grad, inference_mode or autocast; the check needs gradients
+    # and each path at the dtype it was given.
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        try:
+            run_kernel, run_reference = make_runs(x)
+            got, expected = run_kernel(), run_reference()
+            error = _max_error(got, expected)
+            tolerance = SELF_CHECK_TOLERANCE.get(expected[0].dtype, DEFAULT_SELF_CHECK_TOLERANCE)
+        except Exception as exception:  # e.g. "no kernel image is available": the build targets another GPU
+            error, tolerance = math.inf, DEFAULT_SELF_CHECK_TOLERANCE
+            failure = f"{type(exception).__name__}: {exception}"
+    ok = error <= tolerance
+    seconds = time.perf_counter() - started
+    if not ok:
+        found = failure or f"max error {error:.3g} against a tolerance of {tolerance:.3g}"
+        warnings.warn(f"ddgan_ops: the compiled {op_name} kernel failed its self-check against the PyTorch "
+                      f"reference ({found}); {op_name} takes the reference path from now on. Rebuild the "
+                      f"extension, or set {REFERENCE_ENV}=1 to skip it.", RuntimeWarning, stacklevel=4)
+    return {"ok": ok, "seconds": seconds, "max_error": error}
+
+
+def _max_error(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    """Largest |got - expected| over the paired tensors, each relative to 1 + max |expected|; inf if unusable."""
+    if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected, strict=True)):
+        return math.inf
+    errors = [(g.float() - e.float()).abs().max() / (1 + e.float().abs().max())
+              for g, e in zip(got, expected, strict=True)]
+    error = torch.stack(errors).max().item()  # the check's one host sync
+    return error if math.isfinite(error) else math.inf
 
 
 def build_plugin(verbose: bool = False, build_root: str | os.PathLike | None = None) -> ModuleType:

@@ -165,7 +165,7 @@ def upfirdn2d(
     if (custom_ops.use_plugin(x, impl) and (f is None or not f.requires_grad)
             and _kernel_can_index(x.shape, out_h, out_w)):
         plugin = custom_ops.get_plugin()
-        if plugin is not None:
+        if plugin is not None and custom_ops.self_checked("upfirdn2d", x, _self_check_runs):
             if f is None:
                 f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
             return _upfirdn2d_cuda(up_xy, down_xy, pad, bool(flip_filter), float(gain)).apply(x, f)
@@ -363,3 +363,40 @@ def _upfirdn2d_cuda(up, down, padding, flip_filter: bool, gain: float):
             return dx, None
 
     return Upfirdn2dCuda
+
+
+# The resamplings the networks run: 2x up and 2x down with a 4-tap filter; (up, down, padding) each.
+# Their backward passes run the kernel with up and down swapped and the filter flipped.
+SELF_CHECK_CASES = (((2, 2), (1, 1), (2, 1, 2, 1)), ((1, 1), (2, 2), (1, 1, 1, 1)))
+
+
+def _self_check_runs(like: torch.Tensor) -> custom_ops.CheckRuns:
+    """The kernel's and the reference's outputs and input gradients on a small input of like's kind."""
+    generator = torch.Generator().manual_seed(0)  # its own stream: the caller's random numbers stay as they were
+    memory_format = torch.channels_last if custom_ops.is_channels_last(like) else torch.contiguous_format
+    x = torch.randn([2, 3, 8, 8], generator=generator)
+    f = setup_filter([1, 3, 3, 1], device=like.device)
+    gradients = []
+    for up, down, padding in SELF_CHECK_CASES:
+        out_h, out_w = _check_output_size(x, f, up, down, padding)
+        gradients.append(torch.randn([2, 3, out_h, out_w], generator=generator))
+
+    def placed(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=like.device, dtype=like.dtype).contiguous(memory_format=memory_format)
+
+    x, gradients = placed(x), [placed(dy) for dy in gradients]
+
+    def run(kernel: bool) -> list[torch.Tensor]:
+        results = []
+        for (up, down, padding), dy in zip(SELF_CHECK_CASES, gradients, strict=True):
+            x_in = x.detach().requires_grad_()
+            if kernel:
+                y = _upfirdn2d_cuda(up, down, padding, False, 1.0).apply(x_in, f)
+            else:
+                y = _upfirdn2d_ref(x_in, f, up, down, padding, False, 1.0)
+            # A scalar's gradient, not grad(y, x_in, dy): torch imports sympy (0.5 s) on its first given dy.
+            (dx,) = torch.autograd.grad((y * dy).sum(), x_in)
+            results += [y, dx]
+        return results
+
+    return functools.partial(run, True), functools.partial(run, False)

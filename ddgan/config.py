@@ -111,7 +111,8 @@ class Config:
     lazy_reg: int | None = option("optimisation", 15, "R1 every lazy_reg D steps; None = every step")
     seed: int = option("optimisation", 0, "seed of the initial weights, the data order and the iterations' noise")
 
-    amp: str | None = option("speed", None, "autocast dtype: bf16, fp16 or none; default bf16 on CUDA, none on CPU")
+    amp: str | None = option("speed", "auto", "autocast dtype: bf16, fp16, none, or auto: bf16 on CUDA and for large "
+                             "networks on CPUs with native bf16, else none")
     channels_last: bool | None = option("speed", None, "NHWC memory layout; default on for CUDA")
     compile: bool | None = option("speed", None, "torch.compile G; default off (not measured to pay off yet)")
     tf32: bool = option("speed", True, "TF32 matmuls and convolutions on CUDA")

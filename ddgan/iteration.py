@@ -58,7 +58,7 @@ class Trainer:
         betas = (config.beta1, config.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas, fused=True)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=betas, fused=True)
-        self.amp_dtype = amp_dtype(config.amp, device)
+        self.amp_dtype = amp_dtype(config.amp, device, sum(p.numel() for p in self.G.parameters()))
         # fp16 needs loss scaling; bf16 keeps fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 

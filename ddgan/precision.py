@@ -1,26 +1,61 @@
-"""Mixed precision: what `--amp` means on each device, decided in one place for training and sampling."""
+"""Mixed precision: what `--amp` means on each device, decided in one place for training and sampling.
+
+`--amp=auto` (the default) is bf16 autocast on CUDA, and on a CPU with native bf16 instructions
+(AVX512-BF16 or AMX) for networks of at least AUTO_CPU_MIN_PARAMETERS parameters, where it pays
+(BENCHMARKS.md has the measurements behind the threshold); float32 otherwise.
+"""
 
 from __future__ import annotations
 
+import functools
+import warnings
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+AMP_CHOICES = ("auto", *AMP_DTYPES)
+# Below this generator size the per-op cost of casting outweighs bf16's faster matrix products on the CPU.
+AUTO_CPU_MIN_PARAMETERS = 10_000_000
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def check_amp(amp: str | None) -> None:
-    """Raise ValueError for an --amp value that is not bf16, fp16, none or None (the device's default)."""
-    if amp is not None and amp not in AMP_DTYPES:
-        raise ValueError(f"--amp must be bf16, fp16 or none, got {amp!r}")
+    """Raise ValueError for an --amp value that is not auto, bf16, fp16, none or None (= auto)."""
+    if amp is not None and amp not in AMP_CHOICES:
+        raise ValueError(f"--amp must be auto, bf16, fp16 or none, got {amp!r}")
 
 
-def amp_dtype(amp: str | None, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype for --amp on `device`; None (the default) is bf16 on CUDA and full float32 elsewhere."""
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as /proc/cpuinfo reports it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def amp_dtype(amp: str | None, device: torch.device | str, parameters: int | None = None) -> torch.dtype | None:
+    """The autocast dtype for --amp on `device` for a network of `parameters` parameters (see the module)."""
     check_amp(amp)
-    if amp is None:
-        amp = "bf16" if torch.device(device).type == "cuda" else "none"
+    device = torch.device(device)
+    if amp in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16
+        large = parameters is not None and parameters >= AUTO_CPU_MIN_PARAMETERS
+        return torch.bfloat16 if device.type == "cpu" and large and cpu_has_native_bf16() else None
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warn_slow_bf16()
     return AMP_DTYPES[amp]
+
+
+@functools.lru_cache(maxsize=1)
+def warn_slow_bf16() -> None:
+    """Warn once that bf16 is emulated on this CPU."""
+    warnings.warn("--amp=bf16: this CPU has no native bf16 instructions (AVX512-BF16 or AMX), so bf16 is emulated "
+                  "and likely slower than float32; proceeding (--amp=auto picks the faster one)", stacklevel=3)
 
 
 def amp_name(dtype: torch.dtype | None) -> str:

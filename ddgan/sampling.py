@@ -277,7 +277,7 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     seeds: a list of seeds, or a spec as `parse_seeds` reads it (`64`, `0-49999`, `1,5,7`).
     labels: a conditional G's class for every seed (or one int for all); image i depends on
         (seeds[i], labels[i]) only.
-    amp: bf16, fp16 or none; default bf16 on CUDA, full float32 on the CPU (`ddgan.precision`).
+    amp: auto (default: the rule of `ddgan.precision`), bf16, fp16 or none.
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch.
     prefetch: batches of seed noise drawn ahead in threads while the device samples (default 4 on
     CUDA, where drawing 50 000 CIFAR-10 seeds' noise takes about 3.5 s of one CPU core; 0 on the CPU).
@@ -338,7 +338,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
                     inputs: torch.Tensor | None, start_step: int | None, device: torch.device, amp: str | None,
                     channels_last: bool, progress: bool, cuda_graph: bool, prefetch: int) -> Iterator[np.ndarray]:
     """The batch loop behind generate, interpolate and edit: draw(chunk) gives each batch's noise rows."""
-    dtype = amp_dtype(amp, device)
+    dtype = amp_dtype(amp, device, sum(p.numel() for p in G.parameters()))
     if cuda_graph and device.type != "cuda":
         raise ValueError("--cuda_graph needs a CUDA device")
     diffusion = Diffusion.from_config(config).to(device)

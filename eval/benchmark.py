@@ -188,7 +188,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
     preset: the architecture and T to measure, with random weights (no checkpoint needed).
     batch: images per call; default 100 for sampling, the preset's per-process batch for training.
-    amp: bf16, fp16 or none; default bf16 on CUDA, none on the CPU.
+    amp: auto (default: bf16 on CUDA and for large networks on CPUs with native bf16), bf16, fp16 or none.
     channels_last: NHWC layout; default on for CUDA.
     compile: torch.compile the generator. cuda_graph: replay sampling as one CUDA graph (CUDA only).
     width: shrink the generator to num_channels_dae=width (for quick runs on a CPU).
@@ -213,7 +213,10 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
-    amp_dtype = precision.amp_dtype(amp, device) if what != "ops" else None  # the ops are timed in float32
+    # The ops are timed in float32; --amp=auto (the default) depends on the generator's size on a CPU.
+    parameters = sum(p.numel() for p in build_generator(bench_config(preset, width)).parameters()) \
+        if what != "ops" and amp in (None, "auto") and device.type == "cpu" else None
+    amp_dtype = precision.amp_dtype(amp, device, parameters) if what != "ops" else None
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,
               "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,

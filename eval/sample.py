@@ -86,7 +86,7 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     interpolate: SEED_A,SEED_B: a row of --frames images along a spherical interpolation of the two
         seeds' noise (x_T, every z and every posterior noise), for one --class if conditional.
     ema: use the EMA generator weights when the checkpoint has them.
-    amp: bf16, fp16 or none; default bf16 on CUDA, full float32 on the CPU.
+    amp: auto (default: bf16 on CUDA and for large networks on CPUs with native bf16), bf16, fp16 or none.
     channels_last: NHWC memory layout; default on for CUDA.
     compile: torch.compile the generator (pays off for many batches).
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch (CUDA only).

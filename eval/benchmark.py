@@ -148,7 +148,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
     """Our iteration and the original's (fp32, NCHW, its resampling), alternated so both meet the same machine."""
     device = torch.device("cpu")
     ours = Trainer(config, Context(device=device))
-    original = Trainer(dataclasses.replace(config, channels_last=False), Context(device=device))
+    original = Trainer(dataclasses.replace(config, channels_last=False, amp="none"), Context(device=device))
     x0 = synthetic_batch(config, batch, device)
     times = {"ours": [], "original": []}
     for index in range(warmup + repeats):
@@ -163,6 +163,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
                 times[name].append(time.perf_counter() - start)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
     return [{"baseline": None if name == "ours" else "original", "channels_last": trainer.channels_last,
+             "dtype": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),
              **train_timings(t, batch, config), **({"speedup_vs_original": speedup} if name == "ours" else {})}
             for (name, t), trainer in zip(times.items(), (ours, original), strict=True)]
 
@@ -245,7 +246,8 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
         records = [{"what": "sample", **common, "batch": batch, **result}]
     elif what == "train_vs_original":
-        config = bench_config(preset, width, amp="none", channels_last=channels_last)
+        # Ours at --amp (auto by default); the original's iteration is always float32.
+        config = bench_config(preset, width, amp=precision.amp_name(amp_dtype), channels_last=channels_last)
         batch = batch or config.batch_size
         records = [{"what": "train", **common, "batch": batch, **row}
                    for row in bench_train_vs_original(config, batch, repeats, warmup)]

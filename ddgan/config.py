@@ -302,15 +302,15 @@ def validate(c: Config) -> None:
     need(c.num_disc_layers is None or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
          f"--num_disc_layers={c.num_disc_layers}: the {c.discriminator_kind} has "
          f"{4 if c.discriminator_kind.endswith('small') else 6} down blocks; give 1 to that, or None for all")
+    need(c.rec_loss_weight >= 0, f"--rec_loss_weight must be >= 0, got {c.rec_loss_weight}")
+    check_generator_args(resolution, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
+                         c.progressive_input, c.progressive_combine, c.embedding_type)
     small = c.discriminator_kind.endswith("small")
     layers = c.num_disc_layers or (4 if small else 6)
     halvings = layers - 1 if small else layers  # the small D's first block keeps the resolution
     need(c.latent_shape[1] >> halvings >= 1,
          f"the {c.discriminator_kind} halves the {c.latent_shape[1]} px it sees {halvings} times; use a larger "
          "--image_size or fewer --num_disc_layers")
-    need(c.rec_loss_weight >= 0, f"--rec_loss_weight must be >= 0, got {c.rec_loss_weight}")
-    check_generator_args(resolution, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
-                         c.progressive_input, c.progressive_combine, c.embedding_type)
     need(c.resamp_with_conv, "--resamp_with_conv=False has no effect with BigGAN residual blocks (they resample "
          "inside the block, as in the original); leave it at True")
     need(c.num_channels in (1, 3), f"--num_channels must be 1 or 3, got {c.num_channels}")

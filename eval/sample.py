@@ -21,7 +21,7 @@ import torch
 from ddgan import checkpoint
 from ddgan.data import write_image_array
 from ddgan.models import load_generator
-from ddgan.precision import check_amp
+from ddgan.precision import amp_dtype, check_amp
 from ddgan.sampling import (
     check_batch,
     default_device,
@@ -87,7 +87,7 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
         seeds' noise (x_T, every z and every posterior noise), for one --class if conditional.
     ema: use the EMA generator weights when the checkpoint has them.
     amp: auto (default: bf16 on CUDA and for large networks on CPUs with native bf16), bf16, fp16 or none.
-    channels_last: NHWC memory layout; default on for CUDA.
+    channels_last: NHWC memory layout; default on for CUDA and for bf16 on the CPU.
     compile: torch.compile the generator (pays off for many batches).
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch (CUDA only).
     scale: enlarge each image in a grid this many times (nearest); default 4x for 16 px, 1x from 32 px.
@@ -116,7 +116,9 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
                          f"(at most {MAX_GRID_IMAGES}); write a folder or an .npz instead")
     check_output(out_path, kind, overwrite)
 
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    if channels_last is None:  # NHWC where it is faster: on CUDA, and for bf16 on the CPU (oneDNN's layout)
+        parameters = sum(p.numel() for p in G.parameters())
+        channels_last = device.type == "cuda" or amp_dtype(amp, device, parameters) is torch.bfloat16
     if channels_last:
         G = G.to(memory_format=torch.channels_last)
     if compile:

@@ -94,3 +94,17 @@ def test_wavediff_checkpoints_load_with_a_wavelet_preset_only(tmp_path):
         assert torch.equal(tensor, G.state_dict()[key])
     images = np.concatenate(list(sampling.generate(G, loaded, [3], progress=False)))
     assert images.shape == (1, 32, 32, 3)
+
+
+def test_a_wavelet_model_can_be_class_conditional(tmp_path):
+    config = tiny("demo", tmp_path, cond=True, num_classes=4, **WAVELET)
+    trainer = Trainer(config)
+    stats = trainer.run_iteration(torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 3]))
+    assert torch.isfinite(stats["loss/G"])
+    G = trainer.G_ema
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    images = [np.concatenate(list(sampling.generate(G, config, [5], labels=[label], progress=False)))
+              for label in (0, 3)]
+    assert images[0].shape == (1, 16, 16, 3) and not np.array_equal(images[0], images[1])

@@ -39,21 +39,23 @@ def original_config(preset: str | None = None, flags: str | os.PathLike | dict |
     raw, values = values, {k: v for k, v in values.items() if k in known}
     # The original's BigGAN blocks resample without a separate conv whatever this flag says.
     values.pop("resamp_with_conv", None)
-    # WaveDiff's files give the sizes its networks see (image_size = current_resolution, 4C channels), the
-    # pixel size as ori_image_size, and its band order as a flag.
-    if "current_resolution" in raw:
-        values = {k: v for k, v in values.items() if k not in ("image_size", "num_channels")}
-        values |= {"image_size": raw["ori_image_size"]} if "ori_image_size" in raw else {}
-    if "use_pytorch_wavelet" in raw:
+    if "use_pytorch_wavelet" in raw:  # WaveDiff's band order, as a flag
         values["wavelet_order"] = "pytorch_wavelets" if raw["use_pytorch_wavelet"] else "bundled"
     if "current_resolution" in raw:
-        values["space"] = "wavelet"
-        if "attn_resolutions" in values and "ch_mult" in values:  # "attention at 32" on a 16 px net means none
-            size = raw["current_resolution"] // raw.get("patch_size", 1)
-            occurring = {size // 2**level for level in range(len(values["ch_mult"]))}
-            attn = values["attn_resolutions"]
-            values["attn_resolutions"] = [r for r in ([attn] if isinstance(attn, int) else attn) if r in occurring]
+        values = _from_wavediff_flags(raw, values)
     return make_config(preset or "cifar10", **{**values, **overrides})
+
+
+def _from_wavediff_flags(raw: dict, values: dict) -> dict:
+    """Our settings from WaveDiff's: its files give the sizes its networks see (image_size =
+    current_resolution, 4C channels) and the pixel size as ori_image_size."""
+    values = {k: v for k, v in values.items() if k not in ("image_size", "num_channels")} | {"space": "wavelet"}
+    if "ori_image_size" in raw:
+        values["image_size"] = raw["ori_image_size"]
+    if "attn_resolutions" in values and "ch_mult" in values:
+        values["attn_resolutions"] = list(networks.attention_that_occurs(
+            values["attn_resolutions"], raw["current_resolution"], raw.get("patch_size", 1), values["ch_mult"]))
+    return values
 
 
 def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",

@@ -18,7 +18,7 @@ from networks.reference import (
     to_reference,
     with_reference_defaults,
 )
-from networks.wavediff import WAVEDIFF_KINDS, from_wavediff, to_wavediff
+from networks.wavediff import WAVEDIFF_KINDS, attention_that_occurs, from_wavediff, to_wavediff
 from networks.wavelet_generator import WaveletNCSNpp
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "check_generator_args",
     "count_parameters",
     "from_reference",
+    "attention_that_occurs",
     "from_wavediff",
     "load_reference_file",
     "load_reference_state_dict",

@@ -41,18 +41,25 @@ def wavediff_config(kind: str, config: Mapping | argparse.Namespace) -> tuple[st
     cfg = {**WAVELET_DEFAULTS, **with_reference_defaults(config)}
     if kind.startswith("Discriminator"):
         return kind, cfg
-    # WaveDiff's recipes list resolutions that never occur (attention at 32 on a 16 px net means: none but
-    # the bottleneck's); ours refuse them, so keep only those the U-Net has.
-    attn = cfg["attn_resolutions"]
-    attn = (attn,) if isinstance(attn, int) else tuple(attn)
-    if cfg["ch_mult"] is not None and cfg["image_size"] % cfg["patch_size"] == 0:
-        occurring = level_resolutions(cfg["image_size"] // cfg["patch_size"], len(cfg["ch_mult"]))
-        attn = tuple(res for res in attn if res in occurring)
-    cfg["attn_resolutions"] = attn
+    cfg["attn_resolutions"] = attention_that_occurs(cfg["attn_resolutions"], cfg["image_size"], cfg["patch_size"],
+                                                    cfg["ch_mult"])
     if kind == "NCSNpp" and cfg["patch_size"] != 1:
         # WaveDiff's plain NCSNpp patchifies too: that is the wavelet generator with every component off.
         return "WaveletNCSNpp", {**cfg, "no_use_fbn": True, "no_use_freq": True, "no_use_residual": True}
     return kind, cfg
+
+
+def attention_that_occurs(attn_resolutions, image_size: int, patch_size: int, ch_mult) -> tuple[int, ...]:
+    """WaveDiff's attention resolutions without those its U-Net never has.
+
+    Its recipes list resolutions that never occur (attention at 32 on a 16 px net means: none but the
+    bottleneck's); ours refuse them, so keep only those the U-Net has.
+    """
+    attn = (attn_resolutions,) if isinstance(attn_resolutions, int) else tuple(attn_resolutions)
+    if ch_mult is None or image_size % patch_size:
+        return attn
+    occurring = level_resolutions(image_size // patch_size, len(ch_mult))
+    return tuple(res for res in attn if res in occurring)
 
 
 def from_wavediff(kind: str, config: Mapping | argparse.Namespace,

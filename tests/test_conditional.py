@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ddgan import checkpoint, sampling
+from ddgan import sampling
 from ddgan.cli import main
 from ddgan.data import read_image_array, write_image_array
 from ddgan.models import load_generator
-from ddgan.training_loop import config_from_flags, run_training
-from tests.test_training import tiny
+from ddgan.training_loop import run_training
+from tests.test_training import assert_resumes_exactly, tiny
 
 
 def perturbed(G, seed: int = 0):
@@ -168,14 +168,7 @@ def test_edit_command(run, tmp_path, capsys):
 
 def test_exact_resume_of_a_conditional_run(tmp_path):
     config = tiny("demo", tmp_path / "a", cond=True, kimg=0.024, snapshot_kimg=0.008, lazy_reg=2)
-    whole = run_training(config)
-    half = run_training(config, max_steps=3)
-    run_training(config_from_flags(resume=str(half)))
-    a, b = checkpoint.load(whole), checkpoint.load(half)
-    assert a["step"] == b["step"] == 6
-    for net in ("G", "D", "G_ema"):
-        for key, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs after resume"
+    assert_resumes_exactly(config, stop_after=3, total_steps=6)
 
 
 def test_cond_on_unlabeled_data_is_refused(tmp_path):

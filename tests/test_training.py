@@ -60,17 +60,24 @@ def test_short_run_per_preset_shape(preset, tmp_path):
     assert list((run_dir / "tensorboard").iterdir())
 
 
-def test_exact_resume(tmp_path):
-    config = tiny("demo", tmp_path / "a", kimg=0.040, snapshot_kimg=0.016, lazy_reg=3, hflip=True)
+def assert_resumes_exactly(config, stop_after: int, total_steps: int) -> Path:
+    """A run stopped after `stop_after` steps and resumed ends in the very weights of an uninterrupted one,
+    whose run folder is returned."""
     whole = run_training(config)
-    half = run_training(config, max_steps=4)  # stops early, as an interrupted run would
-    assert checkpoint.load(half)["step"] == 4
+    half = run_training(config, max_steps=stop_after)  # stops early, as an interrupted run would
+    assert checkpoint.load(half)["step"] == stop_after
     run_training(config_from_flags(resume=str(half)))
     a, b = checkpoint.load(whole), checkpoint.load(half)
-    assert a["step"] == b["step"] == 10
+    assert a["step"] == b["step"] == total_steps
     for net in ("G", "D", "G_ema"):
         for key, tensor in a[net].items():
             assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs after resume"
+    return whole
+
+
+def test_exact_resume(tmp_path):
+    config = tiny("demo", tmp_path / "a", kimg=0.040, snapshot_kimg=0.016, lazy_reg=3, hflip=True)
+    assert_resumes_exactly(config, stop_after=4, total_steps=10)
 
 
 def test_resume_rejects_architecture_change(tmp_path):

@@ -10,9 +10,8 @@ from ddgan.cli import main
 from ddgan.config import make_config
 from ddgan.iteration import Trainer
 from ddgan.models import build_generator, load_generator, looks_like_wavediff
-from ddgan.training_loop import config_from_flags, run_training
 from ddgan.wavelet import from_wavelet, to_wavelet
-from tests.test_training import tiny
+from tests.test_training import assert_resumes_exactly, tiny
 
 WAVELET = dict(space="wavelet", net_type="wavelet", rec_loss=True, image_size=16, ch_mult=[1, 2], num_disc_layers=3)
 
@@ -20,14 +19,7 @@ WAVELET = dict(space="wavelet", net_type="wavelet", rec_loss=True, image_size=16
 def test_a_tiny_wavelet_run_trains_resumes_exactly_and_samples(tmp_path, capsys):
     config = tiny("demo", tmp_path / "a", kimg=0.024, snapshot_kimg=0.008, lazy_reg=2, **WAVELET)
     assert config.latent_shape == (12, 8, 8) and config.generator_kind == "WaveletNCSNpp"
-    whole = run_training(config)
-    half = run_training(config, max_steps=3)
-    run_training(config_from_flags(resume=str(half)))
-    a, b = checkpoint.load(whole), checkpoint.load(half)
-    assert a["step"] == b["step"] == 6
-    for net in ("G", "D", "G_ema"):
-        for key, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs after resume"
+    whole = assert_resumes_exactly(config, stop_after=3, total_steps=6)
     assert '"loss/rec"' in (whole / "log.jsonl").read_text()
     out = tmp_path / "s.npz"
     main(["sample", str(whole), f"--out={out}", "--seeds=0-3", "--device=cpu"])

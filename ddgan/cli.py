@@ -10,6 +10,7 @@ called: the library itself never imports `eval`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import keyword
@@ -113,6 +114,19 @@ def _resolve(function: Callable | str) -> Callable:
         return function
     module, _, attribute = function.partition(":")
     return getattr(importlib.import_module(module), attribute)
+
+
+def prints_its_result(function: Callable) -> Callable:
+    """A command of `function`, which prints its own report: returning None keeps fire from echoing the value.
+
+    The command shows and checks `function`'s flags (inspect follows __wrapped__).
+    """
+
+    @functools.wraps(function)
+    def run(*args, **flags) -> None:
+        function(*args, **flags)
+
+    return run
 
 
 def takes_config_flags(function: Callable) -> Callable:

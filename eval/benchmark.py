@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as `python eval/benchmark.py`: make the rep
 import torch
 
 from ddgan import precision
+from ddgan.cli import prints_its_result
 from ddgan.config import Config, make_config
 from ddgan.diffusion import Diffusion
 from ddgan.distributed import Context
@@ -280,9 +281,7 @@ def format_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-@functools.wraps(bench)  # fire shows and parses bench's flags
-def bench_command(*args, **flags) -> None:
-    bench(*args, **flags)  # it prints the table and JSON lines; returning None keeps fire from echoing them
+bench_command = prints_its_result(bench)  # bench prints the table and JSON lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ddgan import checkpoint
+from ddgan.cli import prints_its_result
 from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.files import atomic_write
@@ -434,9 +435,7 @@ def describe_seeds(seeds: Sequence[int]) -> str:
     return f"{len(seeds)} seeds"
 
 
-@functools.wraps(fid)  # the command shows and checks fid's flags
-def fid_command(*args, **flags) -> None:
-    fid(*args, **flags)  # it prints the FID and a JSON line; returning None keeps fire from echoing the number
+fid_command = prints_its_result(fid)  # fid prints the FID and a JSON line
 
 
 # `ddgan fid make-stats DATA --out=STATS.npz` computes reference statistics once.

@@ -19,7 +19,6 @@ labels as the class asked for (the shape classifier for the demo shapes, or one 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 
@@ -164,18 +163,9 @@ def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", cla
     return report
 
 
-def printed(report):
-    """A command of `report`, which prints its JSON line: returning None keeps fire from printing it again."""
-
-    @functools.wraps(report)  # the command shows and checks report's flags
-    def command(*args, **flags) -> None:
-        report(*args, **flags)
-
-    return command
-
-
 if __name__ == "__main__":
-    from ddgan.cli import main
+    from ddgan.cli import main, prints_its_result
 
-    main(commands={"make-data": make_data, "count": printed(count), "accuracy": printed(accuracy)},
+    main(commands={"make-data": make_data, "count": prints_its_result(count),
+                   "accuracy": prints_its_result(accuracy)},
          name="python -m eval.modes")

@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.12",
         "clean-fid>=0.1.35",
+        "prdc>=0.2",  # precision, recall, density and coverage (Naeem et al.), with scikit-learn
         "lmdb>=1.4",
         "ninja>=1.11",
     ],

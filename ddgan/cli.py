@@ -147,8 +147,8 @@ def train(preset: str = "cifar10", **flags) -> str:
 
 
 def fid_evaluator(config: Config):
-    """eval.fid's evaluator when the run asks for FID (--fid_every), else None."""
-    return _resolve("eval.fid:training_fid") if config.fid_every else None
+    """eval.fid's evaluator when the run asks for FID (--fid_every), else None; it checks --fid_stats now."""
+    return _resolve("eval.fid:training_evaluator")(config) if config.fid_every else None
 
 
 @takes_config_flags

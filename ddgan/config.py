@@ -128,6 +128,8 @@ class Config:
     fid_samples: int = option("run folder", 10_000, "samples per FID evaluation")
     fid_stats: str = option("run folder", "cifar10", "clean-fid statistics name, or a .npz from `ddgan fid "
                             "make-stats`")
+    fid_prdc: bool = option("run folder", False, "also log precision, recall, density and coverage at each FID "
+                            "evaluation (needs --fid_stats from `ddgan fid make-stats --features=10000`)")
     skip_nonfinite: int = option("run folder", 0, "tolerate this many non-finite losses (skipped iterations) "
                                  "before stopping")
     preset: str = option("run folder", "cifar10", "the recipe the defaults came from (set by --preset)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,15 @@ def setup(device: str | None = None) -> Context:
     return Context(rank, world_size, local_rank, chosen)
 
 
+def current(device: torch.device | str | None = None) -> Context:
+    """This process's place in the process group already joined (by training or a command), else alone."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if not (dist.is_available() and dist.is_initialized()):
+        return Context(device=device)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
 def teardown(wait_for_peers: bool = True) -> None:
     """Leave the process group, by default once every rank is done with it (drop DDP-wrapped models first).
 
@@ -81,3 +91,41 @@ def any_true(flag: bool, context: Context) -> bool:
 def barrier(context: Context) -> None:
     if context.distributed:
         dist.barrier()
+
+
+def round_shares(count: int, batch: int, context: Context) -> list[range]:
+    """This rank's indices in every round of work on `count` items: round r is world_size consecutive batches,
+    one per rank in rank order, so batch b holds items b*batch .. (b+1)*batch-1 for any number of processes.
+
+    Every rank gets the same number of rounds; a rank whose share of a round is empty (near the end, or when
+    there are fewer items than ranks) still takes part in its exchange.
+    """
+    per_round = batch * context.world_size
+    first = context.rank * batch
+    return [range(min(start + first, count), min(start + first + batch, count)) for start in range(0, count, per_round)]
+
+
+def gather_rounds(local_results: Iterator, shares: list[range], context: Context) -> Iterator[list]:
+    """Per round, every rank's result for its share, in rank order, on rank 0 (ranks with an empty share send
+    nothing); other ranks yield nothing but must still run to the end, since every round is an exchange.
+
+    local_results yields one result per non-empty share of this rank, in order.
+    """
+    for share in shares:
+        result = next(local_results) if len(share) else None
+        if not context.distributed:
+            yield [result] if result is not None else []
+            continue
+        gathered = [None] * context.world_size if context.is_main else None
+        dist.gather_object(result, gathered, dst=0)
+        if context.is_main:
+            yield [r for r in gathered if r is not None]
+
+
+def share_from_main(value, context: Context):
+    """Rank 0's `value` on every rank (other ranks pass anything, e.g. None)."""
+    if not context.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

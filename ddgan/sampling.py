@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ddgan import distributed
 from ddgan.config import Config
 from ddgan.diffusion import Diffusion
 from ddgan.files import atomic_write
@@ -290,6 +291,30 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     draw = functools.partial(_seed_rows, seeds=seeds, config=config, pin_memory=device.type == "cuda")
     yield from _sample_batches(G, config, chunks, draw, labels, None, None, device, amp, channels_last, progress,
                                cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch)
+
+
+def generate_shared(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,
+                    context: distributed.Context, labels=None, progress: bool = True,
+                    **options) -> Iterator[np.ndarray]:
+    """generate() split over the ranks of a torchrun job: rank 0 yields every image in seed order, others nothing.
+
+    Each round, every rank draws one batch of its own and rank 0 gathers them (see
+    `distributed.round_shares`), so the images are those of one process; the progress bar counts all
+    ranks' images. Every rank must consume the iterator to its end. `options` are generate()'s.
+    """
+    check_batch(batch)
+    seeds = list(seeds)
+    labels = class_labels(config, labels, len(seeds))
+    shares = distributed.round_shares(len(seeds), batch, context)
+    mine = [index for share in shares for index in share]
+    local = generate(G, config, [seeds[i] for i in mine], batch, context.device, progress=False,
+                     labels=None if labels is None else labels[mine], **options)
+    with tqdm(total=len(seeds), desc="sampling", unit="img", file=sys.stderr,
+              disable=not (progress and context.is_main) or len(seeds) <= batch) as bar:
+        for parts in distributed.gather_rounds(local, shares, context):
+            images = np.concatenate(parts)
+            bar.update(len(images))
+            yield images
 
 
 def interpolate(G: torch.nn.Module, config: Config, seed_a: int, seed_b: int, frames: int = 8, label=None,

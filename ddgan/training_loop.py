@@ -26,8 +26,9 @@ from ddgan.iteration import NonFiniteError, Trainer
 from ddgan.monitor import Monitor
 from ddgan.sampling import generate, grid_image, grid_layout, readable_scale, write_png
 
-# Scores a generator for the run's config (FID: lower is better); `ddgan train` passes eval.fid's.
-Evaluator = Callable[[torch.nn.Module, Config], float]
+# Scores a generator for the run's config: the FID (lower is better), or a dict holding "fid" and other
+# metrics to log; called on every rank (eval.fid's splits the work). `ddgan train` passes eval.fid's.
+Evaluator = Callable[[torch.nn.Module, Config], float | dict]
 
 
 def new_run_dir(outdir: str | Path, config: Config) -> Path:
@@ -129,7 +130,7 @@ def run_training(config: Config, max_steps: int | None = None, device: str | Non
                  evaluate_fid: Evaluator | None = None) -> Path | None:
     """Train until config.kimg thousand images have been seen (or `max_steps` iterations); returns the run folder.
 
-    evaluate_fid: called every --fid_every kimg on rank 0 with the EMA generator; `ddgan train` passes
+    evaluate_fid: called every --fid_every kimg on every rank with the EMA generator; `ddgan train` passes
     eval.fid's clean-fid evaluator. Required when --fid_every is set.
     """
     if config.fid_every > 0 and evaluate_fid is None:
@@ -282,11 +283,14 @@ def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
 
 def _evaluate_fid(evaluate_fid: Evaluator, trainer: Trainer, run_dir: Path, monitor, best_fid,
                   context) -> float | None:
-    """FID of the EMA generator (rank 0), logged; keeps best.pt when it improves."""
+    """FID (and whatever else the evaluator measures) of the EMA generator, logged; keeps best.pt when it improves."""
+    values = evaluate_fid(trainer.G_ema, trainer.config)
+    values = values if isinstance(values, dict) else {"fid": values}
     if context.is_main:
-        value = evaluate_fid(trainer.G_ema, trainer.config)
-        monitor.scalars(trainer.images_seen / 1000, trainer.step, {"fid": value})
-        monitor.message(f"FID {value:.3f} at {trainer.images_seen / 1000:.1f} kimg")
+        value = values["fid"]
+        monitor.scalars(trainer.images_seen / 1000, trainer.step, values)
+        others = "".join(f", {name} {number:.3f}" for name, number in values.items() if name != "fid")
+        monitor.message(f"FID {value:.3f}{others} at {trainer.images_seen / 1000:.1f} kimg")
         if best_fid is None or value < best_fid:
             best_fid = value
             save_checkpoint(trainer, run_dir, {"best_fid": best_fid, "fid": value}, name="best.pt")

@@ -1,28 +1,22 @@
-"""`ddgan fid`: Frechet Inception Distance with clean-fid, streamed from the generator.
+"""`ddgan fid`: FID, and with --prdc precision, recall, density and coverage, of a checkpoint's samples.
 
-Generated images go to clean-fid's generator interface as uint8 batches, so no PNGs are written; the
-seeds (default 0..n-1) fix the sample set. Reference statistics (mu, sigma of Inception features) come
-from clean-fid's hosted files (`--stats=cifar10`), from a file written by `ddgan fid make-stats`, or are
-computed from a folder / array of images (`--ref`).
-
-clean-fid downloads what it needs the first time; offline, every missing file is reported up front
-with its name, the folder it belongs in and the URL to fetch it from on another machine.
+Generated images go through clean-fid's resizing and Inception network batch by batch, so no PNGs are
+written; the seeds (default 0..n-1) fix the sample set, and every metric uses the same features, computed
+once. Under torchrun the batches are dealt out to the ranks (NCCL on GPUs, gloo on CPUs) and the features
+gathered in seed order on rank 0: the numbers of one process, sooner. The reference is clean-fid's hosted
+statistics where they exist (`--stats=cifar10`), a file of `ddgan fid make-stats` (which can also keep a
+seeded subset of reference features for --prdc), or a folder / array of images (`--ref`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python eval/fid.py`: make the repo root importable
@@ -30,149 +24,54 @@ if __package__ in (None, ""):  # run as `python eval/fid.py`: make the repo root
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from ddgan import checkpoint
+from ddgan import checkpoint, distributed
 from ddgan.cli import prints_its_result
 from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.files import atomic_write
 from ddgan.models import load_generator
-from ddgan.sampling import check_batch, default_device, generate, seed_list, to_uint8
+from ddgan.sampling import check_batch, default_device, generate, parse_classes, seed_list, to_uint8
+from eval.inception import (
+    FeatureExtractor,
+    batch_features,
+    check_mode,
+    fetch,
+    inception_extractor,
+)
+from eval.manifold import DEFAULT_COUNT, NEAREST_K, manifold_metrics, seeded_subset
 
-MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
-INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception (clean, legacy_tensorflow)
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/" + INCEPTION_FILE
-PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's weights (legacy_pytorch)
-PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + PYTORCH_FID_FILE
 STATS_URL = "https://www.cs.cmu.edu/~clean-fid/stats"
-DOWNLOAD_TIMEOUT_S = 30
-FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # float (B, 3, 299, 299) in [0, 255] -> (B, D)
+# The statistics clean-fid hosts (its README, "Supported Precomputed Datasets"): name -> split -> resolutions,
+# each in the modes clean, legacy_tensorflow and legacy_pytorch.
+CLEANFID_STATS = {
+    "cifar10": {"train": (32,), "test": (32,)},
+    "ffhq": {"trainval": (256, 1024), "trainval70k": (256, 1024)},
+    "lsun_church": {"train": (256,)},
+    "lsun_horse": {"train": (256,)},
+    "lsun_cat": {"train": (256,), "trainfull": (256,)},
+    "afhq_cat": {"train": (512,)},
+    "afhq_dog": {"train": (512,)},
+    "afhq_wild": {"train": (512,)},
+    "brecahad": {"train": (512,)},
+    "metfaces": {"train": (1024,)},
+    "horse2zebra": {"test": (256,)},
+    "cat2dog": {"test": (256,)},
+}
 
 
-class MissingFileError(FileNotFoundError):
-    """A file FID needs (Inception weights, reference statistics) that is absent and could not be fetched."""
+@dataclass(frozen=True)
+class Reference:
+    """What generated images are compared with: FID statistics and, for --prdc, reference features."""
 
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Files clean-fid would download
-
-
-def download(url: str, path: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Fetch `url` into `path` via a temporary file, so an interrupted download leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        atomic_write(path, lambda f: shutil.copyfileobj(response, f, 1 << 20))
-
-
-def fetch(path: Path, url: str, what: str, allow_download: bool, hint: str = "") -> Path:
-    """`path` if it exists, else download it from `url` (if allowed), else a MissingFileError saying what to do."""
-    if path.is_file():
-        return path
-    reason = "downloading is off"
-    if allow_download:
-        print(f"downloading {what} from {url} to {path}", file=sys.stderr)
-        try:
-            download(url, path)
-            return path
-        except (OSError, ValueError) as error:  # URLError and timeouts are OSErrors
-            reason = f"the download failed: {error}"
-    raise MissingFileError(f"{what} not found: {path} does not exist and {reason}. Fetch {url} on a machine with "
-                           f"internet access and place it at {path}{hint}")
-
-
-def cleanfid_inception_folder() -> Path:
-    """Where clean-fid itself keeps the TorchScript Inception weights (a fixed folder it chooses)."""
-    return Path("./" if platform.system() == "Windows" else "/tmp")
-
-
-def inception_path(inception: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
-    """The TorchScript Inception weights: --inception, else $DDGAN_INCEPTION, else clean-fid's cache folder."""
-    given = inception or os.environ.get("DDGAN_INCEPTION")
-    if given:
-        path = Path(given).expanduser()
-        path = path / INCEPTION_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise MissingFileError(f"--inception / $DDGAN_INCEPTION points at {path}, which does not exist; fetch "
-                                   f"{INCEPTION_URL} and give the path of {INCEPTION_FILE}")
-        return path
-    hint = " (or anywhere, then pass --inception=PATH or set DDGAN_INCEPTION=PATH)"
-    return fetch(cleanfid_inception_folder() / INCEPTION_FILE, INCEPTION_URL, f"Inception weights {INCEPTION_FILE}",
-                 allow_download, hint)
-
-
-@contextlib.contextmanager
-def folder_holding(path: Path, name: str) -> Iterator[Path]:
-    """A folder in which `name` is the file `path`: its own folder, or a temporary one with a link to it."""
-    if path.name == name:
-        yield path.parent
-        return
-    with tempfile.TemporaryDirectory(prefix="ddgan-fid-") as folder:
-        os.symlink(path.resolve(), Path(folder) / name)
-        yield Path(folder)
-
-
-def pytorch_fid_path(inception: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
-    """pytorch-fid's Inception weights (legacy_pytorch): --inception, $DDGAN_INCEPTION, or torch.hub's cache."""
-    given = inception or os.environ.get("DDGAN_INCEPTION")
-    if given:
-        path = Path(given).expanduser()
-        if not path.is_file():
-            raise MissingFileError(f"--inception / $DDGAN_INCEPTION points at {path}, which does not exist; "
-                                   f"--mode=legacy_pytorch needs {PYTORCH_FID_FILE} from {PYTORCH_FID_URL}")
-        return path
-    return fetch(Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE, PYTORCH_FID_URL,
-                 f"pytorch-fid Inception weights {PYTORCH_FID_FILE}", allow_download,
-                 " (torch.hub's cache; $TORCH_HOME moves it) or pass --inception=PATH")
-
-
-def inception_extractor(mode: str = "clean", device=None, inception: str | os.PathLike | None = None,
-                        allow_download: bool = True) -> FeatureExtractor:
-    """clean-fid's Inception feature extractor for `mode`, with its weights found (or fetched) first."""
-    check_mode(mode)
-    device = torch.device(device) if device is not None else default_device()
-    find = pytorch_fid_path if mode == "legacy_pytorch" else inception_path
-    return load_extractor(mode, device, find(inception, allow_download))
-
-
-@functools.lru_cache(maxsize=1)  # training evaluates FID again and again: load Inception once
-def load_extractor(mode: str, device: torch.device, weights: Path) -> FeatureExtractor:
-    """Build clean-fid's extractor from weights known to be on disk, so nothing is downloaded."""
-    from cleanfid.features import build_feature_extractor
-    from cleanfid.inception_torchscript import InceptionV3W
-
-    if mode == "legacy_pytorch":
-        with hub_holding(weights):  # clean-fid loads these through torch.hub's cache
-            return build_feature_extractor(mode, device, use_dataparallel=False)
-    with folder_holding(weights, INCEPTION_FILE) as folder:
-        model = InceptionV3W(str(folder), download=False, resize_inside=mode == "legacy_tensorflow")
-    return model.to(device).eval()
-
-
-@contextlib.contextmanager
-def hub_holding(weights: Path) -> Iterator[None]:
-    """Point torch.hub's cache at `weights` for the duration, unless it is already the cached file."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
-    if cached.is_file() and cached.resolve() == weights.resolve():
-        yield
-        return
-    previous = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory(prefix="ddgan-hub-") as folder:
-        (Path(folder) / "checkpoints").mkdir()
-        os.symlink(weights.resolve(), Path(folder) / "checkpoints" / PYTORCH_FID_FILE)
-        torch.hub.set_dir(folder)
-        try:
-            yield
-        finally:
-            torch.hub.set_dir(previous)
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Statistics
+# Reference statistics
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,20 +88,37 @@ def cleanfid_stats_folder() -> Path:
     return Path(cleanfid.__file__).parent / "stats"
 
 
-def named_stats(name: str, mode: str, image_size: int, split: str = "train",
-                allow_download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """clean-fid's hosted statistics, e.g. cifar10 / 32 px / train, fetched once into its stats folder."""
-    from cleanfid.features import get_reference_statistics
-
+def named_stats_file(name: str, mode: str, image_size: int, split: str = "train") -> Path:
+    """Where clean-fid's statistics `name` (split, resolution) live once fetched; refused if no server has them."""
+    check_mode(mode)
     file = f"{name}_{mode}_{split}_{image_size}.npz".lower()
     path = cleanfid_stats_folder() / file
-    fetch(path, f"{STATS_URL}/{file}", f"clean-fid statistics {file}", allow_download,
+    hosted = CLEANFID_STATS.get(name.lower(), {})
+    if path.is_file() or image_size in hosted.get(split.lower(), ()):
+        return path
+    make = (f"make statistics at the model's resolution with `ddgan fid make-stats "
+            f"{name if name.lower() in ('cifar10', 'demo') else 'DATA'} --image_size={image_size} "
+            f"--out={name}-{image_size}.npz` and pass --stats={name}-{image_size}.npz")
+    if not hosted:
+        raise ValueError(f"--stats={name}: clean-fid hosts no statistics of that name (it has "
+                         f"{', '.join(CLEANFID_STATS)}; a file path must end in .npz); {make}")
+    exists = "; ".join(f"--split={s} at {' or '.join(f'{r} px' for r in sizes)}" for s, sizes in hosted.items())
+    raise ValueError(f"--stats={name}: clean-fid has no {file} (split {split}, {image_size} px), so nothing was "
+                     f"downloaded. For {name} it hosts {exists}; {make}")
+
+
+def named_stats(name: str, mode: str, image_size: int, split: str = "train", allow_download: bool = True) -> Reference:
+    """clean-fid's hosted statistics, e.g. cifar10 / 32 px / train, fetched once into its stats folder."""
+    path = named_stats_file(name, mode, image_size, split)
+    fetch(path, f"{STATS_URL}/{path.name}", f"clean-fid statistics {path.name}", allow_download,
           " (or make your own with `ddgan fid make-stats DATA --out=STATS.npz` and pass --stats=STATS.npz)")
-    return get_reference_statistics(name, image_size, mode=mode, split=split)
+    with np.load(path, allow_pickle=False) as stats:
+        return Reference(stats["mu"], stats["sigma"])
 
 
-def load_stats(path: str | os.PathLike, mode: str, dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from a file of `ddgan fid make-stats` (or any .npz holding mu and sigma)."""
+def load_stats(path: str | os.PathLike, mode: str, dims: int | None = None) -> Reference:
+    """The statistics (and reference features, if kept) in a file of `ddgan fid make-stats` or any .npz
+    holding mu and sigma."""
     path = Path(path).expanduser()
     with np.load(path, allow_pickle=False) as stats:
         if "mu" not in stats or "sigma" not in stats:
@@ -211,18 +127,20 @@ def load_stats(path: str | os.PathLike, mode: str, dims: int | None = None) -> t
         if "mode" in stats and str(stats["mode"]) != mode:
             raise ValueError(f"--stats={str(path)!r} was made in mode {str(stats['mode'])!r}, but FID is computed in "
                              f"mode {mode!r}; pass --mode={str(stats['mode'])} or remake the statistics")
-        mu, sigma = stats["mu"], stats["sigma"]
-    if dims is not None and mu.shape != (dims,):
-        raise ValueError(f"--stats={str(path)!r} holds {mu.shape[0]}-dim features but the feature extractor makes "
-                         f"{dims}-dim ones; remake the statistics with the same extractor")
-    return mu, sigma
+        reference = Reference(stats["mu"], stats["sigma"], stats["features"] if "features" in stats else None)
+    if dims is not None and reference.mu.shape != (dims,):
+        raise ValueError(f"--stats={str(path)!r} holds {reference.mu.shape[0]}-dim features but the feature "
+                         f"extractor makes {dims}-dim ones; remake the statistics with the same extractor")
+    return reference
 
 
 def reference_stats(stats, mode: str = "clean", image_size: int = 32, split: str = "train",
-                    allow_download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) from a (mu, sigma) pair, a .npz of statistics, or the name of clean-fid's hosted statistics."""
+                    allow_download: bool = True) -> Reference:
+    """The Reference of a (mu, sigma) pair, a .npz of statistics, or the name of clean-fid's hosted statistics."""
+    if isinstance(stats, Reference):
+        return stats
     if isinstance(stats, tuple | list) and len(stats) == 2:
-        return np.asarray(stats[0]), np.asarray(stats[1])
+        return Reference(np.asarray(stats[0]), np.asarray(stats[1]))
     if not isinstance(stats, str | os.PathLike) or not str(stats):
         raise ValueError(f"--stats must name clean-fid statistics (e.g. cifar10) or a .npz from `ddgan fid "
                          f"make-stats`, got {stats!r}; or compare with images via --ref=FOLDER|NPZ")
@@ -234,46 +152,60 @@ def reference_stats(stats, mode: str = "clean", image_size: int = 32, split: str
     return named_stats(str(stats), mode, image_size, split, allow_download)
 
 
+def check_has_features(reference: Reference, described: str) -> None:
+    """--prdc needs reference features, which hosted statistics and plain make-stats files do not hold."""
+    if reference.features is None:
+        raise ValueError(f"--prdc: the statistics {described} hold no reference features, only mu and sigma. Keep "
+                         "some with `ddgan fid make-stats DATA --out=STATS.npz --features=10000` and pass "
+                         "--stats=STATS.npz, or compare with images via --ref=FOLDER|NPZ")
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Features through clean-fid's generator interface
+# Features, split over the ranks of a torchrun job
 
 
-class BatchFeed:
-    """clean-fid's `gen`: each call returns the next batch of uint8 (B, 3, H, W) images, whatever z it gets.
-
-    clean-fid asks for ceil(n / batch) full batches and keeps the first n images; a short last batch is
-    padded by repeating its first image.
-    """
-
-    def __init__(self, batches: Iterator[np.ndarray], batch: int):
-        self.batches, self.batch = batches, batch
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        images = torch.from_numpy(next(self.batches)).permute(0, 3, 1, 2)
-        if images.shape[1] == 1:  # Inception sees RGB; grayscale is replicated, as PIL's convert('RGB') does
-            images = images.expand(-1, 3, -1, -1)
-        if len(images) < self.batch:
-            images = torch.cat([images, images[:1].expand(self.batch - len(images), -1, -1, -1)])
-        return images.contiguous()
+def gathered_features(local_batches: Iterator[np.ndarray], shares: list[range], total: int,
+                      extractor: FeatureExtractor, mode: str, device, context: distributed.Context,
+                      description: str, verbose: bool) -> np.ndarray | None:
+    """Features of every rank's uint8 batches, gathered in order on rank 0 (None on the others)."""
+    local = (batch_features(images, extractor, mode, device) for images in local_batches)
+    parts = []
+    with tqdm(total=total, desc=description, unit="img", file=sys.stderr,
+              disable=not (verbose and context.is_main)) as bar:
+        for gathered in distributed.gather_rounds(local, shares, context):
+            parts += gathered
+            bar.update(sum(len(p) for p in gathered))
+    return np.concatenate(parts) if context.is_main else None
 
 
-def stream_features(batches: Iterator[np.ndarray], n: int, batch: int, extractor: FeatureExtractor,
-                    mode: str, device, description: str, verbose: bool = True) -> np.ndarray:
-    """Features (n, D) of the first n images of a stream of uint8 (B, H, W, C) batches, via clean-fid."""
-    from cleanfid.fid import get_model_features
+def generator_features(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int, device,
+                       extractor: FeatureExtractor, mode: str, amp: str | None = None, labels=None,
+                       context: distributed.Context | None = None, verbose: bool = True) -> np.ndarray | None:
+    """Features of G's images for `seeds` (and labels), this process's share drawn here; all of them on rank 0."""
+    context = context or distributed.current(device)
+    shares = distributed.round_shares(len(seeds), batch, context)
+    mine = [index for share in shares for index in share]
+    images = generate(G, config, [seeds[i] for i in mine], batch, device, amp=amp, progress=False,
+                      labels=None if labels is None else [labels[i] for i in mine])
+    return gathered_features(images, shares, len(seeds), extractor, mode, device, context, "features of samples",
+                             verbose)
 
-    # clean-fid draws (unused) latents from the global RNG; keep the caller's random stream untouched.
-    with torch.random.fork_rng(devices=[]):
-        return get_model_features(BatchFeed(batches, batch), extractor, mode=mode, z_dim=1, num_gen=n,
-                                  batch_size=batch, device=device, desc=description, verbose=verbose)
 
-
-def dataset_batches(dataset: torch.utils.data.Dataset, n: int, batch: int, workers: int = 0) -> Iterator[np.ndarray]:
-    """The first n images of a dataset of CHW tensors in [-1, 1] as uint8 (B, H, W, C) batches."""
-    subset = torch.utils.data.Subset(dataset, range(n))
+def dataset_features(dataset: ImageDataset, extractor: FeatureExtractor, n: int | None = None, batch: int = 100,
+                     mode: str = "clean", device=None, workers: int = 0, verbose: bool = True,
+                     context: distributed.Context | None = None) -> np.ndarray | None:
+    """Features of the (first n) images of a dataset; under torchrun each rank reads its share, rank 0 gets all."""
+    count = len(dataset) if n is None else n
+    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= len(dataset):
+        raise ValueError(f"--n={n}: {dataset.name} holds {len(dataset)} images; choose 2..{len(dataset)} or leave "
+                         "--n out to use them all")
+    context = context or distributed.current(device)
+    shares = distributed.round_shares(count, batch, context)
+    subset = torch.utils.data.Subset(dataset, [index for share in shares for index in share])
     loader = torch.utils.data.DataLoader(subset, batch_size=batch, shuffle=False, num_workers=workers)
-    for images in loader:
-        yield to_uint8(images).permute(0, 2, 3, 1).numpy()
+    batches = (to_uint8(images).permute(0, 2, 3, 1).numpy() for images in loader)
+    return gathered_features(batches, shares, count, extractor, mode, device, context,
+                             f"features of {dataset.name}", verbose)
 
 
 def open_reference(data: str, image_size: int | None = None) -> ImageDataset:
@@ -286,48 +218,8 @@ def open_reference(data: str, image_size: int | None = None) -> ImageDataset:
     return dataset
 
 
-def dataset_features(dataset: ImageDataset, extractor: FeatureExtractor, n: int | None = None, batch: int = 100,
-                     mode: str = "clean", device=None, workers: int = 0, verbose: bool = True) -> np.ndarray:
-    """Features of the (first n) images of a dataset."""
-    count = len(dataset) if n is None else n
-    if isinstance(count, bool) or not isinstance(count, int) or not 2 <= count <= len(dataset):
-        raise ValueError(f"--n={n}: {dataset.name} holds {len(dataset)} images; choose 2..{len(dataset)} or leave "
-                         "--n out to use them all")
-    batches = dataset_batches(dataset, count, batch, workers)
-    return stream_features(batches, count, batch, extractor, mode, device, f"features of {dataset.name}", verbose)
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Public entry points
-
-
-def fid_of_generator(G: torch.nn.Module, config: Config, stats, n: int = 50_000, batch: int = 100, device=None,
-                     feature_extractor: FeatureExtractor | None = None, seeds: Sequence[int] | None = None,
-                     mode: str = "clean", split: str = "train", inception: str | None = None, amp: str | None = None,
-                     verbose: bool = True) -> float:
-    """FID of G's samples for seeds (default 0..n-1) against `stats`: a name, a .npz, or (mu, sigma).
-
-    G comes back in the train/eval mode it came in; the caller's global random state is not touched.
-    """
-    check_mode(mode)
-    check_batch(batch)
-    seeds = seed_list(n, seeds, default=50_000) if seeds is None else seed_list(None, seeds)
-    device = torch.device(device) if device is not None else next(G.parameters()).device
-    reference = reference_stats(stats, mode, config.image_size, split)
-    extractor = feature_extractor or inception_extractor(mode, device, inception)
-    was_training = G.training
-    G.eval()
-    try:
-        batches = generate(G, config, seeds, batch, device, amp=amp, progress=False)
-        features = stream_features(batches, len(seeds), batch, extractor, mode, device, "FID", verbose)
-    finally:
-        G.train(was_training)
-    return frechet(feature_stats(features), reference)
-
-
-def training_fid(G: torch.nn.Module, config: Config) -> float:
-    """The FID `ddgan train --fid_every` logs: config.fid_samples seeds against config.fid_stats."""
-    return fid_of_generator(G, config, stats=config.fid_stats, n=config.fid_samples, batch=100, verbose=False)
+# Metrics
 
 
 def frechet(stats_a, stats_b) -> float:
@@ -340,9 +232,102 @@ def frechet(stats_a, stats_b) -> float:
     return float(frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
 
 
-def make_stats(data: str, out: str, image_size: int | None = None, n: int | None = None, batch: int = 100,
-               mode: str = "clean", device=None, inception: str | None = None, workers: int = 0,
-               overwrite: bool = False, feature_extractor: FeatureExtractor | None = None,
+def metrics_of_features(features: np.ndarray, reference: Reference, prdc: bool = False, prdc_n: int = DEFAULT_COUNT,
+                        nearest_k: int = NEAREST_K) -> dict[str, float]:
+    """{fid} of generated features, and with prdc precision/recall/density/coverage of the first prdc_n of them
+    against a seeded prdc_n of the reference features."""
+    values = {"fid": frechet(feature_stats(features), (reference.mu, reference.sigma))}
+    if prdc:
+        real = seeded_subset(reference.features, prdc_n)
+        values |= manifold_metrics(real, features[:prdc_n], nearest_k)
+    return values
+
+
+def generator_metrics(G: torch.nn.Module, config: Config, reference: Reference, seeds: Sequence[int],
+                      batch: int = 100, device=None, feature_extractor: FeatureExtractor | None = None,
+                      mode: str = "clean", inception: str | None = None, amp: str | None = None, labels=None,
+                      prdc: bool = False, prdc_n: int = DEFAULT_COUNT, nearest_k: int = NEAREST_K,
+                      context: distributed.Context | None = None, verbose: bool = True) -> dict[str, float]:
+    """FID (and with prdc the four manifold metrics) of G's images for `seeds`, on every rank of a torchrun job.
+
+    G comes back in the train/eval mode it came in; the caller's global random state is not touched.
+    """
+    check_mode(mode)
+    check_batch(batch)
+    device = torch.device(device) if device is not None else next(G.parameters()).device
+    context = context or distributed.current(device)
+    if prdc:
+        check_prdc_n(prdc_n)
+        if context.is_main:  # only rank 0 holds the reference
+            check_has_features(reference, "given")
+    extractor = feature_extractor or inception_extractor(mode, device, inception)
+    was_training = G.training
+    G.eval()
+    try:
+        features = generator_features(G, config, seeds, batch, device, extractor, mode, amp, labels, context, verbose)
+    finally:
+        G.train(was_training)
+    values = metrics_of_features(features, reference, prdc, prdc_n, nearest_k) if context.is_main else None
+    return distributed.share_from_main(values, context)
+
+
+def fid_of_generator(G: torch.nn.Module, config: Config, stats, n: int = 50_000, batch: int = 100, device=None,
+                     feature_extractor: FeatureExtractor | None = None, seeds: Sequence[int] | None = None,
+                     mode: str = "clean", split: str = "train", inception: str | None = None, amp: str | None = None,
+                     verbose: bool = True) -> float:
+    """FID of G's samples for seeds (default 0..n-1) against `stats`: a name, a .npz, or (mu, sigma)."""
+    seeds = seed_list(n, seeds, default=50_000) if seeds is None else seed_list(None, seeds)
+    reference = reference_stats(stats, mode, config.image_size, split)
+    return generator_metrics(G, config, reference, seeds, batch, device, feature_extractor, mode, inception, amp,
+                             labels=all_classes(config, len(seeds)), verbose=verbose)["fid"]
+
+
+def all_classes(config: Config, count: int, classes: Sequence[int] | None = None) -> list[int] | None:
+    """A conditional model's label for each of `count` images: the classes in turn (all by default)."""
+    if not config.num_classes:
+        return None
+    classes = list(classes) if classes is not None else list(range(config.num_classes))
+    return [classes[i % len(classes)] for i in range(count)]
+
+
+def check_prdc_n(prdc_n) -> None:
+    if isinstance(prdc_n, bool) or not isinstance(prdc_n, int) or prdc_n < 2:
+        raise ValueError(f"--prdc_n must be an integer >= 2 (features per side for precision/recall), got {prdc_n!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def training_evaluator(config: Config) -> Callable[[torch.nn.Module, Config], dict[str, float]]:
+    """What `ddgan train --fid_every` calls on every rank: FID (and with --fid_prdc the manifold metrics) of
+    config.fid_samples seeds against config.fid_stats. Checks the statistics now, not hours into the run."""
+    if str(config.fid_stats).lower().endswith(".npz"):
+        reference = load_stats(config.fid_stats, "clean") if Path(config.fid_stats).expanduser().is_file() else None
+        if reference is None:
+            raise ValueError(f"--fid_stats={config.fid_stats!r} does not exist; make it with `ddgan fid make-stats "
+                             f"DATA --image_size={config.image_size} --out={config.fid_stats}`")
+        if config.fid_prdc:
+            check_has_features(reference, f"--fid_stats={config.fid_stats}")
+    else:
+        named_stats_file(config.fid_stats, "clean", config.image_size)
+        if config.fid_prdc:
+            raise ValueError(f"--fid_prdc: clean-fid's statistics --fid_stats={config.fid_stats} hold no reference "
+                             "features; make a file with `ddgan fid make-stats DATA --out=STATS.npz "
+                             "--features=10000` and pass --fid_stats=STATS.npz")
+
+    def evaluate(G: torch.nn.Module, config: Config) -> dict[str, float]:
+        seeds = list(range(config.fid_samples))
+        return generator_metrics(G, config, reference_stats(config.fid_stats, "clean", config.image_size), seeds,
+                                 labels=all_classes(config, len(seeds)), prdc=config.fid_prdc,
+                                 prdc_n=min(DEFAULT_COUNT, config.fid_samples), verbose=False)
+
+    return evaluate
+
+
+def make_stats(data: str, out: str, image_size: int | None = None, n: int | None = None, features: int = 0,
+               seed: int = 0, batch: int = 100, mode: str = "clean", device=None, inception: str | None = None,
+               workers: int = 0, overwrite: bool = False, feature_extractor: FeatureExtractor | None = None,
                verbose: bool = True) -> str:
     """Compute FID reference statistics (mu, sigma) once from a dataset and save them as a .npz.
 
@@ -350,9 +335,13 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
     out: where to write the statistics (*.npz); pass it later as `ddgan fid CKPT --stats=OUT`.
     image_size: resize to this size first (use the generator's); default the images' own size.
     n: use only the first n images (default all).
+    features: also keep this many reference features (a subset chosen by --seed) so that `ddgan fid --prdc`
+        needs no second pass over the data; 10000 is usual (80 MB for Inception's 2048 dims), 0 keeps none.
     """
     check_mode(mode)
     check_batch(batch)
+    if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+        raise ValueError(f"--features must be a count >= 0 of reference features to keep, got {features!r}")
     out_path = Path(out).expanduser()
     if out_path.suffix.lower() != ".npz":
         raise ValueError(f"--out={out!r}: statistics are written as .npz; give a path ending in .npz")
@@ -361,62 +350,102 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
     dataset = open_reference(data, image_size)
     device = torch.device(device) if device is not None else default_device()
     extractor = feature_extractor or inception_extractor(mode, device, inception)
-    mu, sigma = feature_stats(dataset_features(dataset, extractor, n, batch, mode, device, workers, verbose))
+    all_features = dataset_features(dataset, extractor, n, batch, mode, device, workers, verbose,
+                                    context=distributed.Context(device=device))
+    mu, sigma = feature_stats(all_features)
+    kept = {"features": seeded_subset(all_features, features, seed).astype(np.float32),
+            "features_seed": np.array(seed)} if features else {}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out_path, lambda f: np.savez(
         f, mu=mu, sigma=sigma, mode=np.array(mode), num_images=np.array(n or len(dataset)),
-        image_size=np.array(dataset.image_size), source=np.array(str(data))))
+        image_size=np.array(dataset.image_size), source=np.array(str(data)), **kept))
     return str(out_path)
 
 
 def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | None = None, batch: int = 100,
-        seeds=None, device=None, mode: str = "clean", split: str = "train", inception: str | None = None,
-        ema: bool = True, preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
-        feature_extractor: FeatureExtractor | None = None, verbose: bool = True) -> float:
-    """FID of a checkpoint's samples; prints it and a JSON line, and returns it.
+        seeds=None, class_=None, prdc: bool = False, prdc_n: int = DEFAULT_COUNT, nearest_k: int = NEAREST_K,
+        device=None, mode: str = "clean", split: str = "train", inception: str | None = None, ema: bool = True,
+        preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
+        feature_extractor: FeatureExtractor | None = None, verbose: bool = True) -> dict:
+    """FID of a checkpoint's samples (and with --prdc=True precision, recall, density, coverage); prints the
+    numbers and a JSON line, and returns that record. Under torchrun every process draws a share.
 
-    `ddgan fid make-stats DATA --out=STATS.npz [--image_size=32]` computes reference statistics once from a
-    dataset name or a folder / .npz / LMDB of images (`ddgan fid make-stats --help`).
+    `ddgan fid make-stats DATA --out=STATS.npz [--image_size=32] [--features=10000]` computes reference
+    statistics once from a dataset name or a folder / .npz / LMDB of images (`ddgan fid make-stats --help`).
 
     stats: clean-fid statistics by name (cifar10, at the generator's resolution and --split) or a .npz from
         `ddgan fid make-stats`; default the checkpoint's fid_stats setting.
     ref: instead of --stats, a folder / .npz / LMDB of reference images, resized to the generator's size.
     n, seeds: the sample set: seeds 0..n-1 (n default 50000), or --seeds like 0-49999.
+    class: a conditional model's classes (--class=0,2 or names), drawn in turn; default all.
+    prdc: also precision and recall (Kynkäänniemi et al., k = --nearest_k) and density and coverage (Naeem et
+        al.) of the first --prdc_n samples against --prdc_n reference features (a seeded subset of --ref's,
+        or those kept in --stats by make-stats --features).
     mode: clean (default), legacy_tensorflow (TTUR's protocol) or legacy_pytorch (pytorch-fid's, which the
         DDGAN paper used).
     inception: a local copy of the Inception weights (also $DDGAN_INCEPTION); needed offline.
     """
     check_mode(mode)
     check_batch(batch)
+    if prdc:
+        check_prdc_n(prdc_n)
     if stats is not None and ref is not None:
         raise ValueError("give --stats or --ref, not both")
     seeds = seed_list(n, seeds, default=50_000)
     started = time.time()
-    device = torch.device(device) if device is not None else default_device()
+    context = distributed.setup(device)
+    try:
+        record = _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, context, mode, split,
+                      inception, ema, preset, reference_config, amp, feature_extractor, verbose)
+    except BaseException:
+        distributed.teardown(wait_for_peers=False)
+        raise
+    distributed.teardown()
+    record["seconds"] = round(time.time() - started, 1)
+    if context.is_main:
+        extra = "".join(f", {name} {record[name]:.4f}" for name in ("precision", "recall", "density", "coverage")
+                        if name in record)
+        print(f"FID {record['value']:.4f}{extra} ({record['n']} samples of {Path(record['ckpt']).name} vs "
+              f"{record['reference']}, {mode} mode, {context.world_size} process(es))")
+        print(json.dumps(record))
+    return record
+
+
+def _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, context, mode, split, inception, ema,
+         preset, reference_config, amp, feature_extractor, verbose) -> dict:
+    device = context.device
     source = checkpoint.resolve(ckpt)
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
+    labels = all_classes(config, len(seeds), None if class_ is None else parse_classes(class_, config))
     if ref is None:
         stats = stats if stats is not None else config.fid_stats
         if not stats:
             raise ValueError(f"{source} names no FID statistics (its fid_stats is empty); pass --stats=NAME|STATS.npz "
                              "or --ref=FOLDER|NPZ")
-        reference = reference_stats(stats, mode, config.image_size, split)  # before Inception: fail fast offline
+        if not str(stats).lower().endswith(".npz"):  # before any download: does the server have them at all?
+            named_stats_file(str(stats), mode, config.image_size, split)
+        # Rank 0 fetches (once), then the others read the file it wrote.
+        reference = reference_stats(stats, mode, config.image_size, split) if context.is_main else None
+        distributed.barrier(context)
+        reference = reference or reference_stats(stats, mode, config.image_size, split, allow_download=False)
+        if prdc:
+            check_has_features(reference, f"--stats={stats}")
         if str(stats).lower().endswith(".npz"):
             check_stats_size(stats, config.image_size)
         extractor = feature_extractor or inception_extractor(mode, device, inception)
     else:
         dataset = open_reference(ref, config.image_size)
         extractor = feature_extractor or inception_extractor(mode, device, inception)
-        reference = feature_stats(dataset_features(dataset, extractor, None, batch, mode, device, verbose=verbose))
-    value = fid_of_generator(G, config, reference, batch=batch, device=device, feature_extractor=extractor,
-                             seeds=seeds, mode=mode, amp=amp, verbose=verbose)
-    described = str(ref if ref is not None else stats)
-    record = {"metric": "fid", "value": value, "ckpt": str(source), "reference": described, "mode": mode,
-              "n": len(seeds), "seeds": describe_seeds(seeds), "device": str(device),
-              "seconds": round(time.time() - started, 1)}
-    print(f"FID {value:.4f} ({len(seeds)} samples of {source.name} vs {described}, {mode} mode)")
-    print(json.dumps(record))
-    return value
+        real = dataset_features(dataset, extractor, None, batch, mode, device, verbose=verbose, context=context)
+        reference = Reference(*feature_stats(real), real) if context.is_main else Reference(None, None, None)
+    values = generator_metrics(G, config, reference, seeds, batch, device, extractor, mode, amp=amp, labels=labels,
+                               prdc=prdc, prdc_n=prdc_n, nearest_k=nearest_k, context=context, verbose=verbose)
+    record = {"metric": "fid", "value": values["fid"]} | {k: v for k, v in values.items() if k != "fid"}
+    if prdc:
+        record |= {"nearest_k": nearest_k, "prdc_n": min(prdc_n, len(seeds))}
+    return record | {"ckpt": str(source), "reference": str(ref if ref is not None else stats), "mode": mode,
+                     "n": len(seeds), "seeds": describe_seeds(seeds), "device": str(device),
+                     "processes": context.world_size}
 
 
 def check_stats_size(path: str, image_size: int) -> None:
@@ -435,7 +464,7 @@ def describe_seeds(seeds: Sequence[int]) -> str:
     return f"{len(seeds)} seeds"
 
 
-fid_command = prints_its_result(fid)  # fid prints the FID and a JSON line
+fid_command = prints_its_result(fid)  # fid prints the numbers and a JSON line
 
 
 # `ddgan fid make-stats DATA --out=STATS.npz` computes reference statistics once.

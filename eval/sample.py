@@ -18,14 +18,13 @@ if __package__ in (None, ""):  # run as `python eval/sample.py`: make the repo r
 import numpy as np
 import torch
 
-from ddgan import checkpoint
+from ddgan import checkpoint, distributed
 from ddgan.data import write_image_array
 from ddgan.models import load_generator
 from ddgan.precision import amp_dtype, check_amp
 from ddgan.sampling import (
     check_batch,
-    default_device,
-    generate,
+    generate_shared,
     parse_classes,
     parse_seeds,
     readable_scale,
@@ -72,7 +71,8 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
            preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
            channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False,
            scale: int | None = None) -> str:
-    """Sample images from a checkpoint (file or run folder) and write them; returns the output path.
+    """Sample images from a checkpoint (file or run folder) and write them; returns the output path. Under
+    torchrun every process draws a share of the seeds and rank 0 writes the same output as one process would.
 
     ckpt: a ddgan checkpoint, a run folder (its newest checkpoint), or an original netG_*.pth /
         content.pth (then --preset or --reference_config gives its architecture).
@@ -94,10 +94,23 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     """
     check_batch(batch)
     check_amp(amp)
+    context = distributed.setup(device)
+    try:
+        path = _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context, ema, overwrite, preset,
+                       reference_config, amp, channels_last, compile, cuda_graph, scale)
+    except BaseException:
+        distributed.teardown(wait_for_peers=False)
+        raise
+    distributed.teardown()
+    return path
+
+
+def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: distributed.Context, ema, overwrite,
+            preset, reference_config, amp, channels_last, compile, cuda_graph, scale) -> str:
     source = checkpoint.resolve(ckpt)
     out_path = Path(out).expanduser() if out is not None else source.parent / f"samples-{source.stem}.png"
     kind = output_kind(out_path)
-    device = torch.device(device) if device is not None else default_device()
+    device = context.device
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
     # A conditional model's default is every class, a grid row each.
     classes = parse_classes("all" if class_ is None else class_, config) if config.num_classes else \
@@ -123,12 +136,17 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
         G = G.to(memory_format=torch.channels_last)
     if compile:
         G = torch.compile(G)
-    if interpolate is not None:
+    if interpolate is not None:  # one short row: rank 0 draws it alone
         batches = iter([interpolate_images(G, config, *ends, frames=frames, label=labels[0] if labels else None,
-                                           batch=batch, device=device, amp=amp)])
+                                           batch=batch, device=device, amp=amp)] if context.is_main else [])
     else:
-        batches = generate(G, config, seeds * (len(classes) if classes else 1), batch, device, amp=amp,
-                           channels_last=channels_last, cuda_graph=cuda_graph, labels=labels)
+        # Under torchrun every rank draws a share of each round of batches; rank 0 receives them in order.
+        batches = generate_shared(G, config, seeds * (len(classes) if classes else 1), batch, context, labels=labels,
+                                  amp=amp, channels_last=channels_last, cuda_graph=cuda_graph)
+    if not context.is_main:
+        for _ in batches:  # take part in every round's exchange; rank 0 writes
+            pass
+        return str(out_path)
     names = list(config.class_names) or [str(i) for i in range(config.num_classes)]
     write_images(batches, stems, labels, names, out_path, kind, nrow,
                  readable_scale(config.image_size) if scale is None else scale)

@@ -11,6 +11,7 @@ import torch
 from ddgan.data import read_image_array, write_image_array
 from ddgan.models import load_generator
 from eval import fid as fidlib
+from eval import inception
 from eval.sample import sample
 from tests.test_sample import write_checkpoint
 
@@ -60,7 +61,7 @@ def test_make_stats_round_trip(run, stats, extractor):
     np.testing.assert_allclose(mu, features.mean(0), rtol=1e-6)
     np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-6, atol=1e-12)
     loaded = fidlib.load_stats(stats, "clean", dims=24)
-    np.testing.assert_array_equal(loaded[0], mu)
+    np.testing.assert_array_equal(loaded.mu, mu)
     with pytest.raises(ValueError, match="--mode=clean"):
         fidlib.load_stats(stats, "legacy_pytorch")
     with pytest.raises(ValueError, match="--overwrite"):
@@ -98,10 +99,10 @@ def test_fid_grows_with_a_shift(run, stats, extractor, tmp_path):
 
 def test_fid_command_with_ref_prints_json(run, extractor, capsys):
     ckpt, samples = run
-    value = fidlib.fid(str(ckpt), ref=str(samples), n=40, batch=20, device="cpu", feature_extractor=extractor,
-                       verbose=False)
+    returned = fidlib.fid(str(ckpt), ref=str(samples), n=40, batch=20, device="cpu", feature_extractor=extractor,
+                          verbose=False)
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["value"] == value and abs(value) < 1e-6
+    assert record == returned and abs(record["value"]) < 1e-6 and record["processes"] == 1
     assert record["n"] == 40 and record["seeds"] == "0-39" and record["mode"] == "clean"
 
 
@@ -132,40 +133,40 @@ def offline(monkeypatch, tmp_path):
         raise urllib.error.URLError("no network in tests")
 
     monkeypatch.delenv("DDGAN_INCEPTION", raising=False)
-    monkeypatch.setattr(fidlib, "download", refuse)
-    monkeypatch.setattr(fidlib, "cleanfid_inception_folder", lambda: tmp_path / "inception")
+    monkeypatch.setattr(inception, "download", refuse)
+    monkeypatch.setattr(inception, "cleanfid_inception_folder", lambda: tmp_path / "inception")
     monkeypatch.setattr(fidlib, "cleanfid_stats_folder", lambda: tmp_path / "stats")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     return calls
 
 
 def test_missing_inception_names_file_folder_and_url(offline, tmp_path):
-    with pytest.raises(fidlib.MissingFileError) as error:
-        fidlib.inception_extractor("clean", "cpu")
+    with pytest.raises(inception.MissingFileError) as error:
+        inception.inception_extractor("clean", "cpu")
     message = str(error.value)
     assert "inception-2015-12-05.pt" in message and str(tmp_path / "inception") in message
-    assert fidlib.INCEPTION_URL in message and "--inception" in message and "no network" in message
-    assert offline == [fidlib.INCEPTION_URL]
-    with pytest.raises(fidlib.MissingFileError, match="downloading is off"):
-        fidlib.inception_extractor("clean", "cpu", allow_download=False)
+    assert inception.INCEPTION_URL in message and "--inception" in message and "no network" in message
+    assert offline == [inception.INCEPTION_URL]
+    with pytest.raises(inception.MissingFileError, match="downloading is off"):
+        inception.inception_extractor("clean", "cpu", allow_download=False)
     assert len(offline) == 1
 
 
 def test_missing_inception_path_given(offline, monkeypatch, tmp_path):
     monkeypatch.setenv("DDGAN_INCEPTION", str(tmp_path / "nowhere.pt"))
-    with pytest.raises(fidlib.MissingFileError, match="nowhere.pt"):
-        fidlib.inception_extractor("clean", "cpu")
+    with pytest.raises(inception.MissingFileError, match="nowhere.pt"):
+        inception.inception_extractor("clean", "cpu")
     assert offline == []
 
 
 def test_missing_pytorch_fid_weights(offline, tmp_path):
-    with pytest.raises(fidlib.MissingFileError) as error:
-        fidlib.inception_extractor("legacy_pytorch", "cpu")
-    assert fidlib.PYTORCH_FID_FILE in str(error.value) and str(tmp_path / "hub" / "checkpoints") in str(error.value)
+    with pytest.raises(inception.MissingFileError) as error:
+        inception.inception_extractor("legacy_pytorch", "cpu")
+    assert inception.PYTORCH_FID_FILE in str(error.value) and str(tmp_path / "hub" / "checkpoints") in str(error.value)
 
 
 def test_missing_named_stats(offline, tmp_path):
-    with pytest.raises(fidlib.MissingFileError) as error:
+    with pytest.raises(inception.MissingFileError) as error:
         fidlib.reference_stats("cifar10", "clean", 32, "train")
     assert "cifar10_clean_train_32.npz" in str(error.value) and str(tmp_path / "stats") in str(error.value)
     assert offline == [f"{fidlib.STATS_URL}/cifar10_clean_train_32.npz"]
@@ -200,6 +201,6 @@ def test_local_inception_file_under_any_name(offline, tmp_path):
 
     path = tmp_path / "my-inception.pt"
     torch.jit.save(torch.jit.script(Net()), str(path))
-    model = fidlib.inception_extractor("clean", "cpu", inception=str(path))
+    model = inception.inception_extractor("clean", "cpu", inception=str(path))
     assert model(torch.rand(2, 3, 299, 299) * 255).shape == (2, 2048)
     assert offline == []

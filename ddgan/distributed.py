@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import os
@@ -52,6 +53,22 @@ def setup(device: str | None = None) -> Context:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
                                 device_id=chosen if cuda else None)
     return Context(rank, world_size, local_rank, chosen)
+
+
+@contextlib.contextmanager
+def joined(device: str | torch.device | None = None) -> Iterator[Context]:
+    """setup() for the length of a command; the group is left at the end only if it was joined here (a caller
+    that set it up keeps it), without waiting for peers when leaving on an error."""
+    joins = launched_by_torchrun() and not (dist.is_available() and dist.is_initialized())
+    context = setup(device)
+    try:
+        yield context
+    except BaseException:
+        if joins:
+            teardown(wait_for_peers=False)
+        raise
+    if joins:
+        teardown()
 
 
 def current(device: torch.device | str | None = None) -> Context:

@@ -136,14 +136,8 @@ def run_training(config: Config, max_steps: int | None = None, device: str | Non
     if config.fid_every > 0 and evaluate_fid is None:
         raise ValueError(f"--fid_every={config.fid_every} needs an FID evaluator: run `ddgan train`, or pass "
                          "evaluate_fid=eval.fid.training_evaluator(config) to run_training")
-    context = distributed.setup(device)
-    try:
-        run_dir = _run_loop(config, context, max_steps, evaluate_fid)
-    except BaseException:
-        distributed.teardown(wait_for_peers=False)
-        raise
-    distributed.teardown()
-    return run_dir
+    with distributed.joined(device) as context:
+        return _run_loop(config, context, max_steps, evaluate_fid)
 
 
 def _run_loop(config: Config, context: distributed.Context, max_steps: int | None,

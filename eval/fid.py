@@ -152,12 +152,14 @@ def reference_stats(stats, mode: str = "clean", image_size: int = 32, split: str
     return named_stats(str(stats), mode, image_size, split, allow_download)
 
 
-def check_has_features(reference: Reference, described: str) -> None:
+def check_has_features(reference: Reference, described: str, training: bool = False) -> None:
     """--prdc needs reference features, which hosted statistics and plain make-stats files do not hold."""
     if reference.features is None:
-        raise ValueError(f"--prdc: the statistics {described} hold no reference features, only mu and sigma. Keep "
-                         "some with `ddgan fid make-stats DATA --out=STATS.npz --features=10000` and pass "
-                         "--stats=STATS.npz, or compare with images via --ref=FOLDER|NPZ")
+        flag, stats_flag, alternative = ("--fid_prdc", "--fid_stats", "") if training else \
+            ("--prdc", "--stats", ", or compare with images via --ref=FOLDER|NPZ")
+        raise ValueError(f"{flag}: the statistics {described} hold no reference features, only mu and sigma. Keep "
+                         f"some with `ddgan fid make-stats DATA --out=STATS.npz --features=10000` and pass "
+                         f"{stats_flag}=STATS.npz{alternative}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -308,7 +310,7 @@ def training_evaluator(config: Config) -> Callable[[torch.nn.Module, Config], di
             raise ValueError(f"--fid_stats={config.fid_stats!r} does not exist; make it with `ddgan fid make-stats "
                              f"DATA --image_size={config.image_size} --out={config.fid_stats}`")
         if config.fid_prdc:
-            check_has_features(reference, f"--fid_stats={config.fid_stats}")
+            check_has_features(reference, f"--fid_stats={config.fid_stats}", training=True)
     else:
         named_stats_file(config.fid_stats, "clean", config.image_size)
         if config.fid_prdc:
@@ -393,14 +395,9 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
         raise ValueError("give --stats or --ref, not both")
     seeds = seed_list(n, seeds, default=50_000)
     started = time.time()
-    context = distributed.setup(device)
-    try:
+    with distributed.joined(device) as context:
         record = _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, context, mode, split,
                       inception, ema, preset, reference_config, amp, feature_extractor, verbose)
-    except BaseException:
-        distributed.teardown(wait_for_peers=False)
-        raise
-    distributed.teardown()
     record["seconds"] = round(time.time() - started, 1)
     if context.is_main:
         extra = "".join(f", {name} {record[name]:.4f}" for name in ("precision", "recall", "density", "coverage")

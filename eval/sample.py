@@ -94,15 +94,9 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     """
     check_batch(batch)
     check_amp(amp)
-    context = distributed.setup(device)
-    try:
-        path = _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context, ema, overwrite, preset,
+    with distributed.joined(device) as context:
+        return _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context, ema, overwrite, preset,
                        reference_config, amp, channels_last, compile, cuda_graph, scale)
-    except BaseException:
-        distributed.teardown(wait_for_peers=False)
-        raise
-    distributed.teardown()
-    return path
 
 
 def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: distributed.Context, ema, overwrite,

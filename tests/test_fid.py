@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from ddgan.config import replace
 from ddgan.data import read_image_array, write_image_array
+from ddgan.data.demo import DemoShapes
 from ddgan.models import load_generator
 from eval import fid as fidlib
 from eval import inception
+from eval.inception import batch_features
+from eval.manifold import manifold_metrics, seeded_subset
 from eval.sample import sample
 from tests.test_sample import write_checkpoint
 
@@ -23,7 +27,9 @@ class TinyFeatures(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 24, kernel_size=23, stride=23).requires_grad_(False)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=torch.Generator().manual_seed(1)))
+            generator = torch.Generator().manual_seed(1)  # the same extractor in every process
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator))
+            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.conv(x / 255 - 0.5)).mean((2, 3))
@@ -121,6 +127,71 @@ def test_stats_errors(run, tmp_path):
         fidlib.fid(str(ckpt), stats="cifar10", ref=str(samples))
 
 
+# ------------------------------------------------------------------------ precision, recall, density, coverage
+
+def demo_features(extractor, count: int, seed: int, shapes=None) -> np.ndarray:
+    """Features of demo-shape images (only those of `shapes`, if given)."""
+    dataset = DemoShapes(16, size=count, seed=seed)
+    images = dataset.images.permute(0, 2, 3, 1).numpy()
+    if shapes is not None:
+        images = images[[shape in shapes for shape in dataset.shapes]]
+    return np.concatenate([batch_features(images[i:i + 100], extractor, "clean", "cpu")
+                           for i in range(0, len(images), 100)])
+
+
+def test_precision_and_recall_behave(extractor):
+    real = demo_features(extractor, 200, seed=0)
+    itself = manifold_metrics(real, real)
+    assert itself == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    noise = np.random.default_rng(0).integers(0, 256, (200, 16, 16, 3), dtype=np.uint8)
+    unlike = manifold_metrics(real, np.concatenate([batch_features(noise[i:i + 100], extractor, "clean", "cpu")
+                                                    for i in range(0, 200, 100)]))
+    assert unlike["precision"] < 0.05 and unlike["recall"] < 0.05 and unlike["coverage"] < 0.05
+    # Other draws of all four shapes cover the real ones; draws of two shapes miss about half of them.
+    every_shape = manifold_metrics(real, demo_features(extractor, 200, seed=1))
+    two_shapes = manifold_metrics(real, demo_features(extractor, 400, seed=1, shapes=("circle", "square")))
+    assert every_shape["recall"] > 0.85 and two_shapes["recall"] < 0.65
+    assert every_shape["coverage"] > 0.75 and two_shapes["coverage"] < 0.5
+    assert two_shapes["precision"] > 0.8  # what it draws is still real-looking
+
+
+def test_prdc_from_kept_reference_features(run, extractor, tmp_path, capsys):
+    """make-stats --features keeps a seeded subset; fid --prdc then needs no second pass over the data."""
+    ckpt, samples = run
+    kept = fidlib.make_stats(str(samples), str(tmp_path / "kept.npz"), features=25, batch=16,
+                             feature_extractor=extractor, device="cpu", verbose=False)
+    every = fidlib.dataset_features(fidlib.open_reference(str(samples)), extractor, batch=16, device="cpu",
+                                    verbose=False)
+    with np.load(kept) as saved:
+        assert saved["features"].shape == (25, 24) and saved["features"].dtype == np.float32
+        np.testing.assert_array_equal(saved["features"], seeded_subset(every, 25, seed=0))
+    from_stats = fidlib.fid(str(ckpt), stats=kept, n=40, batch=20, prdc=True, prdc_n=25, device="cpu",
+                            feature_extractor=extractor, verbose=False)
+    from_images = fidlib.fid(str(ckpt), ref=str(samples), n=40, batch=20, prdc=True, prdc_n=25, device="cpu",
+                             feature_extractor=extractor, verbose=False)
+    printed = capsys.readouterr().out
+    assert f"precision {from_images['precision']:.4f}, recall" in printed
+    assert json.loads(printed.splitlines()[-1]) == from_images
+    # The samples are the reference images themselves (seeds 0..39): nearly all real-looking and covered.
+    assert from_stats["precision"] > 0.9 and from_stats["recall"] > 0.8
+    assert from_stats["prdc_n"] == 25 and from_stats["nearest_k"] == 3
+    assert abs(from_stats["value"] - from_images["value"]) < 1e-6
+    for metric in ("precision", "recall", "density", "coverage"):  # the same seeded 25 reference features
+        assert from_stats[metric] == from_images[metric], metric
+
+
+def test_prdc_errors(run, stats, extractor, capsys):
+    ckpt, _ = run
+    with pytest.raises(ValueError, match=r"hold no reference features.*make-stats DATA --out=STATS.npz --features"):
+        fidlib.fid(str(ckpt), stats=stats, n=40, prdc=True, device="cpu", feature_extractor=extractor)
+    with pytest.raises(ValueError, match="--prdc_n must be an integer >= 2"):
+        fidlib.fid(str(ckpt), stats=stats, prdc=True, prdc_n=1)
+    with pytest.raises(ValueError, match="more than --nearest_k=3 generated samples"):
+        manifold_metrics(np.zeros((10, 4)), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="--features must be a count"):
+        fidlib.make_stats("demo", "x.npz", features=-1)
+
+
 # ------------------------------------------------------------------------------------ offline errors
 
 @pytest.fixture
@@ -204,3 +275,40 @@ def test_local_inception_file_under_any_name(offline, tmp_path):
     model = inception.inception_extractor("clean", "cpu", inception=str(path))
     assert model(torch.rand(2, 3, 299, 299) * 255).shape == (2, 2048)
     assert offline == []
+
+
+def test_statistics_no_server_has_are_refused_before_any_download(offline, run, stats, tmp_path, capsys):
+    with pytest.raises(ValueError) as error:
+        fidlib.reference_stats("cifar10", "clean", 16, "train")
+    message = str(error.value)
+    assert "clean-fid has no cifar10_clean_train_16.npz" in message
+    assert "--split=train at 32 px; --split=test at 32 px" in message
+    assert "ddgan fid make-stats cifar10 --image_size=16 --out=cifar10-16.npz" in message
+    with pytest.raises(ValueError, match=r"no statistics of that name \(it has cifar10, ffhq, lsun_church"):
+        fidlib.reference_stats("cifar-10", "clean", 32)
+    with pytest.raises(ValueError, match="--split=trainval at 256 px or 1024 px"):
+        fidlib.reference_stats("ffhq", "clean", 512, "trainval")
+    ckpt, _ = run  # an 8 px model asked for cifar10 statistics: one line, exit 2, nothing fetched
+    with pytest.raises(SystemExit) as exited:
+        fidlib.main([str(ckpt), "--stats=cifar10", "--device=cpu", "--n=4"])
+    assert exited.value.code == 2 and "clean-fid has no cifar10_clean_train_8.npz" in capsys.readouterr().err
+    assert offline == []
+    # A file already in clean-fid's folder is used whether or not the list names it.
+    (tmp_path / "stats").mkdir()
+    np.savez(tmp_path / "stats" / "mine_clean_custom_8.npz", mu=np.zeros(3), sigma=np.eye(3))
+    assert fidlib.reference_stats("mine", "clean", 8, "custom").sigma.shape == (3, 3)
+
+
+def test_training_evaluator_checks_the_statistics_up_front(stats, tmp_path):
+    from ddgan.config import make_config
+
+    config = make_config("cifar10", fid_every=1.0, image_size=16, fid_stats="cifar10")
+    with pytest.raises(ValueError, match="clean-fid has no cifar10_clean_train_16.npz"):
+        fidlib.training_evaluator(config)
+    with pytest.raises(ValueError, match="does not exist; make it with `ddgan fid make-stats DATA --image_size=16"):
+        fidlib.training_evaluator(replace(config, fid_stats=str(tmp_path / "absent.npz")))
+    with pytest.raises(ValueError, match="--fid_prdc: the statistics .* hold no reference features"):
+        fidlib.training_evaluator(replace(config, fid_stats=stats, fid_prdc=True))
+    with pytest.raises(ValueError, match="--fid_prdc: clean-fid's statistics --fid_stats=cifar10 hold no"):
+        fidlib.training_evaluator(replace(config, image_size=32, fid_prdc=True))
+    assert callable(fidlib.training_evaluator(replace(config, fid_stats=stats)))

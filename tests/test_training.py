@@ -1,5 +1,6 @@
 """Short CPU training runs: every preset's shape at tiny width, exact resume, checkpoints, DDP with gloo."""
 
+import json
 import os
 import socket
 import subprocess
@@ -187,3 +188,14 @@ def test_fid_during_training_is_logged_and_keeps_the_best(tmp_path):
     assert best["best_fid"] == 3.0 and best["step"] == 2
     assert checkpoint.load(run_dir)["best_fid"] == 3.0
     assert '"fid": 4.0' in (run_dir / "log.jsonl").read_text()
+
+
+def test_fid_evaluation_can_log_more_metrics(tmp_path):
+    """An evaluator returning a dict (FID with --fid_prdc's precision, recall, ...) has every number logged."""
+    scores = iter([{"fid": 5.0, "precision": 0.5, "recall": 0.25}, {"fid": 4.0, "precision": 0.75, "recall": 0.5}])
+    config = tiny("demo", tmp_path, kimg=0.008, fid_every=0.004, fid_samples=10, fid_stats="stats.npz")
+    run_dir = run_training(config, evaluate_fid=lambda G, config: next(scores))
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    logged = [entry for entry in log if "precision" in entry]
+    assert [(e["fid"], e["precision"], e["recall"]) for e in logged] == [(5.0, 0.5, 0.25), (4.0, 0.75, 0.5)]
+    assert checkpoint.load(run_dir / "best.pt")["best_fid"] == 4.0

@@ -5,6 +5,7 @@ names as a string array `classes` (label i names classes[i]).
 """
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,7 +82,17 @@ def write_image_array(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | No
     elif classes is not None:
         raise ValueError(f"{str(path)!r}: classes were given without labels; pass y (one label per image) too")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: write_npz(f, arrays))
+
+
+def write_npz(file, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez's format (uncompressed), with fixed entry dates: the same arrays always give the same bytes."""
+    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            with archive.open(entry, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
 
 
 def read_labels(path: str | os.PathLike, image_count: int | None = None) -> tuple[np.ndarray, list[str]] | None:

@@ -210,9 +210,9 @@ def dataset_features(dataset: ImageDataset, extractor: FeatureExtractor, n: int 
                              f"features of {dataset.name}", verbose)
 
 
-def open_reference(data: str, image_size: int | None = None) -> ImageDataset:
+def open_reference(data: str, image_size: int | None = None, download: bool = False) -> ImageDataset:
     """Images to compare with, in RGB and unflipped; at their own size (the first image's) unless image_size."""
-    dataset = open_dataset(str(data), image_size or 1, num_channels=3)
+    dataset = open_dataset(str(data), image_size or 1, num_channels=3, download=download)
     if image_size is None:
         first = dataset.source.load(0)
         size = min(first.shape[:2]) if isinstance(first, np.ndarray) else min(first.size)
@@ -329,8 +329,8 @@ def training_evaluator(config: Config) -> Callable[[torch.nn.Module, Config], di
 
 def make_stats(data: str, out: str, image_size: int | None = None, n: int | None = None, features: int = 0,
                seed: int = 0, batch: int = 100, mode: str = "clean", device=None, inception: str | None = None,
-               workers: int = 0, overwrite: bool = False, feature_extractor: FeatureExtractor | None = None,
-               verbose: bool = True) -> str:
+               workers: int = 0, download: bool = False, overwrite: bool = False,
+               feature_extractor: FeatureExtractor | None = None, verbose: bool = True) -> str:
     """Compute FID reference statistics (mu, sigma) once from a dataset and save them as a .npz.
 
     data: a dataset name (cifar10, ...) or a folder / .zip / LMDB / .npz of images; never flipped.
@@ -339,6 +339,7 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
     n: use only the first n images (default all).
     features: also keep this many reference features (a subset chosen by --seed) so that `ddgan fid --prdc`
         needs no second pass over the data; 10000 is usual (80 MB for Inception's 2048 dims), 0 keeps none.
+    download: fetch a named dataset (cifar10) first if it is not on disk.
     """
     check_mode(mode)
     check_batch(batch)
@@ -349,7 +350,7 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
         raise ValueError(f"--out={out!r}: statistics are written as .npz; give a path ending in .npz")
     if out_path.exists() and not overwrite:
         raise ValueError(f"--out={out!r} exists; pass --overwrite to replace it")
-    dataset = open_reference(data, image_size)
+    dataset = open_reference(data, image_size, download)
     device = torch.device(device) if device is not None else default_device()
     extractor = feature_extractor or inception_extractor(mode, device, inception)
     all_features = dataset_features(dataset, extractor, n, batch, mode, device, workers, verbose,

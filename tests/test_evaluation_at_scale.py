@@ -71,7 +71,7 @@ distributed.teardown()
 """
 
 
-def test_two_processes_write_what_one_process_writes(tmp_path):
+def test_two_processes_write_what_one_process_writes(tmp_path, seeded_single_thread):
     ckpt = write_checkpoint(tmp_path / "run")
     conditional = write_conditional_checkpoint(tmp_path / "cond")
     # Reference images: half like the samples, half from another generator, so recall is neither 0 nor 1.
@@ -88,11 +88,12 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
-    # One process, other batch sizes: the images depend on the seeds alone, the bytes on the images alone.
-    sample(str(ckpt), out=str(tmp_path / "one.npz"), n=7, batch=3, device="cpu")
-    sample(str(ckpt), out=str(tmp_path / "one-folder"), seeds="3-7", batch=5, device="cpu")
-    sample(str(conditional), out=str(tmp_path / "one-cond.npz"), n=3, batch=9, device="cpu")
-    sample(str(ckpt), out=str(tmp_path / "one-idle.npz"), seeds=[5], device="cpu")
+    # One process with the same flags and, as torchrun gives each CPU process, one thread: on the CPU, oneDNN's
+    # kernels (chosen by batch size and thread count) may round a rare pixel the other way otherwise.
+    sample(str(ckpt), out=str(tmp_path / "one.npz"), n=7, batch=2, device="cpu")
+    sample(str(ckpt), out=str(tmp_path / "one-folder"), seeds="3-7", batch=2, device="cpu")
+    sample(str(conditional), out=str(tmp_path / "one-cond.npz"), n=3, batch=2, device="cpu")
+    sample(str(ckpt), out=str(tmp_path / "one-idle.npz"), seeds=[5], batch=4, device="cpu")
     for name in ("", "-cond", "-idle"):
         assert (tmp_path / f"two{name}.npz").read_bytes() == (tmp_path / f"one{name}.npz").read_bytes(), name
     with np.load(tmp_path / "two-cond.npz") as two:

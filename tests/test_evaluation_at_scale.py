@@ -126,3 +126,14 @@ def test_features_come_back_in_order_through_clean_fids_resizing():
     features = fidlib.gathered_features(batches, shares, 5, extractor, "clean", torch.device("cpu"), context, "",
                                         verbose=False)
     np.testing.assert_allclose(features, np.array([[0, 0], [0, 0], [20, 20], [20, 20], [40, 40]]), atol=0.5)
+
+
+def test_fid_of_a_conditional_model_draws_the_chosen_classes_in_turn(tmp_path):
+    conditional = write_conditional_checkpoint(tmp_path / "cond")
+    boxes = sample(str(conditional), out=str(tmp_path / "boxes.npz"), n=12, class_="box", device="cpu")
+    with np.load(boxes) as saved:
+        assert saved["y"].tolist() == [1] * 12
+    kwargs = dict(ref=boxes, n=12, batch=5, device="cpu", feature_extractor=TinyFeatures(), verbose=False)
+    same = fidlib.fid(str(conditional), class_="box", **kwargs)["value"]
+    every_class = fidlib.fid(str(conditional), **kwargs)["value"]
+    assert abs(same) < 1e-6 < every_class

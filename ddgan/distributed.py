@@ -146,3 +146,18 @@ def share_from_main(value, context: Context):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_only(function, context: Context):
+    """function() on rank 0 alone, its result returned there (None elsewhere); an error it raises is raised on
+    every rank, so that all stop with the same message instead of waiting for rank 0."""
+    result, error = None, None
+    if context.is_main:
+        try:
+            result = function()
+        except (ValueError, OSError) as raised:
+            error = raised
+    error = share_from_main(error, context)
+    if error is not None:
+        raise error
+    return result

@@ -245,12 +245,13 @@ def metrics_of_features(features: np.ndarray, reference: Reference, prdc: bool =
     return values
 
 
-def generator_metrics(G: torch.nn.Module, config: Config, reference: Reference, seeds: Sequence[int],
+def generator_metrics(G: torch.nn.Module, config: Config, reference: Reference | None, seeds: Sequence[int],
                       batch: int = 100, device=None, feature_extractor: FeatureExtractor | None = None,
                       mode: str = "clean", inception: str | None = None, amp: str | None = None, labels=None,
                       prdc: bool = False, prdc_n: int = DEFAULT_COUNT, nearest_k: int = NEAREST_K,
                       context: distributed.Context | None = None, verbose: bool = True) -> dict[str, float]:
-    """FID (and with prdc the four manifold metrics) of G's images for `seeds`, on every rank of a torchrun job.
+    """FID (and with prdc the four manifold metrics) of G's images for `seeds`, on every rank of a torchrun job
+    (only rank 0's `reference` is read; the others may pass None).
 
     G comes back in the train/eval mode it came in; the caller's global random state is not touched.
     """
@@ -422,20 +423,22 @@ def _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, contex
                              "or --ref=FOLDER|NPZ")
         if not str(stats).lower().endswith(".npz"):  # before any download: does the server have them at all?
             named_stats_file(str(stats), mode, config.image_size, split)
-        # Rank 0 fetches (once), then the others read the file it wrote.
-        reference = reference_stats(stats, mode, config.image_size, split) if context.is_main else None
-        distributed.barrier(context)
-        reference = reference or reference_stats(stats, mode, config.image_size, split, allow_download=False)
-        if prdc:
-            check_has_features(reference, f"--stats={stats}")
-        if str(stats).lower().endswith(".npz"):
-            check_stats_size(stats, config.image_size)
+
+        def load_reference() -> Reference:  # rank 0 alone compares, so it alone reads (or fetches) them
+            reference = reference_stats(stats, mode, config.image_size, split)
+            if prdc:
+                check_has_features(reference, f"--stats={stats}")
+            if str(stats).lower().endswith(".npz"):
+                check_stats_size(stats, config.image_size)
+            return reference
+
+        reference = distributed.main_only(load_reference, context)
         extractor = feature_extractor or inception_extractor(mode, device, inception)
     else:
         dataset = open_reference(ref, config.image_size)
         extractor = feature_extractor or inception_extractor(mode, device, inception)
         real = dataset_features(dataset, extractor, None, batch, mode, device, verbose=verbose, context=context)
-        reference = Reference(*feature_stats(real), real) if context.is_main else Reference(None, None, None)
+        reference = Reference(*feature_stats(real), real) if context.is_main else None
     values = generator_metrics(G, config, reference, seeds, batch, device, extractor, mode, amp=amp, labels=labels,
                                prdc=prdc, prdc_n=prdc_n, nearest_k=nearest_k, context=context, verbose=verbose)
     record = {"metric": "fid", "value": values["fid"]} | {k: v for k, v in values.items() if k != "fid"}

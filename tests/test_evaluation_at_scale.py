@@ -67,6 +67,10 @@ record = fidlib.fid(ckpt, ref=reference, n=9, batch=2, prdc=True, nearest_k=2, d
                     feature_extractor=TinyFeatures(), verbose=False)
 if context.is_main:
     (folder / "two-fid.json").write_text(json.dumps(record))
+try:  # a reference only rank 0 reads: every rank stops with its error instead of waiting
+    main(["fid", ckpt, f"--stats={folder}/absent.npz", "--n=4", "--device=cpu"])
+except SystemExit as exit:
+    (folder / f"exit{context.rank}.txt").write_text(str(exit.code))
 distributed.teardown()
 """
 
@@ -87,6 +91,8 @@ def test_two_processes_write_what_one_process_writes(tmp_path, seeded_single_thr
            str(script), str(tmp_path), str(ckpt), str(conditional), reference]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert [(tmp_path / f"exit{rank}.txt").read_text() for rank in (0, 1)] == ["2", "2"]
+    assert result.stderr.count("absent.npz' does not exist; make it with `ddgan fid make-stats") == 2
 
     # One process with the same flags and, as torchrun gives each CPU process, one thread: on the CPU, oneDNN's
     # kernels (chosen by batch size and thread count) may round a rare pixel the other way otherwise.

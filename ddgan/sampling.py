@@ -293,22 +293,30 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
                                cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch)
 
 
-def generate_shared(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,
-                    context: distributed.Context, labels=None, progress: bool = True,
-                    **options) -> Iterator[np.ndarray]:
-    """generate() split over the ranks of a torchrun job: rank 0 yields every image in seed order, others nothing.
-
-    Each round, every rank draws one batch of its own and rank 0 gathers them (see
-    `distributed.round_shares`), so the images are those of one process; the progress bar counts all
-    ranks' images. Every rank must consume the iterator to its end. `options` are generate()'s.
-    """
+def generate_share(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,
+                   context: distributed.Context, labels=None, **options) -> tuple[list[range], Iterator[np.ndarray]]:
+    """This rank's part of generating `seeds` under torchrun: (its share of every round, see
+    `distributed.round_shares`; its images, one batch per non-empty share). `options` are generate()'s."""
     check_batch(batch)
     seeds = list(seeds)
     labels = class_labels(config, labels, len(seeds))
     shares = distributed.round_shares(len(seeds), batch, context)
     mine = [index for share in shares for index in share]
-    local = generate(G, config, [seeds[i] for i in mine], batch, context.device, progress=False,
-                     labels=None if labels is None else labels[mine], **options)
+    images = generate(G, config, [seeds[i] for i in mine], batch, context.device, progress=False,
+                      labels=None if labels is None else labels[mine], **options)
+    return shares, images
+
+
+def generate_shared(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,
+                    context: distributed.Context, labels=None, progress: bool = True,
+                    **options) -> Iterator[np.ndarray]:
+    """generate() split over the ranks of a torchrun job: rank 0 yields every image in seed order, others nothing.
+
+    Each round, every rank draws one batch of its own and rank 0 gathers them, so the images are those
+    of one process; the progress bar counts all ranks' images. Every rank must consume the iterator to
+    its end.
+    """
+    shares, local = generate_share(G, config, seeds, batch, context, labels, **options)
     with tqdm(total=len(seeds), desc="sampling", unit="img", file=sys.stderr,
               disable=not (progress and context.is_main) or len(seeds) <= batch) as bar:
         for parts in distributed.gather_rounds(local, shares, context):

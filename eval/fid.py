@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python eval/fid.py`: make the repo root importable
@@ -32,7 +32,7 @@ from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.files import atomic_write
 from ddgan.models import load_generator
-from ddgan.sampling import check_batch, default_device, generate, parse_classes, seed_list, to_uint8
+from ddgan.sampling import check_batch, default_device, generate_share, parse_classes, seed_list, to_uint8
 from eval.inception import (
     FeatureExtractor,
     batch_features,
@@ -185,10 +185,8 @@ def generator_features(G: torch.nn.Module, config: Config, seeds: Sequence[int],
                        context: distributed.Context | None = None, verbose: bool = True) -> np.ndarray | None:
     """Features of G's images for `seeds` (and labels), this process's share drawn here; all of them on rank 0."""
     context = context or distributed.current(device)
-    shares = distributed.round_shares(len(seeds), batch, context)
-    mine = [index for share in shares for index in share]
-    images = generate(G, config, [seeds[i] for i in mine], batch, device, amp=amp, progress=False,
-                      labels=None if labels is None else [labels[i] for i in mine])
+    shares, images = generate_share(G, config, seeds, batch, replace(context, device=torch.device(device)),
+                                    labels, amp=amp)
     return gathered_features(images, shares, len(seeds), extractor, mode, device, context, "features of samples",
                              verbose)
 

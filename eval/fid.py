@@ -378,7 +378,8 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
     stats: clean-fid statistics by name (cifar10, at the generator's resolution and --split) or a .npz from
         `ddgan fid make-stats`; default the checkpoint's fid_stats setting.
     ref: instead of --stats, a folder / .npz / LMDB of reference images, resized to the generator's size.
-    n, seeds: the sample set: seeds 0..n-1 (n default 50000), or --seeds like 0-49999.
+    n, seeds: the sample set: seeds 0..n-1 (n default 50000), or --seeds like 0-49999 (write --seeds under
+        torchrun, which takes --n for an abbreviation of its own --nnodes).
     class: a conditional model's classes (--class=0,2 or names), drawn in turn; default all.
     prdc: also precision and recall (Kynkäänniemi et al., k = --nearest_k) and density and coverage (Naeem et
         al.) of the first --prdc_n samples against --prdc_n reference features (a seeded subset of --ref's,

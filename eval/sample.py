@@ -81,6 +81,7 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
         <checkpoint folder>/samples-<checkpoint name>.png.
     n: images to draw (seeds 0..n-1) when --seeds is not given; default 64.
     seeds: a count, a range like 0-49999, or a list like 1,5,7; image i depends on its seed (and class) only.
+        Under torchrun write --seeds, not --n (torchrun takes --n for an abbreviation of its --nnodes).
     class: a conditional model's class: an index (--class=3), a name (--class=cat), a list (--class=0,2)
         or --class=all (the default); with several, every seed is drawn for every class, a grid row each.
     interpolate: SEED_A,SEED_B: a row of --frames images along a spherical interpolation of the two

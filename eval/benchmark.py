@@ -38,7 +38,7 @@ from ddgan.wavelet import to_image_space
 from eval import bench_ops
 from eval.baseline import original_resampling, run_original_iteration
 
-WHAT = ("sample", "train", "ops", "train_vs_original")
+WHAT = ("sample", "train", "ops", "train_vs_original", "sample_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
 BASELINES = (None, "original", "original_resampling")
 TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "ms_median", "images_per_s", "iters_per_s",
@@ -95,9 +95,9 @@ def bench_config(preset: str, width: int | None, **overrides) -> Config:
     return make_config(preset, **overrides)
 
 
-def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool, compile: bool,
-                 cuda_graph: bool, repeats: int, warmup: int) -> dict:
-    """One T-step sampling pass of a batch with a randomly initialised generator."""
+def sampling_pass(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool,
+                  compile: bool = False, cuda_graph: bool = False) -> Callable[[], torch.Tensor]:
+    """One T-step sampling pass of a batch with a randomly initialised generator, as a function to time."""
     G = build_generator(config).to(device).eval().requires_grad_(False)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     G = G.to(memory_format=memory_format)
@@ -110,12 +110,55 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
 
     def run():
         # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
-        with autocast(device, amp_dtype, cache_enabled=not cuda_graph):
+        with torch.no_grad(), autocast(device, amp_dtype, cache_enabled=not cuda_graph):
             return to_image_space(diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises), config)
 
-    times = time_calls(capture_cuda_graph(run).replay if cuda_graph else run, device, repeats, warmup)
+    return capture_cuda_graph(run).replay if cuda_graph else run
+
+
+def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool, compile: bool,
+                 cuda_graph: bool, repeats: int, warmup: int) -> dict:
+    """Timings of sampling passes (see sampling_pass)."""
+    run = sampling_pass(config, device, batch, amp_dtype, channels_last, compile, cuda_graph)
+    times = time_calls(run, device, repeats, warmup)
+    return {**sample_timings(times, batch, config), "peak_mem_mb": peak_memory_mb(device)}
+
+
+def sample_timings(times: Sequence[float], batch: int, config: Config) -> dict:
+    """Throughput and per-pass times of timed sampling passes (seconds each)."""
     return {"images_per_s": batch * len(times) / sum(times), "ms_median": 1000 * statistics.median(times),
-            "ms_mean": 1000 * statistics.fmean(times), "T": T, "peak_mem_mb": peak_memory_mb(device)}
+            "ms_mean": 1000 * statistics.fmean(times), "T": config.num_timesteps}
+
+
+def alternated(runs: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each run, the runs taking turns call by call so that all meet the same machine."""
+    times = {name: [] for name in runs}
+    for index in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_sample_vs_original(config: Config, batch: int, amp_dtype, channels_last: bool, repeats: int,
+                             warmup: int) -> list[dict]:
+    """Our sampling pass and the original's (float32, NCHW, its resampling), alternated (CPU)."""
+    device = torch.device("cpu")
+    ours = sampling_pass(config, device, batch, amp_dtype, channels_last)
+    original_pass = sampling_pass(config, device, batch, None, False)
+
+    def original():
+        with original_resampling():
+            return original_pass()
+
+    times = alternated({"ours": ours, "original": original}, repeats, warmup)
+    speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
+    return [{"baseline": None, "channels_last": channels_last, "dtype": str(amp_dtype or torch.float32).removeprefix(
+                "torch."), **sample_timings(times["ours"], batch, config), "speedup_vs_original": speedup},
+            {"baseline": "original", "channels_last": False, "dtype": "float32",
+             **sample_timings(times["original"], batch, config)}]
 
 
 def bench_train(config: Config, device: torch.device, batch: int, repeats: int, warmup: int,
@@ -151,17 +194,12 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
     ours = Trainer(config, Context(device=device))
     original = Trainer(dataclasses.replace(config, channels_last=False, amp="none"), Context(device=device))
     x0 = synthetic_batch(config, batch, device)
-    times = {"ours": [], "original": []}
-    for index in range(warmup + repeats):
-        for name in times:
-            start = time.perf_counter()
-            if name == "ours":
-                ours.run_iteration(x0)
-            else:
-                with original_resampling():
-                    run_original_iteration(original, x0)
-            if index >= warmup:
-                times[name].append(time.perf_counter() - start)
+
+    def original_iteration():
+        with original_resampling():
+            run_original_iteration(original, x0)
+
+    times = alternated({"ours": lambda: ours.run_iteration(x0), "original": original_iteration}, repeats, warmup)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
     return [{"baseline": None if name == "ours" else "original", "channels_last": trainer.channels_last,
              "dtype": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),
@@ -186,7 +224,9 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     """Measure sampling (`--what=sample`), training iterations (`train`) or the custom ops (`ops`).
 
     `--what=train_vs_original` (CPU) alternates our training iteration with the original's (see
-    --baseline) iteration by iteration, so that both meet the same machine, and reports the speed-up.
+    --baseline) iteration by iteration, so that both meet the same machine, and reports the speed-up;
+    `--what=sample_vs_original` does the same for a sampling pass (ours NHWC when it samples in bf16, as
+    `ddgan sample` does; the original's float32, NCHW, with its resampling).
 
     preset: the architecture and T to measure, with random weights (no checkpoint needed).
     batch: images per call; default 100 for sampling, the preset's per-process batch for training.
@@ -210,15 +250,18 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     if baseline not in BASELINES:
         raise ValueError(f"--baseline must be one of {', '.join(BASELINES[1:])} or left out, got {baseline!r}")
-    if (baseline or what == "train_vs_original") and device.type != "cpu":
-        raise ValueError("--baseline and --what=train_vs_original are the original's CPU path: use --device=cpu")
+    if (baseline or what.endswith("_vs_original")) and device.type != "cpu":
+        raise ValueError(f"--baseline and --what={what} are the original's CPU path: use --device=cpu")
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
-    channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
     # The ops are timed in float32; --amp=auto (the default) depends on the generator's size on a CPU.
     parameters = sum(p.numel() for p in build_generator(bench_config(preset, width)).parameters()) \
         if what != "ops" and amp in (None, "auto") and device.type == "cpu" else None
     amp_dtype = precision.amp_dtype(amp, device, parameters) if what != "ops" else None
+    if channels_last is None:  # as `ddgan sample` and training choose it
+        bf16_cpu_sampling = what == "sample_vs_original" and amp_dtype is torch.bfloat16
+        channels_last = device.type == "cuda" or bf16_cpu_sampling
+    channels_last = bool(channels_last)
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,
               "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,
@@ -246,6 +289,11 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         batch = batch or DEFAULT_SAMPLE_BATCH
         result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
         records = [{"what": "sample", **common, "batch": batch, **result}]
+    elif what == "sample_vs_original":
+        config = bench_config(preset, width)
+        batch = batch or DEFAULT_SAMPLE_BATCH
+        records = [{"what": "sample", **common, "batch": batch, **row}
+                   for row in bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup)]
     elif what == "train_vs_original":
         # Ours at --amp (auto by default); the original's iteration is always float32.
         config = bench_config(preset, width, amp=precision.amp_name(amp_dtype), channels_last=channels_last)

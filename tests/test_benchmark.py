@@ -145,3 +145,16 @@ def test_train_vs_original_alternates_and_reports_the_speedup():
     assert "speedup_vs_original" not in original
     with pytest.raises(ValueError, match="--device=cpu"):
         bench(preset="demo", what="train_vs_original", device="meta")
+
+
+def test_sample_vs_original_alternates_and_reports_the_speedup():
+    from eval.benchmark import bench
+
+    ours, original = bench(preset="demo", what="sample_vs_original", device="cpu", batch=2, repeats=2, warmup=0,
+                           width=8, amp="bf16")
+    assert ours["baseline"] is None and ours["dtype"] == "bfloat16" and ours["channels_last"] is True
+    assert original["baseline"] == "original" and original["dtype"] == "float32" and not original["channels_last"]
+    assert ours["speedup_vs_original"] == pytest.approx(original["ms_median"] / ours["ms_median"])
+    assert ours["T"] == original["T"] == 2
+    with pytest.raises(ValueError, match="--what=sample_vs_original are the original's CPU path"):
+        bench(preset="demo", what="sample_vs_original", device="meta")

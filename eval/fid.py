@@ -300,7 +300,8 @@ def check_prdc_n(prdc_n) -> None:
 # Commands
 
 
-def training_evaluator(config: Config) -> Callable[[torch.nn.Module, Config], dict[str, float]]:
+def training_evaluator(config: Config, feature_extractor: FeatureExtractor | None = None
+                       ) -> Callable[[torch.nn.Module, Config], dict[str, float]]:
     """What `ddgan train --fid_every` calls on every rank: FID (and with --fid_prdc the manifold metrics) of
     config.fid_samples seeds against config.fid_stats. Checks the statistics now, not hours into the run."""
     if str(config.fid_stats).lower().endswith(".npz"):
@@ -318,10 +319,13 @@ def training_evaluator(config: Config) -> Callable[[torch.nn.Module, Config], di
                              "--features=10000` and pass --fid_stats=STATS.npz")
 
     def evaluate(G: torch.nn.Module, config: Config) -> dict[str, float]:
+        context = distributed.current(next(G.parameters()).device)
+        reference = distributed.main_only(lambda: reference_stats(config.fid_stats, "clean", config.image_size),
+                                          context)
         seeds = list(range(config.fid_samples))
-        return generator_metrics(G, config, reference_stats(config.fid_stats, "clean", config.image_size), seeds,
-                                 labels=all_classes(config, len(seeds)), prdc=config.fid_prdc,
-                                 prdc_n=min(DEFAULT_COUNT, config.fid_samples), verbose=False)
+        return generator_metrics(G, config, reference, seeds, labels=all_classes(config, len(seeds)),
+                                 feature_extractor=feature_extractor, prdc=config.fid_prdc,
+                                 prdc_n=min(DEFAULT_COUNT, config.fid_samples), context=context, verbose=False)
 
     return evaluate
 

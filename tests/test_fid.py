@@ -312,3 +312,14 @@ def test_training_evaluator_checks_the_statistics_up_front(stats, tmp_path):
     with pytest.raises(ValueError, match="--fid_prdc: clean-fid's statistics --fid_stats=cifar10 hold no"):
         fidlib.training_evaluator(replace(config, image_size=32, fid_prdc=True))
     assert callable(fidlib.training_evaluator(replace(config, fid_stats=stats)))
+
+
+def test_training_evaluator_measures_every_metric(run, extractor, tmp_path):
+    ckpt, samples = run
+    G, config = load_generator(ckpt)
+    kept = fidlib.make_stats(str(samples), str(tmp_path / "kept.npz"), features=40, feature_extractor=extractor,
+                             device="cpu", verbose=False)
+    config = replace(config, fid_every=1.0, fid_samples=40, fid_stats=kept, fid_prdc=True)
+    values = fidlib.training_evaluator(config, feature_extractor=extractor)(G, config)
+    assert sorted(values) == ["coverage", "density", "fid", "precision", "recall"]
+    assert abs(values["fid"]) < 1e-6 and values["precision"] == values["recall"] == 1.0  # its own samples

@@ -13,6 +13,8 @@ import torch
 from ddgan import checkpoint, distributed
 from ddgan.config import make_config
 from ddgan.data import read_image_array, write_image_array
+from ddgan.data.demo import DemoShapes
+from ddgan.models import load_generator
 from eval import fid as fidlib
 from eval.sample import sample
 from tests.test_fid import TinyFeatures
@@ -143,3 +145,42 @@ def test_fid_of_a_conditional_model_draws_the_chosen_classes_in_turn(tmp_path):
     same = fidlib.fid(str(conditional), class_="box", **kwargs)["value"]
     every_class = fidlib.fid(str(conditional), **kwargs)["value"]
     assert abs(same) < 1e-6 < every_class
+
+
+TRAINING_WITH_FID = """
+import sys
+from ddgan.config import make_config
+from ddgan.training_loop import run_training
+from eval.fid import training_evaluator
+from tests.test_fid import TinyFeatures
+from tests.test_training import TINY
+
+config = make_config("demo", **TINY, data="demo", image_size=8, ch_mult=[1, 2], batch_size=4, kimg=0.008,
+                     fid_every=0.004, fid_samples=10, fid_stats=sys.argv[2], fid_prdc=True, outdir=sys.argv[1])
+run_training(config, device="cpu", evaluate_fid=training_evaluator(config, feature_extractor=TinyFeatures()))
+"""
+
+
+def test_fid_during_a_two_process_run_is_one_process_fid(tmp_path, seeded_single_thread):
+    """--fid_every under torchrun: both ranks draw, rank 0 logs all five numbers, equal to one process's."""
+    images = DemoShapes(8, size=30, seed=4).images.permute(0, 2, 3, 1).numpy()
+    write_image_array(tmp_path / "real.npz", images)
+    stats = fidlib.make_stats(str(tmp_path / "real.npz"), str(tmp_path / "stats.npz"), features=30,
+                              feature_extractor=TinyFeatures(), device="cpu", verbose=False)
+    script = tmp_path / "train_with_fid.py"
+    script.write_text(TRAINING_WITH_FID)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(script), str(tmp_path / "runs"), stats]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    logged = [entry for entry in logged if "recall" in entry]
+    assert len(logged) == 2 and all({"fid", "precision", "density", "coverage"} <= set(e) for e in logged)
+    # The last evaluation saw the final EMA generator: one process measures the same.
+    G, config = load_generator(run_dir)
+    alone = fidlib.training_evaluator(config, feature_extractor=TinyFeatures())(G, config)
+    assert abs(alone["fid"] - logged[-1]["fid"]) <= 1e-6 * max(1.0, alone["fid"])
+    for metric in ("precision", "recall", "density", "coverage"):
+        assert alone[metric] == logged[-1][metric], metric

@@ -1,4 +1,5 @@
-"""torch.distributed set-up for torchrun (one process per GPU, or several CPU processes with gloo)."""
+"""torch.distributed for torchrun (one process per GPU, or several CPU processes with gloo): joining the group,
+agreeing on stops, and the rounds in which sampling and FID share their batches out and gather them in order."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.files import atomic_write
 from ddgan.models import load_generator
-from ddgan.sampling import check_batch, default_device, generate_share, parse_classes, seed_list, to_uint8
+from ddgan.sampling import check_batch, generate_share, parse_classes, seed_list, to_uint8
 from eval.inception import (
     FeatureExtractor,
     batch_features,
@@ -334,7 +334,8 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
                seed: int = 0, batch: int = 100, mode: str = "clean", device=None, inception: str | None = None,
                workers: int = 0, download: bool = False, overwrite: bool = False,
                feature_extractor: FeatureExtractor | None = None, verbose: bool = True) -> str:
-    """Compute FID reference statistics (mu, sigma) once from a dataset and save them as a .npz.
+    """Compute FID reference statistics (mu, sigma) once from a dataset and save them as a .npz (under torchrun
+    every process extracts a share of the features; rank 0 writes).
 
     data: a dataset name (cifar10, ...) or a folder / .zip / LMDB / .npz of images; never flipped.
     out: where to write the statistics (*.npz); pass it later as `ddgan fid CKPT --stats=OUT`.
@@ -354,17 +355,18 @@ def make_stats(data: str, out: str, image_size: int | None = None, n: int | None
     if out_path.exists() and not overwrite:
         raise ValueError(f"--out={out!r} exists; pass --overwrite to replace it")
     dataset = open_reference(data, image_size, download)
-    device = torch.device(device) if device is not None else default_device()
-    extractor = feature_extractor or inception_extractor(mode, device, inception)
-    all_features = dataset_features(dataset, extractor, n, batch, mode, device, workers, verbose,
-                                    context=distributed.Context(device=device))
-    mu, sigma = feature_stats(all_features)
-    kept = {"features": seeded_subset(all_features, features, seed).astype(np.float32),
-            "features_seed": np.array(seed)} if features else {}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_path, lambda f: np.savez(
-        f, mu=mu, sigma=sigma, mode=np.array(mode), num_images=np.array(n or len(dataset)),
-        image_size=np.array(dataset.image_size), source=np.array(str(data)), **kept))
+    with distributed.joined(device) as context:  # under torchrun every process reads and extracts a share
+        extractor = feature_extractor or inception_extractor(mode, context.device, inception)
+        all_features = dataset_features(dataset, extractor, n, batch, mode, context.device, workers, verbose,
+                                        context=context)
+        if context.is_main:
+            mu, sigma = feature_stats(all_features)
+            kept = {"features": seeded_subset(all_features, features, seed).astype(np.float32),
+                    "features_seed": np.array(seed)} if features else {}
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(out_path, lambda f: np.savez(
+                f, mu=mu, sigma=sigma, mode=np.array(mode), num_images=np.array(n or len(dataset)),
+                image_size=np.array(dataset.image_size), source=np.array(str(data)), **kept))
     return str(out_path)
 
 

@@ -69,6 +69,8 @@ record = fidlib.fid(ckpt, ref=reference, n=9, batch=2, prdc=True, nearest_k=2, d
                     feature_extractor=TinyFeatures(), verbose=False)
 if context.is_main:
     (folder / "two-fid.json").write_text(json.dumps(record))
+fidlib.make_stats(reference, f"{folder}/two-stats.npz", features=8, batch=5, device="cpu",
+                  feature_extractor=TinyFeatures(), verbose=False)
 try:  # a reference only rank 0 reads: every rank stops with its error instead of waiting
     main(["fid", ckpt, f"--stats={folder}/absent.npz", "--n=4", "--device=cpu"])
 except SystemExit as exit:
@@ -111,6 +113,11 @@ def test_two_processes_write_what_one_process_writes(tmp_path, seeded_single_thr
     for name in one_folder:
         assert (tmp_path / "two-folder" / name).read_bytes() == (tmp_path / "one-folder" / name).read_bytes()
 
+    one_stats = fidlib.make_stats(reference, str(tmp_path / "one-stats.npz"), features=8, batch=5, device="cpu",
+                                  feature_extractor=TinyFeatures(), verbose=False)
+    with np.load(one_stats) as one, np.load(tmp_path / "two-stats.npz") as two:
+        for key in ("mu", "sigma", "features"):
+            np.testing.assert_array_equal(one[key], two[key])
     one = fidlib.fid(str(ckpt), ref=reference, n=9, batch=2, prdc=True, nearest_k=2, device="cpu",
                      feature_extractor=TinyFeatures(), verbose=False)
     two = json.loads((tmp_path / "two-fid.json").read_text())

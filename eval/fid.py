@@ -426,10 +426,9 @@ def _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, contex
         if not stats:
             raise ValueError(f"{source} names no FID statistics (its fid_stats is empty); pass --stats=NAME|STATS.npz "
                              "or --ref=FOLDER|NPZ")
-        if not str(stats).lower().endswith(".npz"):  # before any download: does the server have them at all?
-            named_stats_file(str(stats), mode, config.image_size, split)
-
-        def load_reference() -> Reference:  # rank 0 alone compares, so it alone reads (or fetches) them
+        # Rank 0 alone compares, so it alone reads (or fetches) them; named statistics no server has are
+        # refused there before any download (named_stats), and the error stops every rank.
+        def load_reference() -> Reference:
             reference = reference_stats(stats, mode, config.image_size, split)
             if prdc:
                 check_has_features(reference, f"--stats={stats}")

@@ -18,7 +18,7 @@ import torch
 from ddgan.files import atomic_write, temporary_pattern
 
 FORMAT = "ddgan-checkpoint"
-VERSION = 1  # bump with a migration in MIGRATIONS when the layout changes
+VERSION = 2  # bump with a migration in MIGRATIONS when the layout changes
 CHECKPOINT_GLOB = "*.pt"
 
 
@@ -171,7 +171,30 @@ def _from_v0(obj: dict) -> dict:
     return obj
 
 
-MIGRATIONS = {0: _from_v0}
+def _from_v1(obj: dict) -> dict:
+    # Format 1's class-conditional networks took the class through G's mapping network and D's projection
+    # only; format 2 adds it to both time embeddings (`class_temb`). A zero embedding adds nothing, so the
+    # migrated networks compute what they did, and a resumed run trains the new embeddings from zero.
+    obj = dict(obj, version=2)
+    config = obj.get("config") or {}
+    classes = int(config.get("num_classes") or 0)
+    if classes == 0:
+        return obj
+    widths = {"G": 4 * int(config["num_channels_dae"]), "G_ema": 4 * int(config["num_channels_dae"]),
+              "D": int(config["t_emb_dim"])}
+    for net, width in widths.items():
+        state = obj.get(net)
+        if state is not None and "class_temb.weight" not in state:
+            obj[net] = {**state, "class_temb.weight": torch.zeros(width, classes)}
+    for name in ("opt_G", "opt_D"):  # the new parameter comes last in parameters(), with no Adam state yet
+        if obj.get(name):
+            groups = [dict(group) for group in obj[name]["param_groups"]]
+            groups[-1]["params"] = [*groups[-1]["params"], 1 + max(i for g in groups for i in g["params"])]
+            obj[name] = {**obj[name], "param_groups": groups}
+    return obj
+
+
+MIGRATIONS = {0: _from_v0, 1: _from_v1}
 
 
 def load(path: str | os.PathLike, original_ok: bool = False) -> dict:

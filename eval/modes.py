@@ -12,9 +12,11 @@ the two numbers the DDGAN paper reports on Stacked-MNIST.
     python -m eval.modes count RUN_FOLDER --n=2000
 
 `accuracy`: for a class-conditional checkpoint, the fraction of each class's samples that a classifier
-labels as the class asked for (the shape classifier for the demo shapes, or one you pass).
+labels as the class asked for (the shape classifier for the demo shapes, a digit classifier trained on
+scikit-learn's real digits for models of `eval.digits`' data, or one you pass).
 
     python -m eval.modes accuracy runs/demo --n=256
+    python -m eval.modes accuracy RUN --classifier=digits
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from ddgan.data import DemoShapes, write_image_array
 from ddgan.data.demo import LUMA, SHAPES
+from eval import digits
 
 NUM_SHAPES = len(SHAPES)
 
@@ -40,41 +43,64 @@ def stacked_shapes(n: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, 
     return np.ascontiguousarray(gray.transpose(1, 2, 3, 0)), kinds.T
 
 
-class ShapeClassifier(torch.nn.Module):
-    """A small CNN that names the shape in a one-channel image."""
+class SmallCNN(torch.nn.Module):
+    """A small CNN that names the class of a one-channel image (a demo shape, a digit)."""
 
-    def __init__(self):
+    def __init__(self, num_classes: int):
         super().__init__()
         self.convs = torch.nn.Sequential(
             torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4))
-        self.head = torch.nn.Linear(32 * 16, NUM_SHAPES)
+        self.head = torch.nn.Linear(32 * 16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.convs(x).flatten(1))
 
 
-def train_classifier(image_size: int, steps: int = 400, seed: int = 1) -> tuple[ShapeClassifier, float]:
-    """Fit the classifier on fresh single shapes; returns it and its held-out accuracy."""
+def fit_classifier(x: torch.Tensor, y: torch.Tensor, train: int, num_classes: int, steps: int, seed: int,
+                   shift: int = 0) -> tuple[SmallCNN, float]:
+    """Fit a SmallCNN on images x[:train] in [-1, 1] (randomly shifted by up to `shift` px); returns it and
+    its accuracy on the held-out x[train:]."""
     torch.manual_seed(seed)
-    data = DemoShapes(image_size, num_channels=1, size=6000, seed=seed)
-    x = data.images.float() / 127.5 - 1
-    y = torch.tensor([SHAPES.index(s) for s in data.shapes])
-    model = ShapeClassifier()
+    model = SmallCNN(num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(steps):
-        index = torch.randint(0, 5000, (64,))
-        loss = F.cross_entropy(model(x[index]), y[index])
+        index = torch.randint(0, train, (64,))
+        batch = x[index]
+        if shift:
+            dy, dx = torch.randint(-shift, shift + 1, (2,)).tolist()
+            batch = torch.roll(batch, (dy, dx), dims=(2, 3))
+        loss = F.cross_entropy(model(batch), y[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        accuracy = (model(x[5000:]).argmax(1) == y[5000:]).float().mean().item()
+        accuracy = (model(x[train:]).argmax(1) == y[train:]).float().mean().item()
     return model.eval(), accuracy
 
 
-def shape_labels(images: np.ndarray, classifier: ShapeClassifier) -> np.ndarray:
-    """The shape index (in SHAPES) the classifier sees in each uint8 [N, H, W, C] image (RGB seen as luma)."""
+def train_classifier(image_size: int, steps: int = 400, seed: int = 1) -> tuple[SmallCNN, float]:
+    """Fit the shape classifier on fresh single shapes; returns it and its held-out accuracy."""
+    data = DemoShapes(image_size, num_channels=1, size=6000, seed=seed)
+    x = data.images.float() / 127.5 - 1
+    y = torch.tensor([SHAPES.index(s) for s in data.shapes])
+    return fit_classifier(x, y, 5000, NUM_SHAPES, steps, seed)
+
+
+def train_digits_classifier(image_size: int, steps: int = 1500, seed: int = 1) -> tuple[SmallCNN, float]:
+    """Fit a digit classifier on all but the last HELD_OUT real digits, both upscalings (shifted by up to 1 px);
+    returns it and its accuracy on the held-out digits (both upscalings)."""
+    sets = [digits.digit_images(upscale, image_size) for upscale in digits.UPSCALINGS]
+    train = len(sets[0][0]) - digits.HELD_OUT
+    x = torch.cat([torch.from_numpy(images[part]) for part in (slice(0, train), slice(train, None))
+                   for images, _ in sets]).float().permute(0, 3, 1, 2) / 127.5 - 1
+    y = torch.cat([torch.from_numpy(labels[part]) for part in (slice(0, train), slice(train, None))
+                   for _, labels in sets])
+    return fit_classifier(x, y, train * len(sets), len(digits.CLASSES), steps, seed, shift=1)
+
+
+def classify(images: np.ndarray, classifier: SmallCNN) -> np.ndarray:
+    """The class index the classifier sees in each uint8 [N, H, W, C] image (RGB seen as luma)."""
     x = torch.from_numpy(images).float().permute(0, 3, 1, 2)
     if x.shape[1] == 3:  # the demo's grayscale images are the luma of its RGB ones
         x = torch.einsum("nchw,c->nhw", x, torch.from_numpy(LUMA))[:, None]
@@ -82,7 +108,7 @@ def shape_labels(images: np.ndarray, classifier: ShapeClassifier) -> np.ndarray:
         return classifier(x / 127.5 - 1).argmax(1).numpy()
 
 
-def mode_histogram(images: np.ndarray, classifier: ShapeClassifier) -> np.ndarray:
+def mode_histogram(images: np.ndarray, classifier: SmallCNN) -> np.ndarray:
     """Counts of the 64 modes among uint8 [N, H, W, 3] images."""
     x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
     with torch.no_grad():
@@ -127,8 +153,10 @@ def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu") -> di
 def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", classifier: str | None = None) -> dict:
     """Per-class accuracy of a conditional checkpoint: n samples per class, the share labelled as asked.
 
-    classifier: "package.module:function", a function from uint8 images (N, H, W, C) to the predicted class
-        indices (N,) in the model's classes; default the demo shape classifier (for the demo shapes).
+    classifier: `shapes` (the demo shape classifier), `digits` (one trained on scikit-learn's real digits, for
+        models of eval.digits' data), or "package.module:function", a function from uint8 images (N, H, W, C)
+        to the predicted class indices (N,) in the model's classes; default: shapes when the classes are the
+        demo shapes, digits when they are '0'..'9'.
     """
     from ddgan.models import load_generator
     from ddgan.sampling import generate
@@ -137,18 +165,25 @@ def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", cla
     if config.num_classes == 0:
         raise ValueError(f"{ckpt} is unconditional (trained without --cond=True): it has no classes to check")
     names = list(config.class_names) or [str(i) for i in range(config.num_classes)]
-    if classifier is not None:
+    if classifier is None:
+        classifier = "shapes" if set(names) <= set(SHAPES) else "digits" if names == list(digits.CLASSES) else None
+    if classifier in ("shapes", "digits"):
+        known = SHAPES if classifier == "shapes" else digits.CLASSES
+        if not set(names) <= set(known):
+            raise ValueError(f"--classifier={classifier} names {', '.join(known)}, and the model's classes are "
+                             f"{', '.join(names[:10])}: pass --classifier=package.module:function instead")
+        train = train_classifier if classifier == "shapes" else train_digits_classifier
+        model, held_out = train(config.image_size)
+        to_class = np.array([names.index(name) if name in names else -1 for name in known])
+
+        def predict(images):
+            return to_class[classify(images, model)]
+    elif classifier is not None:
         module, _, function = str(classifier).partition(":")
         predict = getattr(__import__(module, fromlist=[function]), function)
         held_out = None
-    elif set(names) <= set(SHAPES):
-        shapes, held_out = train_classifier(config.image_size)
-        to_class = np.array([names.index(shape) if shape in names else -1 for shape in SHAPES])
-
-        def predict(images):
-            return to_class[shape_labels(images, shapes)]
     else:
-        raise ValueError(f"the classes ({', '.join(names[:5])}...) are not the demo shapes: pass "
+        raise ValueError(f"the classes ({', '.join(names[:5])}...) are neither the demo shapes nor the digits: pass "
                          "--classifier=package.module:function (uint8 NHWC images -> class indices)")
     per_class = {}
     for label, name in enumerate(names):

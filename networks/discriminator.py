@@ -4,8 +4,9 @@ D judges whether x_t is a real denoising of x_{t+1} (named `x_next`, as in `ddga
 candidate x_t and the condition x_{t+1} are concatenated along channels (in that order) and run
 through residual blocks with FIR downsampling, each receiving a time embedding as a per-channel bias;
 a minibatch-stddev feature and a final conv follow, and the logit is a linear map of the spatial sum. A
-class-conditional D(x_t, t, x_{t+1}, y) adds the inner product of that sum with an embedding of the class y
-(a projection discriminator, Miyato & Koyama 2018).
+class-conditional D(x_t, t, x_{t+1}, y) adds an embedding of the class y to the time embedding, so that
+every block's features depend on the class, and the inner product of that sum with another embedding of
+y to the logit (a projection discriminator, Miyato & Koyama 2018).
 Numbers and initialisation follow the original implementation (every layer has the original `dense`
 init, fan="out" in `networks.layers`); `networks.reference` converts weights.
 """
@@ -100,12 +101,18 @@ class Discriminator(nn.Module):
         self.head = linear(top, 1, fan="out")
         # Last, so that every layer above draws the same initial numbers as in the unconditional network.
         self.class_embed = ClassEmbedding(num_classes, top) if num_classes > 0 else None
+        # The class also joins the time embedding that biases every block: with the projection alone, D's
+        # features could ignore the class (on blocky data they judged the blocks; BENCHMARKS.md).
+        self.class_temb = ClassEmbedding(num_classes, t_emb_dim) if num_classes > 0 else None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t (of class y)."""
         check_class_labels(y, self.num_classes, x_t.shape[0])
-        temb = self.act(self.time_embed(t))
+        temb = self.time_embed(t)
+        if self.class_temb is not None:
+            temb = temb + self.class_temb(y).to(temb.dtype)
+        temb = self.act(temb)
         h = self.input_conv(torch.cat([x_t, x_next], dim=1))
         for block in self.blocks:
             h = block(h, temb)

@@ -3,7 +3,8 @@
 A U-Net (Song et al., 2021) of BigGAN-style residual blocks whose group norms are modulated by a latent
 code z through a mapping network (adaptive group norm, AdaGN), as in Xiao, Kreis & Vahdat (2022). A
 class-conditional network also feeds an embedding of the label to the mapping network, as conditional
-StyleGAN2-ADA does (Karras et al., 2020), so every AdaGN layer sees the class.
+StyleGAN2-ADA does (Karras et al., 2020), so every AdaGN layer sees the class, and adds a second one to
+the time embedding, as ADM does (Dhariwal & Nichol, 2021), so every residual block gets a class bias.
 Numbers and initialisation follow the original implementation; `networks.reference` converts weights
 to and from its flat `all_modules` layout.
 """
@@ -328,8 +329,12 @@ class NCSNpp(nn.Module):
             self.output_norm = group_norm(top)
             self.output_conv = conv2d(top, num_channels, fan="avg", init_scale=0.0)
         # Last, so that every layer above draws the same initial numbers as in the unconditional network.
+        self.class_temb = None
         if num_classes > 0:
             self.z_mapping.add_class_input(num_classes)
+            # The class also joins the time embedding, which biases every residual block (as ADM's label
+            # embedding does): through AdaGN alone the label lost to the seed on blocky data (BENCHMARKS.md).
+            self.class_temb = ClassEmbedding(num_classes, 4 * nf)
 
     # Construction hooks: a variant (networks.wavelet_generator) swaps in its own resampling blocks, input
     # pyramid and bottleneck, while the rest of the U-Net, its module names and its init order stay these.
@@ -404,6 +409,8 @@ class NCSNpp(nn.Module):
         check_class_labels(y, self.num_classes, x.shape[0])
         zemb = self.z_mapping(z, y)
         temb = self.time_embed(t)
+        if self.class_temb is not None:
+            temb = self.class_temb(y) if temb is None else temb + self.class_temb(y)
         # Every residual block reads act(temb): compute it once.
         temb = F.silu(temb) if temb is not None else None
         if not self.centered:

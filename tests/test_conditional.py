@@ -68,15 +68,19 @@ def test_labels_are_checked(run):
     assert sampling.parse_classes((1, 2), config) == [1, 2]
 
 
-def test_editing_from_step_T_is_sampling_and_from_step_1_keeps_the_input(run):
+def test_editing_from_step_T_is_sampling_and_from_step_1_starts_from_the_input(run):
     _, G, config = run
     seeds, labels = [3, 4], [1, 2]
     inputs = torch.rand(2, config.num_channels, config.image_size, config.image_size) * 2 - 1
     from_noise = np.concatenate(list(sampling.edit(G, config, inputs, seeds, config.num_timesteps, labels=labels)))
     assert np.array_equal(from_noise, images(G, config, seeds, labels))
-    kept = np.concatenate(list(sampling.edit(G, config, inputs, seeds, 1, labels=labels))).astype(float)
-    original = sampling.to_uint8(inputs).permute(0, 2, 3, 1).numpy().astype(float)
-    assert np.abs(kept - original).mean() < np.abs(from_noise - original).mean()
+    # From step T the input is replaced by noise; from step 1 it is what G denoises (a perturbed random G
+    # need not return it, but what it returns depends on it).
+    other = -inputs
+    assert np.array_equal(from_noise, np.concatenate(list(sampling.edit(G, config, other, seeds,
+                                                                        config.num_timesteps, labels=labels))))
+    kept = np.concatenate(list(sampling.edit(G, config, inputs, seeds, 1, labels=labels)))
+    assert not np.array_equal(kept, np.concatenate(list(sampling.edit(G, config, other, seeds, 1, labels=labels))))
     with pytest.raises(ValueError, match=r"--start_step must be an integer in 1\.\.2"):
         list(sampling.edit(G, config, inputs, seeds, 0, labels=labels))
 
@@ -186,3 +190,48 @@ def test_accuracy_of_the_demo_classes(run):
     assert set(report["accuracy"]) == {"circle", "square", "triangle", "cross"}
     assert all(0 <= v <= 1 for v in report["accuracy"].values())
     assert report["classifier_held_out_accuracy"] > 0.9
+
+
+def as_format_1(state: dict) -> dict:
+    """A conditional checkpoint as format 1 wrote it: no class embedding in the time embeddings (nor its
+    Adam entries, the last parameter of G and of D)."""
+    old = dict(state, version=1)
+    for net in ("G", "G_ema", "D"):
+        old[net] = {k: v for k, v in state[net].items() if k != "class_temb.weight"}
+    for name in ("opt_G", "opt_D"):
+        groups = [dict(group) for group in state[name]["param_groups"]]
+        last = groups[-1]["params"][-1]
+        groups[-1]["params"] = groups[-1]["params"][:-1]
+        old[name] = {"state": {k: v for k, v in state[name]["state"].items() if k != last}, "param_groups": groups}
+    return old
+
+
+def test_format_1_conditional_checkpoints_compute_what_they_did_and_resume(run, tmp_path):
+    from ddgan import checkpoint
+    from ddgan.models import build_discriminator
+    from ddgan.training_loop import config_from_flags
+
+    run_dir, _, config = run
+    state = checkpoint.load(run_dir)
+    old_file = tmp_path / "old" / "ckpt-old.pt"
+    old_file.parent.mkdir()
+    checkpoint.save_atomic(as_format_1(state), old_file)
+    assert checkpoint.load(old_file)["G"]["class_temb.weight"].abs().max() == 0
+    # Without the class in its time embeddings each network computes what format 1's did.
+    G_old, _ = load_generator(old_file, ema=False)
+    G_now, _ = load_generator(run_dir, ema=False)
+    D_old, D_now = build_discriminator(config), build_discriminator(config)
+    D_old.load_state_dict(checkpoint.load(old_file)["D"])
+    D_now.load_state_dict(state["D"])
+    for net in (G_now, D_now):
+        with torch.no_grad():
+            net.class_temb.weight.zero_()
+    x, t, z, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]), torch.randn(4, config.nz), torch.arange(4)
+    with torch.no_grad():
+        assert torch.equal(G_old(x, t, z, y), G_now(x, t, z, y))
+        assert torch.equal(D_old(x, t, x.flip(3), y), D_now(x, t, x.flip(3), y))
+    # A resumed run trains the new embeddings from zero.
+    resumed = run_training(config_from_flags(resume=str(old_file), kimg=2 * config.kimg))
+    after = checkpoint.load(resumed)
+    assert after["step"] > state["step"]
+    assert after["G"]["class_temb.weight"].abs().max() > 0 and after["D"]["class_temb.weight"].abs().max() > 0

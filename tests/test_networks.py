@@ -366,7 +366,8 @@ def test_conditional_network_shares_the_unconditional_init(kind):
     torch.manual_seed(0)
     conditional = networks.build(kind, {**config, "num_classes": NUM_CLASSES}).state_dict()
     class_keys = [key for key in conditional if key not in plain]
-    assert class_keys == (["z_mapping.class_embed.weight"] if kind == "NCSNpp" else ["class_embed.weight"])
+    expected = ["z_mapping.class_embed.weight"] if kind == "NCSNpp" else ["class_embed.weight"]
+    assert class_keys == expected + ["class_temb.weight"]
     assert [key for key in conditional if key in plain] == list(plain)
     for key, value in plain.items():
         if key == "z_mapping.layers.0.weight":  # widened by the class inputs: the z columns come first
@@ -378,13 +379,16 @@ def test_conditional_network_shares_the_unconditional_init(kind):
 def test_conditional_parameter_counts():
     cfg = networks.with_reference_defaults(CONDITIONAL_G)
     nz, z_emb_dim, top = cfg["nz"], cfg["z_emb_dim"], 8 * TINY_DISCRIMINATOR["ngf"]
+    temb, d_temb = 4 * cfg["num_channels_dae"], TINY_DISCRIMINATOR["t_emb_dim"]
     count = lambda kind, config: networks.count_parameters(networks.build(kind, config))
-    # G: the class embedding (num_classes x nz) and nz more inputs of the first mapping layer (z_emb_dim x nz).
+    # G: the class embedding (num_classes x nz), nz more inputs of the first mapping layer (z_emb_dim x nz),
+    # and a class vector added to the time embedding (num_classes x 4 nf).
     assert (count("NCSNpp", CONDITIONAL_G) - count("NCSNpp", TINY_GENERATORS["default"])
-            == NUM_CLASSES * nz + z_emb_dim * nz)
-    # D: one projection vector per class, as wide as the pooled features (8 ngf channels).
+            == NUM_CLASSES * nz + z_emb_dim * nz + NUM_CLASSES * temb)
+    # D: one projection vector per class, as wide as the pooled features (8 ngf channels), and one added to
+    # the time embedding (t_emb_dim).
     for kind in ["Discriminator_small", "Discriminator_large"]:
-        assert count(kind, CONDITIONAL_D) - count(kind, TINY_DISCRIMINATOR) == NUM_CLASSES * top
+        assert count(kind, CONDITIONAL_D) - count(kind, TINY_DISCRIMINATOR) == NUM_CLASSES * (top + d_temb)
 
 
 @pytest.mark.parametrize("kind", ["NCSNpp", "Discriminator_small"])
@@ -393,10 +397,16 @@ def test_outputs_depend_on_the_class_label(kind):
     net = without_zero_init(net).eval()
     y = torch.tensor([0, 1, 2, 0])
     other = torch.tensor([1, 1, 0, 0])  # samples 0 and 2 change class, 1 and 3 keep theirs
+
+    def outputs(labels):
+        if kind == "NCSNpp":
+            return net(*inputs.values(), labels)
+        # D's minibatch-stddev feature mixes the samples of a group, and the class reaches its blocks:
+        # judge one sample at a time to see each label's own effect.
+        return torch.cat([net(*(v[i:i + 1] for v in inputs.values()), labels[i:i + 1]) for i in range(4)])
+
     with torch.no_grad():
-        out = net(*inputs.values(), y)
-        again = net(*inputs.values(), y.clone())
-        changed = net(*inputs.values(), other)
+        out, again, changed = outputs(y), outputs(y.clone()), outputs(other)
     assert torch.equal(out, again)
     difference = (out - changed).flatten(1).abs().amax(dim=1)
     assert (difference[[0, 2]] > 1e-3 * out.abs().max()).all(), difference

@@ -1,0 +1,125 @@
+"""How much the class label decides what a class-conditional model draws, measured in G and in D.
+
+For each checkpoint of a run (or one file), as JSON lines:
+
+- `class_share_style`, `class_share_first`, `class_share_image`: of the variance of G's style vectors
+  (the mapping network's output, which drives every AdaGN), of its first prediction x'_0 from pure noise
+  (step T-1) and of the final images, the share that changes with the class when the seed is held, against
+  the share that changes with the seed when the class is held: 1 means the label alone decides, 0 that
+  it is ignored.
+- `d_label_gap`: D's mean logit on real pairs with their own label minus with a wrong one (positive: D
+  punishes a wrong label, so G learns to follow it); `d_real_fake_gap`: its mean logit on real pairs minus
+  on G's pairs for the same labels; both also per step t. With --block=2, `d_block_gain_t*`: how much D's
+  logit on G's pairs rises when G's x'_0 is averaged over 2x2 blocks (is D judging the blocks?).
+
+    python -m eval.conditioning measure RUN [--n=64]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddgan import checkpoint
+from ddgan.config import Config
+from ddgan.data import open_dataset
+from ddgan.diffusion import Diffusion
+from ddgan.models import build_discriminator, build_generator
+from ddgan.sampling import generate, seed_noise
+from ddgan.wavelet import to_diffusion_space
+
+
+def class_share(values: torch.Tensor) -> float:
+    """values [K classes, N seeds, ...]: variance across classes (seed held) over that plus across seeds."""
+    flat = values.flatten(2).double()
+    across_classes = flat.var(0, unbiased=False).mean()
+    across_seeds = flat.var(1, unbiased=False).mean()
+    return float(across_classes / (across_classes + across_seeds + 1e-20))
+
+
+@torch.no_grad()
+def generator_shares(G: torch.nn.Module, config: Config, n: int) -> dict:
+    """The class shares of G's style vectors, first prediction from pure noise, and final images."""
+    seeds = list(range(n))
+    x_T, z_steps = seed_noise(seeds, config)[:2]
+    t = torch.full((n,), config.num_timesteps - 1, dtype=torch.int64)
+    styles, firsts, images = [], [], []
+    for label in range(config.num_classes):
+        y = torch.full((n,), label, dtype=torch.int64)
+        styles.append(G.z_mapping(z_steps[-1], y))
+        firsts.append(G(x_T, t, z_steps[-1], y))
+        images.append(torch.from_numpy(np.concatenate(list(
+            generate(G, config, seeds, batch=n, labels=label, progress=False)))).float())
+    return {"class_share_style": round(class_share(torch.stack(styles)), 4),
+            "class_share_first": round(class_share(torch.stack(firsts)), 4),
+            "class_share_image": round(class_share(torch.stack(images)), 4)}
+
+
+@torch.no_grad()
+def discriminator_gaps(D: torch.nn.Module, G: torch.nn.Module, config: Config, n: int, seed: int = 0,
+                       block: int = 0) -> dict:
+    """D's logit gaps (own label - wrong label, real - fake) on n real pairs per step t; with `block`, also
+    how much D's logit on G's pairs rises when G's x'_0 is made constant over block x block pixels."""
+    data = open_dataset(config.data, config.image_size, config.num_channels, labels=True)
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(data), generator=gen)[:n]
+    x0 = torch.stack([data[int(i)][0] for i in index])
+    y = torch.tensor([data[int(i)][1] for i in index])
+    x0 = to_diffusion_space(x0, config)
+    wrong = (y + torch.randint(1, config.num_classes, y.shape, generator=gen)) % config.num_classes
+    diffusion = Diffusion.from_config(config)
+    report, label_gaps, fake_gaps = {}, [], []
+    for step in range(config.num_timesteps):
+        t = torch.full((len(y),), step, dtype=torch.int64)
+        x_t, x_next = diffusion.q_sample_pairs(x0, t, generator=gen)
+        z = torch.randn(len(y), config.nz, generator=gen)
+        x0_pred = G(x_next, t, z, y)
+        state = gen.get_state()
+        fake = diffusion.posterior_sample(x0_pred, x_next, t, generator=gen)
+        real_logits, fake_logits = D(x_t, t, x_next, y), D(fake, t, x_next, y)
+        label_gaps.append(float((real_logits - D(x_t, t, x_next, wrong)).mean()))
+        fake_gaps.append(float((real_logits - fake_logits).mean()))
+        if block:
+            blocky = F.interpolate(F.avg_pool2d(x0_pred, block), scale_factor=block, mode="nearest")
+            gen.set_state(state)  # the same posterior noise
+            blocky_fake = diffusion.posterior_sample(blocky, x_next, t, generator=gen)
+            report[f"d_block_gain_t{step}"] = round(float((D(blocky_fake, t, x_next, y) - fake_logits).mean()), 4)
+        report[f"d_label_gap_t{step}"] = round(label_gaps[-1], 4)
+        report[f"d_real_fake_gap_t{step}"] = round(fake_gaps[-1], 4)
+    return {"d_label_gap": round(float(np.mean(label_gaps)), 4),
+            "d_real_fake_gap": round(float(np.mean(fake_gaps)), 4), **report}
+
+
+def measure(ckpt: str, n: int = 64, block: int = 0) -> list[dict]:
+    """The measurements for every checkpoint of a run folder (oldest first), or for one file.
+
+    block: also report `d_block_gain_t*`, how much D's logit on G's pairs rises when G's prediction is
+        averaged over block x block pixels (for data upscaled by that factor, nearest: blocky data).
+    """
+    files = checkpoint.list_checkpoints(ckpt) if Path(ckpt).is_dir() else [checkpoint.resolve(ckpt)]
+    reports = []
+    for file in files:
+        state = checkpoint.load(file)
+        config = Config.from_dict(state["config"], f"checkpoint {file}")
+        if config.num_classes == 0:
+            raise ValueError(f"{file} is unconditional (trained without --cond=True): it has no label to measure")
+        nets = {}
+        for name, build in (("G", build_generator), ("G_ema", build_generator), ("D", build_discriminator)):
+            nets[name] = build(config).eval().requires_grad_(False)
+            nets[name].load_state_dict(state[name])
+        report = {"checkpoint": str(file), "kimg": state["images_seen"] / 1000,
+                  **generator_shares(nets["G_ema"], config, n), **discriminator_gaps(nets["D"], nets["G"], config,
+                                                                                      4 * n, block=block)}
+        print(json.dumps(report), flush=True)
+        reports.append(report)
+    return reports
+
+
+if __name__ == "__main__":
+    from ddgan.cli import main, prints_its_result
+
+    main(commands={"measure": prints_its_result(measure)}, name="python -m eval.conditioning")

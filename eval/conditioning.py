@@ -7,6 +7,8 @@ For each checkpoint of a run (or one file), as JSON lines:
   (step T-1) and of the final images, the share that changes with the class when the seed is held, against
   the share that changes with the seed when the class is held: 1 means the label alone decides, 0 that
   it is ignored.
+- `within_class_spread`: the pixels' standard deviation among a class's samples over that among the
+  class's real images, averaged over the classes: 1 is as varied as the data, 0 one image per class.
 - `d_label_gap`: D's mean logit on real pairs with their own label minus with a wrong one (positive: D
   punishes a wrong label, so G learns to follow it); `d_real_fake_gap`: its mean logit on real pairs minus
   on G's pairs for the same labels; both also per step t. With --block=2, `d_block_gain_t*`: how much D's
@@ -41,9 +43,22 @@ def class_share(values: torch.Tensor) -> float:
     return float(across_classes / (across_classes + across_seeds + 1e-20))
 
 
+def labelled_data(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's training images [N, C, H, W] in [-1, 1] and their labels [N]."""
+    data = open_dataset(config.data, config.image_size, config.num_channels, labels=True)
+    items = [data[i] for i in range(len(data))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def spread(images: torch.Tensor) -> float:
+    """The pixels' standard deviation among images [N, ...], averaged over the pixels."""
+    return float(images.flatten(1).double().std(0).mean())
+
+
 @torch.no_grad()
-def generator_shares(G: torch.nn.Module, config: Config, n: int) -> dict:
-    """The class shares of G's style vectors, first prediction from pure noise, and final images."""
+def generator_shares(G: torch.nn.Module, config: Config, n: int, real: tuple) -> dict:
+    """The class shares of G's style vectors, first prediction from pure noise, and final images; the
+    within-class spread of the final images against the real images'."""
     seeds = list(range(n))
     x_T, z_steps = seed_noise(seeds, config)[:2]
     t = torch.full((n,), config.num_timesteps - 1, dtype=torch.int64)
@@ -54,22 +69,22 @@ def generator_shares(G: torch.nn.Module, config: Config, n: int) -> dict:
         firsts.append(G(x_T, t, z_steps[-1], y))
         images.append(torch.from_numpy(np.concatenate(list(
             generate(G, config, seeds, batch=n, labels=label, progress=False)))).float())
+    x, y = real
+    ratios = [spread(images[k] / 127.5 - 1) / spread(x[y == k]) for k in range(config.num_classes)]
     return {"class_share_style": round(class_share(torch.stack(styles)), 4),
             "class_share_first": round(class_share(torch.stack(firsts)), 4),
-            "class_share_image": round(class_share(torch.stack(images)), 4)}
+            "class_share_image": round(class_share(torch.stack(images)), 4),
+            "within_class_spread": round(float(np.mean(ratios)), 4)}
 
 
 @torch.no_grad()
-def discriminator_gaps(D: torch.nn.Module, G: torch.nn.Module, config: Config, n: int, seed: int = 0,
-                       block: int = 0) -> dict:
+def discriminator_gaps(D: torch.nn.Module, G: torch.nn.Module, config: Config, real: tuple, n: int,
+                       seed: int = 0, block: int = 0) -> dict:
     """D's logit gaps (own label - wrong label, real - fake) on n real pairs per step t; with `block`, also
     how much D's logit on G's pairs rises when G's x'_0 is made constant over block x block pixels."""
-    data = open_dataset(config.data, config.image_size, config.num_channels, labels=True)
     gen = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(data), generator=gen)[:n]
-    x0 = torch.stack([data[int(i)][0] for i in index])
-    y = torch.tensor([data[int(i)][1] for i in index])
-    x0 = to_diffusion_space(x0, config)
+    index = torch.randperm(len(real[1]), generator=gen)[:n]
+    x0, y = to_diffusion_space(real[0][index], config), real[1][index]
     wrong = (y + torch.randint(1, config.num_classes, y.shape, generator=gen)) % config.num_classes
     diffusion = Diffusion.from_config(config)
     report, label_gaps, fake_gaps = {}, [], []
@@ -101,19 +116,20 @@ def measure(ckpt: str, n: int = 64, block: int = 0) -> list[dict]:
         averaged over block x block pixels (for data upscaled by that factor, nearest: blocky data).
     """
     files = checkpoint.list_checkpoints(ckpt) if Path(ckpt).is_dir() else [checkpoint.resolve(ckpt)]
-    reports = []
+    reports, real = [], None
     for file in files:
         state = checkpoint.load(file)
         config = Config.from_dict(state["config"], f"checkpoint {file}")
         if config.num_classes == 0:
             raise ValueError(f"{file} is unconditional (trained without --cond=True): it has no label to measure")
+        real = real or labelled_data(config)
         nets = {}
         for name, build in (("G", build_generator), ("G_ema", build_generator), ("D", build_discriminator)):
             nets[name] = build(config).eval().requires_grad_(False)
             nets[name].load_state_dict(state[name])
         report = {"checkpoint": str(file), "kimg": state["images_seen"] / 1000,
-                  **generator_shares(nets["G_ema"], config, n), **discriminator_gaps(nets["D"], nets["G"], config,
-                                                                                      4 * n, block=block)}
+                  **generator_shares(nets["G_ema"], config, n, real),
+                  **discriminator_gaps(nets["D"], nets["G"], config, real, 4 * n, block=block)}
         print(json.dumps(report), flush=True)
         reports.append(report)
     return reports

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 UPSCALINGS = ("nearest", "bilinear")
 CLASSES = tuple(str(d) for d in range(10))
-HELD_OUT = 297  # the last digits of the set: the classifier never trains on them
+HELD_OUT = 297  # digits (drawn at random) that the digits classifier never trains on
 
 
 def digit_images(upscale: str = "nearest", image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ setup(
         "tensorboard>=2.12",
         "clean-fid>=0.1.35",
         "prdc>=0.2",  # precision, recall, density and coverage (Naeem et al.), with scikit-learn
+        "scikit-learn>=1.0",  # its bundled handwritten digits: eval.digits, the real-data class check
         "lmdb>=1.4",
         "ninja>=1.11",
     ],

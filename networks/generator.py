@@ -333,7 +333,8 @@ class NCSNpp(nn.Module):
         if num_classes > 0:
             self.z_mapping.add_class_input(num_classes)
             # The class also joins the time embedding, which biases every residual block (as ADM's label
-            # embedding does): through AdaGN alone the label lost to the seed on blocky data (BENCHMARKS.md).
+            # embedding does). Beside D's class in its time embedding, it lifted the weakest class on real
+            # digits; alone it hardly helped (BENCHMARKS.md).
             self.class_temb = ClassEmbedding(num_classes, 4 * nf)
 
     # Construction hooks: a variant (networks.wavelet_generator) swaps in its own resampling blocks, input

@@ -27,7 +27,11 @@ setup(
         "lmdb>=1.4",
         "ninja>=1.11",
     ],
-    extras_require={"dev": ["pytest>=7.0", "ruff>=0.5"]},
+    extras_require={
+        "dev": ["pytest>=7.0", "ruff>=0.5"],
+        # ddgan.latent: LDM (latent-diffusion) first-stage autoencoders as diffusers models, LDM's yaml configs
+        "latent": ["diffusers>=0.27", "pyyaml>=5.1"],
+    },
     entry_points={"console_scripts": ["ddgan=ddgan.cli:main"]},
     license="MIT",
 )

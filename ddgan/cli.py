@@ -1,4 +1,4 @@
-"""The `ddgan` command line: train, sample, edit, fid, bench, demo, info and presets, through `fire` and `command`.
+"""The `ddgan` command line: train, sample, edit, fid, bench, demo, autoencoder, info and presets, via `fire`.
 
 Flags keep the original implementation's underscore names; `--flag=value` works, lists as
 `--ch_mult='[1,2,2]'`. Every sub-command (and `python train.py`, `python -m eval.modes`, ...) is wrapped
@@ -80,9 +80,11 @@ def help_text(command_line: str, function: Callable) -> str:
     for parameter in inspect.signature(function).parameters.values():
         if parameter.kind is parameter.VAR_KEYWORD:
             words.append("[--FLAG=VALUE ...]")
+        elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            words.append(f"--{_flag_name(parameter.name)}={parameter.name.upper()}")  # a required flag
         elif parameter.kind is not parameter.VAR_POSITIONAL:
             words.append(parameter.name.upper() if parameter.default is parameter.empty
-                         else f"[--{_flag_name(parameter.name)}={parameter.default}]")
+                         else f"[--{_flag_name(parameter.name)}={_shown(parameter.default)}]")
     text = f"usage: {command_line} {' '.join(words)}\n\n{inspect.getdoc(function) or ''}"
     return text + (config_flags_help() if getattr(function, "takes_config_flags", False) else "")
 
@@ -187,6 +189,7 @@ COMMANDS = {
     "fid": "eval.fid:fid_command",
     "bench": "eval.benchmark:bench_command",
     "demo": demo,
+    "autoencoder": "ddgan.autoencoder:autoencoder",
     "info": info,
     "presets": presets,
 }

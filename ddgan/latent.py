@@ -5,12 +5,14 @@ autoencoder: a KL autoencoder (`ldm.models.autoencoder.AutoencoderKL`) or a VQ o
 module rebuilds such an autoencoder as `diffusers.AutoencoderKL` / `diffusers.VQModel` from LDM's config block
 and loads LDM's weights into it under diffusers' names, strictly, so that every weight lands somewhere and
 nothing is left unset. `LDMAutoencoder` then behaves as LDM's model does (encode, decode, quantize, `tanh_out`).
+`from_diffusers` wraps a plain diffusers AutoencoderKL the same way, such as one that `ddgan autoencoder` trained.
 
 diffusers is an optional dependency: `pip install -e '.[latent]'`.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -171,6 +173,32 @@ def load_ldm(ckpt_path: str | Path, config_path: str | Path) -> LDMAutoencoder:
                              "LatentDiffusion with params.first_stage_config")
         model = first_stage
     return from_ldm(model, state_dict)
+
+
+def from_diffusers(model: nn.Module | str | Path) -> LDMAutoencoder:
+    """A plain diffusers AutoencoderKL, or the folder its `save_pretrained` wrote, as a 'kl' LDMAutoencoder.
+
+    This is how an autoencoder trained by `ddgan autoencoder` (or any diffusers KL autoencoder) is used: its
+    encode gives (mean, logvar) and its decode images, as an LDM one's do. No weights are ever downloaded:
+    a folder must exist here.
+    """
+    if isinstance(model, str | Path):
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder} is not a diffusers autoencoder folder: it has no config.json (write one "
+                             "with AutoencoderKL.save_pretrained, or train one with `ddgan autoencoder`)")
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
+        if kind != "AutoencoderKL":
+            raise ValueError(f"{folder} holds a diffusers {kind or 'model of unknown class'}, not an AutoencoderKL")
+        try:
+            import diffusers
+        except ImportError as error:
+            raise ImportError("diffusers autoencoders need diffusers: pip install -e '.[latent]'") from error
+        # low_cpu_mem_usage=False: the lazy path needs `accelerate` and only warns without it.
+        model = diffusers.AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)
+    if type(model).__name__ != "AutoencoderKL":
+        raise ValueError(f"from_diffusers takes a diffusers AutoencoderKL, got {type(model).__name__}")
+    return LDMAutoencoder(model, "kl")
 
 
 def _autoencoder_block(config: Mapping) -> tuple[str, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,8 +14,10 @@ from tqdm import tqdm
 class Monitor:
     """Rank 0's reporting; other ranks get a Monitor that does nothing."""
 
-    def __init__(self, run_dir: Path | None, total_kimg: float, start_kimg: float = 0.0, enabled: bool = True):
+    def __init__(self, run_dir: Path | None, total_kimg: float, start_kimg: float = 0.0, enabled: bool = True,
+                 postfix: Callable[[dict], str] | None = None):
         self.enabled = enabled and run_dir is not None
+        self.postfix = postfix or gan_postfix  # what the progress bar shows of the latest scalars
         self.writer = None
         self.bar = None
         self.log_file = None
@@ -48,9 +51,7 @@ class Monitor:
         for name, value in values.items():
             self.writer.add_scalar(name, value, global_step=int(kimg * 1000))
         self.log_file.write(json.dumps({"kimg": round(kimg, 3), "step": step, **values}) + "\n")
-        self.bar.set_postfix_str(
-            f"D {values.get('loss/D', float('nan')):.3f} G {values.get('loss/G', float('nan')):.3f} "
-            f"{values.get('speed/img_per_s', 0):.0f} img/s", refresh=False)
+        self.bar.set_postfix_str(self.postfix(values), refresh=False)
         return values
 
     def progress(self, kimg: float) -> None:
@@ -75,3 +76,9 @@ class Monitor:
         self.writer.close()
         self.log_file.close()
         self.enabled = False
+
+
+def gan_postfix(values: dict) -> str:
+    """The progress bar's summary of a DDGAN run: both losses and the speed."""
+    return (f"D {values.get('loss/D', float('nan')):.3f} G {values.get('loss/G', float('nan')):.3f} "
+            f"{values.get('speed/img_per_s', 0):.0f} img/s")

@@ -106,8 +106,12 @@ class Discriminator(nn.Module):
         self.class_temb = ClassEmbedding(num_classes, t_emb_dim) if num_classes > 0 else None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t (of class y)."""
+                y: torch.Tensor | None = None, batches: int = 1) -> torch.Tensor:
+        """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t (of class y).
+
+        batches: how many equal batches the inputs stack (a real and a fake one judged in one pass); each
+        gets its own minibatch-stddev groups, so the logits equal those of separate calls.
+        """
         check_class_labels(y, self.num_classes, x_t.shape[0])
         temb = self.time_embed(t)
         if self.class_temb is not None:
@@ -116,7 +120,7 @@ class Discriminator(nn.Module):
         h = self.input_conv(torch.cat([x_t, x_next], dim=1))
         for block in self.blocks:
             h = block(h, temb)
-        h = self.act(self.final_conv(minibatch_stddev(h, self.stddev_group)))
+        h = self.act(self.final_conv(minibatch_stddev(h, self.stddev_group, batches)))
         pooled = h.sum(dim=(2, 3))
         logits = self.head(pooled)
         if self.class_embed is not None:
@@ -167,16 +171,22 @@ def first_blocks(widths: list, num_layers: int, name: str) -> list:
     return widths[:num_layers]
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Append one channel: the feature stddev across each group of samples, averaged (StyleGAN)."""
-    batch, channels, height, width = x.shape
+def minibatch_stddev(x: torch.Tensor, group_size: int, batches: int = 1) -> torch.Tensor:
+    """Append one channel: the feature stddev across each group of samples, averaged (StyleGAN).
+
+    batches: x stacks this many equal batches, each grouped on its own (as if passed separately).
+    """
+    total, channels, height, width = x.shape
+    if total % batches != 0:
+        raise ValueError(f"{total} samples cannot be {batches} equal batches")
+    batch = total // batches
     group = min(batch, group_size)
     if batch % group != 0:
         raise ValueError(f"batch size ({batch}) must be a multiple of the minibatch-stddev group "
                          f"({group}); use a batch size divisible by {group}")
-    # Sample b belongs to group b % (batch // group), as in the original's view/repeat. In float32: in
-    # fp16 both the 1e-8 and a small variance round to 0, and sqrt's gradient at 0 is infinite.
-    grouped = x.float().view(group, -1, channels, height, width)
-    stddev = torch.sqrt(grouped.var(0, unbiased=False) + 1e-8)
-    stddev = stddev.mean(dim=(1, 2, 3), keepdim=True).repeat(group, 1, height, width)
-    return torch.cat([x, stddev.to(x.dtype)], dim=1)
+    # Sample b of a batch belongs to group b % (batch // group), as in the original's view/repeat. In
+    # float32: in fp16 both the 1e-8 and a small variance round to 0, and sqrt's gradient at 0 is infinite.
+    grouped = x.float().view(batches, group, -1, channels, height, width)
+    stddev = torch.sqrt(grouped.var(1, unbiased=False) + 1e-8)
+    stddev = stddev.mean(dim=(2, 3, 4), keepdim=True).unsqueeze(1).expand(batches, group, -1, 1, height, width)
+    return torch.cat([x, stddev.reshape(total, 1, height, width).to(x.dtype)], dim=1)

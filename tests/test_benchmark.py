@@ -109,12 +109,11 @@ def test_original_iteration_ends_in_our_iterations_state():
     config = make_config("demo", **TINY, image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2, r1_gamma=1.0,
                          channels_last=False)
     x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    ours, original = Trainer(config), Trainer(config)
+    ours, original, initial = (jittered(Trainer(config)) for _ in range(3))
     for _ in range(2):
         ours.run_iteration(x0)
         run_original_iteration(original, x0)
     assert original.step == ours.step == 2 and original.images_seen == ours.images_seen == 8
-    initial = Trainer(config)
     for name in ("G", "D", "G_ema"):
         want, got = getattr(ours, name).state_dict(), getattr(original, name).state_dict()
         start = getattr(initial, name).state_dict()
@@ -123,6 +122,23 @@ def test_original_iteration_ends_in_our_iterations_state():
             torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
     for opt in ("opt_G", "opt_D"):
         assert [g["fused"] for g in getattr(original, opt).param_groups] == [True]  # restored after each step
+
+
+def jittered(trainer):
+    """The trainer with the same random offsets on every weight of G and D (G_ema copied from G).
+
+    The zero-initialised layers give D gradients that are exactly zero in exact arithmetic and +-1e-8 in
+    floats, depending on the order of the sums; Adam's first step turns their sign into a full step of lr.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for net in (trainer.G, trainer.D):
+            for param in net.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+        trainer.G_ema.load_state_dict(trainer.G.state_dict())
+    return trainer
 
 
 def test_baseline_is_a_cpu_comparison():

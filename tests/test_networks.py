@@ -284,6 +284,23 @@ def test_minibatch_stddev_needs_divisible_batch():
         minibatch_stddev(torch.zeros(6, 2, 2, 2), group_size=4)
 
 
+def test_discriminator_judges_stacked_batches_as_separate_calls():
+    """batches=2 (the D step's real and fake pairs in one pass) keeps each half's minibatch-stddev groups."""
+    disc = networks.build("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32})
+    with torch.no_grad():  # away from the zero-initialised final layer, whose logits are all about 0
+        for param in disc.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    real = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=8, seed=1)
+    fake = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=8, seed=2)
+    separate = torch.cat([disc(**real), disc(**fake)])
+    stacked = disc(*(torch.cat([real[k], fake[k]]) for k in ("x_t", "t", "x_next")), batches=2)
+    torch.testing.assert_close(stacked, separate, rtol=1e-5, atol=1e-6)
+    mixed = disc(*(torch.cat([real[k], fake[k]]) for k in ("x_t", "t", "x_next")))  # groups across halves
+    assert not torch.allclose(mixed, separate, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="3 equal batches"):
+        minibatch_stddev(torch.zeros(8, 2, 2, 2), group_size=4, batches=3)
+
+
 def test_minibatch_stddev_of_identical_fp16_samples_has_finite_gradients():
     """Zero variance: in fp16 sqrt(0 + 1e-8) would be sqrt(0), whose gradient is infinite."""
     x = torch.ones(4, 3, 2, 2, dtype=torch.float16, requires_grad=True)

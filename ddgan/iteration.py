@@ -22,7 +22,7 @@ from ddgan.diffusion import Diffusion
 from ddgan.distributed import Context
 from ddgan.models import build_discriminator, build_generator
 from ddgan.precision import amp_dtype, autocast
-from ddgan.wavelet import to_diffusion_space
+from ddgan.space import Space, space_for
 
 
 class NonFiniteError(ArithmeticError):
@@ -38,9 +38,10 @@ def cosine_lr(base: float, minimum: float, progress: float) -> float:
 class Trainer:
     """G, D, the EMA of G, their optimizers and the iteration's random stream, for one process."""
 
-    def __init__(self, config: Config, context: Context | None = None):
+    def __init__(self, config: Config, context: Context | None = None, space: Space | None = None):
         self.config = config
         self.context = context or Context()
+        self.space = space or space_for(config)  # what the networks see, made from each data batch
         device = self.device = self.context.device
         if device.type == "cuda" and config.tf32:  # process-wide, so the benchmark's iterations get it too
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -112,17 +113,16 @@ class Trainer:
                 group["lr"] = lr
         return progress
 
-    def flip(self, x0: torch.Tensor) -> torch.Tensor:
-        """Random horizontal flips drawn from the iteration's stream (so a resumed run flips alike)."""
+    def flip_mask(self, batch: int) -> torch.Tensor | None:
+        """Which images of a batch to mirror, drawn from the iteration's stream (so a resumed run flips alike)."""
         if not self.config.hflip:
-            return x0
-        mask = torch.rand(x0.shape[0], generator=self.rng, device=self.device) < 0.5
-        return torch.where(mask.view(-1, 1, 1, 1), x0.flip(3), x0)
+            return None
+        return torch.rand(batch, generator=self.rng, device=self.device) < 0.5
 
     def prepare_batch(self, x0: torch.Tensor) -> torch.Tensor:
-        """The data batch on the device, in float32, randomly flipped, in the run's space and layout."""
-        x0 = self.flip(x0.to(self.device, non_blocking=True).float())
-        x0 = to_diffusion_space(x0, self.config)  # flipped as images, as WaveDiff's data loader does
+        """x_0 of a data batch: on the device, in float32, randomly flipped, in the run's space and layout."""
+        x0 = x0.to(self.device, non_blocking=True).float()
+        x0 = self.space.training_batch(x0, self.flip_mask(x0.shape[0]), self._randn)
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         return x0
@@ -146,8 +146,9 @@ class Trainer:
         self.batches_drawn += 1
         x0 = self.prepare_batch(x0)
         labels = () if y is None else (y.to(self.device, non_blocking=True),)
-        self.set_learning_rates()
+        progress = self.set_learning_rates()
         stats = {}
+        classify = {"class_logits": True} if c.class_loss > 0 and labels else {}
 
         # D step: real pairs (+ R1) and fake pairs from the current G, judged in one pass of D.
         self.D.requires_grad_(True)
@@ -160,11 +161,16 @@ class Trainer:
         with self.autocast():
             # One batch of twice the size costs less than two (per-op overhead, larger GEMMs on the CPU);
             # D's minibatch-stddev groups stay within each half, so the logits are those of two calls.
-            logits = self.D_train(torch.cat([x_t, x_fake]), t.repeat(2), x_next.repeat(2, 1, 1, 1),
-                                  *(y.repeat(2) for y in labels), batches=2).view(-1)
-        real_logits, fake_logits = logits.chunk(2)
+            out = self.D_train(torch.cat([x_t, x_fake]), t.repeat(2), x_next.repeat(2, 1, 1, 1),
+                               *(y.repeat(2) for y in labels), batches=2, **classify)
+        logits, class_logits = out if classify else (out, None)
+        real_logits, fake_logits = logits.view(-1).chunk(2)
         loss_real, loss_fake = losses.d_loss_real(real_logits), losses.d_loss_fake(fake_logits)
         loss = loss_real + loss_fake
+        if classify:  # D learns to name the class of real pairs only, so that it cannot learn G's mistakes
+            d_class = losses.class_loss(class_logits[:x_t.shape[0]], labels[0])
+            stats["loss/D_class"] = d_class.detach()
+            loss = loss + c.class_loss * d_class
         if apply_r1:
             r1 = losses.r1_penalty(real_logits, x_t, c.r1_gamma, self.scaler)
             loss = loss + r1
@@ -183,12 +189,17 @@ class Trainer:
         t, _, x_next = self._random_pairs(x0)
         x_fake, x0_pred = self._fake_sample(self.G_train, x_next, t, labels)
         with self.autocast():
-            logits = self.D(x_fake, t, x_next, *labels).view(-1)
-        loss_G = losses.g_loss(logits)
+            out = self.D(x_fake, t, x_next, *labels, **classify)
+        logits, class_logits = out if classify else (out, None)
+        loss_G = losses.g_loss(logits.view(-1))
+        if classify:  # G's pairs should be named as the label they were made for
+            g_class = losses.class_loss(class_logits, labels[0])
+            stats["loss/G_class"] = g_class.detach()
+            loss_G = loss_G + c.class_loss * g_class
         if c.rec_loss:  # WaveDiff: G's x'_0 should also be close to the x_0 its pair came from
             rec = losses.reconstruction(x0_pred, x0)
             stats["loss/rec"] = rec.detach()
-            loss_G = loss_G + c.rec_loss_weight * rec
+            loss_G = loss_G + losses.reconstruction_weight(c.rec_loss_schedule, progress, c.rec_loss_weight) * rec
         self.scaler.scale(loss_G).backward()
         if check_finite:
             self._check_finite("G loss", loss_G.detach(), before_raising=before_D_step.undo)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +28,21 @@ def reconstruction(x0_pred: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(x0_pred.float(), x0.float())
 
 
+def reconstruction_weight(schedule: str, progress: float, weight: float = 1.0) -> float:
+    """The weight of the --rec_loss term at `progress` (0 to 1) through the run: `weight`, or LDDGAN's sigmoid.
+
+    LDDGAN weighs it by 1 - sigmoid(beta[epoch]), beta = linspace(-6, 6, epochs + 1): near 1 at first, 1/2 at
+    half time, near 0 at the end, so G first learns to reconstruct and then only to fool D. Here beta runs
+    over the images seen, so the weight does not depend on the data's size or the batch.
+    """
+    if schedule == "constant":
+        return weight
+    if schedule != "sigmoid":
+        raise ValueError(f"--rec_loss_schedule must be constant or sigmoid, got {schedule!r}")
+    beta = -6.0 + 12.0 * min(max(progress, 0.0), 1.0)
+    return weight * (1.0 - 1.0 / (1.0 + math.exp(-beta)))
+
+
 def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float,
                scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """gamma/2 * E ||grad_{x_t} D(x_t, t, x_{t+1})||^2 on real pairs, differentiable for D's update.
@@ -40,3 +57,8 @@ def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float,
     else:
         (grad,) = torch.autograd.grad(total, x_t, create_graph=True)
     return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()
+
+
+def class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of D's class head against the labels (--class_loss, AC-GAN), averaged."""
+    return F.cross_entropy(class_logits.float(), labels)

@@ -11,6 +11,7 @@ import torch
 import networks
 from ddgan import checkpoint
 from ddgan.config import Config, make_config
+from ddgan.space import kept_config, space_for
 
 
 def build_generator(config: Config) -> torch.nn.Module:
@@ -82,7 +83,8 @@ def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torc
         convert = networks.from_wavediff if config.space == "wavelet" else networks.from_reference
         generator = convert(config.generator_kind, config.network_kwargs(), state)
     else:
-        config = Config.from_dict(obj["config"], f"checkpoint {file}")
+        # A latent model decodes with the autoencoder its run folder keeps, wherever the folder has moved.
+        config = kept_config(Config.from_dict(obj["config"], f"checkpoint {file}"), file.parent)
         generator = build_generator(config)
         generator.load_state_dict(obj["G_ema"] if ema and obj.get("G_ema") is not None else obj["G"])
     return generator.to(device).eval().requires_grad_(False), config
@@ -100,14 +102,14 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
     """A few lines about a checkpoint (`ddgan info`): what produced it and what it holds."""
     file = checkpoint.resolve(path)
     state = checkpoint.load(file)
-    config = Config.from_dict(state["config"], f"checkpoint {file}")
+    config = kept_config(Config.from_dict(state["config"], f"checkpoint {file}"), file.parent)
+    space = space_for(config) if config.space != "pixel" else None
     lines = [
         f"{file}: ddgan checkpoint format {state['version']} (ddgan {state.get('ddgan_version', '?')})",
         f"preset {config.preset}, data {config.data}, {state['images_seen'] / 1000:.2f} kimg, step {state['step']}",
         f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
         f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}"
-        + (f", {config.space} space ({config.wavelet_order} bands), {config.generator_kind}"
-           if config.space == "wavelet" else "")
+        + (f", {space.describe()}, {config.generator_kind}" if space is not None else "")
         + (f", {config.num_classes} classes ({', '.join(config.class_names)})" if config.num_classes else ""),
         f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters, "
         f"D {networks.count_parameters(build_discriminator(config)) / 1e6:.2f} M",

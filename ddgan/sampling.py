@@ -34,7 +34,7 @@ from ddgan.config import Config
 from ddgan.diffusion import Diffusion
 from ddgan.files import atomic_write
 from ddgan.precision import amp_dtype, autocast
-from ddgan.wavelet import to_diffusion_space, to_image_space
+from ddgan.space import Space, space_for
 
 DEFAULT_COUNT = 64
 MAX_SEED = 2**63 - 1
@@ -99,7 +99,7 @@ def _as_seed(value) -> int:
 
 def noise_sizes(config: Config) -> tuple[int, int]:
     """(numbers in one x_t, numbers one seed draws): x_T, then T latents, then T noise tensors."""
-    pixels = math.prod(config.latent_shape)  # as many in wavelet space as in pixel space
+    pixels = math.prod(config.latent_shape)  # of the tensor the networks see: pixels, wavelets or latents
     return pixels, pixels + config.num_timesteps * (config.nz + pixels)
 
 
@@ -272,7 +272,8 @@ def interpolation_noise(seed_a: int, seed_b: int, frames: int, config: Config) -
 
 def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int], batch: int = 64, device=None,
              amp: str | None = None, channels_last: bool = False, progress: bool = True,
-             cuda_graph: bool = False, prefetch: int | None = None, labels=None) -> Iterator[np.ndarray]:
+             cuda_graph: bool = False, prefetch: int | None = None, labels=None,
+             space: Space | None = None) -> Iterator[np.ndarray]:
     """Sample the images of `seeds` in batches; yields uint8 (B, H, W, C) numpy arrays in seed order.
 
     seeds: a list of seeds, or a spec as `parse_seeds` reads it (`64`, `0-49999`, `1,5,7`).
@@ -282,6 +283,8 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch.
     prefetch: batches of seed noise drawn ahead in threads while the device samples (default 4 on
     CUDA, where drawing 50 000 CIFAR-10 seeds' noise takes about 3.5 s of one CPU core; 0 on the CPU).
+    space: the `ddgan.space` that decodes the samples (default: space_for(config); a latent model's opens
+    the autoencoder that config.autoencoder names, as load_generator sets it).
     """
     check_batch(batch)
     seeds = parse_seeds(seeds) if isinstance(seeds, int | str) else list(seeds)
@@ -290,7 +293,7 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     chunks = [range(start, min(start + batch, len(seeds))) for start in range(0, len(seeds), batch)]
     draw = functools.partial(_seed_rows, seeds=seeds, config=config, pin_memory=device.type == "cuda")
     yield from _sample_batches(G, config, chunks, draw, labels, None, None, device, amp, channels_last, progress,
-                               cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch)
+                               cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch, space)
 
 
 def generate_share(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,
@@ -326,24 +329,24 @@ def generate_shared(G: torch.nn.Module, config: Config, seeds: Sequence[int], ba
 
 
 def interpolate(G: torch.nn.Module, config: Config, seed_a: int, seed_b: int, frames: int = 8, label=None,
-                batch: int = 64, device=None, amp: str | None = None) -> np.ndarray:
+                batch: int = 64, device=None, amp: str | None = None, space: Space | None = None) -> np.ndarray:
     """uint8 (frames, H, W, C) images along a spherical path from seed_a's image to seed_b's (for a class)."""
     rows = interpolation_noise(_as_seed(seed_a), _as_seed(seed_b), frames, config)
     labels = class_labels(config, label, frames)
     device = torch.device(device) if device is not None else next(G.parameters()).device
     chunks = [range(start, min(start + batch, frames)) for start in range(0, frames, batch)]
     return np.concatenate(list(_sample_batches(G, config, chunks, lambda chunk: rows[chunk.start:chunk.stop],
-                                               labels, None, None, device, amp, False, False, False, 0)))
+                                               labels, None, None, device, amp, False, False, False, 0, space)))
 
 
 def edit(G: torch.nn.Module, config: Config, images: torch.Tensor, seeds: Sequence[int], start_step: int,
          labels=None, batch: int = 64, device=None, amp: str | None = None,
-         progress: bool = True) -> Iterator[np.ndarray]:
+         progress: bool = True, space: Space | None = None) -> Iterator[np.ndarray]:
     """Add noise, then denoise (SDEdit): diffuse images [N, C, H, W] in [-1, 1] to step k, run the k steps left.
 
-    Image i is diffused with seed i's x_T draw, x_k = a_k x_0 + sigma_k eps, and denoised with seed i's
-    latents and noises; k = T starts from eps itself (the input is ignored: plain sampling of the seed),
-    k = 1 keeps most of the input. Yields uint8 (B, H, W, C) arrays in order.
+    Image i is encoded into the model's space, diffused with seed i's x_T draw, x_k = a_k x_0 + sigma_k eps,
+    and denoised with seed i's latents and noises; k = T starts from eps itself (the input is ignored: plain
+    sampling of the seed), k = 1 keeps most of the input. Yields uint8 (B, H, W, C) arrays in order.
     """
     check_batch(batch)
     seeds = list(seeds)
@@ -360,7 +363,7 @@ def edit(G: torch.nn.Module, config: Config, images: torch.Tensor, seeds: Sequen
     chunks = [range(start, min(start + batch, len(seeds))) for start in range(0, len(seeds), batch)]
     draw = functools.partial(_seed_rows, seeds=seeds, config=config, pin_memory=False)
     yield from _sample_batches(G, config, chunks, draw, labels, images, start_step, device, amp, False, progress,
-                               False, 0)
+                               False, 0, space)
 
 
 def _seed_rows(chunk: range, seeds: Sequence[int], config: Config, pin_memory: bool) -> torch.Tensor:
@@ -369,8 +372,10 @@ def _seed_rows(chunk: range, seeds: Sequence[int], config: Config, pin_memory: b
 
 def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, labels: torch.Tensor | None,
                     inputs: torch.Tensor | None, start_step: int | None, device: torch.device, amp: str | None,
-                    channels_last: bool, progress: bool, cuda_graph: bool, prefetch: int) -> Iterator[np.ndarray]:
+                    channels_last: bool, progress: bool, cuda_graph: bool, prefetch: int,
+                    space: Space | None) -> Iterator[np.ndarray]:
     """The batch loop behind generate, interpolate and edit: draw(chunk) gives each batch's noise rows."""
+    space = space or space_for(config)
     dtype = amp_dtype(amp, device, sum(p.numel() for p in G.parameters()))
     if cuda_graph and device.type != "cuda":
         raise ValueError("--cuda_graph needs a CUDA device")
@@ -382,7 +387,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
         x_T, latents, noises = split_noise(rows.to(device, non_blocking=True), config)
         y = labels[chunk.start:chunk.stop].to(device) if labels is not None else None
         if inputs is not None and start_step < config.num_timesteps:
-            x0 = to_diffusion_space(inputs[chunk.start:chunk.stop].to(device=device, dtype=x_T.dtype), config)
+            x0 = space.encode(inputs[chunk.start:chunk.stop].to(device=device, dtype=x_T.dtype))
             step = torch.full((len(x0),), start_step, dtype=torch.int64, device=device)
             x_T = diffusion.q_sample(x0, step, noise=x_T)
         x_T = x_T.contiguous(memory_format=memory_format)
@@ -394,7 +399,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
             with torch.no_grad(), autocast(device, dtype):
                 x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises, labels=y,
                                      start_step=start_step)
-        yield to_uint8(to_image_space(x, config)).permute(0, 2, 3, 1).cpu().numpy()
+        yield to_uint8(space.decode(x)).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def check_batch(batch) -> None:

@@ -25,6 +25,7 @@ from ddgan.data import ImageDataset, describe_dataset, make_loader, open_dataset
 from ddgan.iteration import NonFiniteError, Trainer
 from ddgan.monitor import Monitor
 from ddgan.sampling import generate, grid_image, grid_layout, readable_scale, write_png
+from ddgan.space import check_resumed_autoencoder, kept_config, space_for
 
 # Scores a generator for the run's config: the FID (lower is better), or a dict holding "fid" and other
 # metrics to log; called on every rank (eval.fid's splits the work). `ddgan train` passes eval.fid's.
@@ -56,6 +57,8 @@ def resume_config(resume: str, flags: dict) -> tuple[Config, Path]:
     if changed:
         raise ValueError(f"--resume {file}: these flags change the architecture of the saved networks: "
                          f"{'; '.join(changed)}. Drop them, or start a new run without --resume")
+    if "autoencoder" in flags or "autoencoder_config" in flags:
+        check_resumed_autoencoder(file.parent, config)
     return config, file
 
 
@@ -150,7 +153,11 @@ def _run_loop(config: Config, context: distributed.Context, max_steps: int | Non
                            skip_bad_images=config.skip_bad_images, labels=config.cond)
     config = with_classes(config, dataset)
     config, flips = decide_flips(config, dataset)
-    trainer = Trainer(config, context)
+    # A resumed latent run decodes with the autoencoder its folder keeps.
+    space = space_for(config, checkpoint.resolve(config.resume).parent if config.resume else None)
+    data, about_space = space.training_data(dataset, context)
+    config = space.config  # a latent space fills in its shape and the measured scale
+    trainer = Trainer(config, context, space)
 
     resumed = None
     if config.resume:
@@ -170,15 +177,17 @@ def _run_loop(config: Config, context: distributed.Context, max_steps: int | Non
     monitor = Monitor(run_dir if context.is_main else None, config.kimg, trainer.images_seen / 1000,
                       enabled=context.is_main)
     if context.is_main:
+        space.save(run_dir)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         monitor.message(f"run folder {run_dir}\ndata: {describe_dataset(dataset)}\n{flips}\n"
+                        + (f"{about_space}\n" if about_space else "") +
                         f"G {networks.count_parameters(trainer.G) / 1e6:.2f} M parameters, "
                         f"D ({config.discriminator_kind}) {networks.count_parameters(trainer.D) / 1e6:.2f} M; "
                         f"{context.world_size} process(es) on {context.device}, batch {config.batch_size}")
         if resumed is not None:
             monitor.message(f"resumed from {config.resume} at {trainer.images_seen / 1000:.2f} kimg")
 
-    batches = iter(make_loader(dataset, per_rank_batch, rank=context.rank, num_replicas=context.world_size,
+    batches = iter(make_loader(data, per_rank_batch, rank=context.rank, num_replicas=context.world_size,
                                seed=config.seed, workers=config.workers,
                                start_index=trainer.batches_drawn * per_rank_batch))
     total_images = int(math.ceil(config.kimg * 1000))
@@ -267,7 +276,7 @@ def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
     config = trainer.config
     seeds, labels, columns = grid_layout(config, config.grid_images)
     images = np.concatenate(list(generate(trainer.G_ema, config, seeds, batch=len(seeds), device=trainer.device,
-                                          progress=False, labels=labels)))
+                                          progress=False, labels=labels, space=trainer.space)))
     grid = grid_image(images, columns, readable_scale(config.image_size))
     write_png(grid, path)
     if monitor is not None:
@@ -278,7 +287,7 @@ def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:
 def _evaluate_fid(evaluate_fid: Evaluator, trainer: Trainer, run_dir: Path, monitor, best_fid,
                   context) -> float | None:
     """FID (and whatever else the evaluator measures) of the EMA generator, logged; keeps best.pt when it improves."""
-    values = evaluate_fid(trainer.G_ema, trainer.config)
+    values = evaluate_fid(trainer.G_ema, kept_config(trainer.config, run_dir))
     values = values if isinstance(values, dict) else {"fid": values}
     if context.is_main:
         value = values["fid"]

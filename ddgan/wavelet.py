@@ -6,7 +6,7 @@ the tensor. Its recipes use two Haar implementations that disagree on which deta
 model is tied to its `order`:
   - "bundled": WaveDiff's own DWT_IDWT layers (celeba_256, celeba_1024), LH = (a - b + c - d) / 2;
   - "pytorch_wavelets": the pytorch_wavelets package (cifar10, stl10, celeba_512, lsun), with LH and HL swapped.
-`ops.haar` gives the formulas.
+`ops.haar` gives the formulas. `ddgan.space.WaveletSpace` is the space a wavelet model diffuses.
 """
 
 from __future__ import annotations
@@ -50,12 +50,3 @@ def from_wavelet(w: torch.Tensor, order: str) -> torch.Tensor:
         lh, hl = hl, lh
     return idwt(ll, lh, hl, hh)
 
-
-def to_diffusion_space(images: torch.Tensor, config) -> torch.Tensor:
-    """Images in [-1, 1] as the tensor the model diffuses: themselves, or their wavelet tensor."""
-    return to_wavelet(images, config.wavelet_order) if config.space == "wavelet" else images
-
-
-def to_image_space(x: torch.Tensor, config) -> torch.Tensor:
-    """The diffusion's final tensor as images in [-1, 1] (the inverse wavelet transform, then a clamp)."""
-    return from_wavelet(x.float(), config.wavelet_order).clamp(-1, 1) if config.space == "wavelet" else x

@@ -34,7 +34,7 @@ from ddgan.iteration import Trainer
 from ddgan.models import build_generator
 from ddgan.precision import autocast
 from ddgan.sampling import capture_cuda_graph
-from ddgan.wavelet import to_image_space
+from ddgan.space import space_for
 from eval import bench_ops
 from eval.baseline import original_resampling, run_original_iteration
 
@@ -92,7 +92,7 @@ def bench_config(preset: str, width: int | None, **overrides) -> Config:
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"--width must be a positive integer (the generator's num_channels_dae), got {width!r}")
         overrides["num_channels_dae"] = width
-    return make_config(preset, **overrides)
+    return space_for(make_config(preset, **overrides)).config  # a latent space's shape comes from its autoencoder
 
 
 def sampling_pass(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool,
@@ -103,7 +103,8 @@ def sampling_pass(config: Config, device: torch.device, batch: int, amp_dtype, c
     G = G.to(memory_format=memory_format)
     net = torch.compile(G) if compile else G
     diffusion = Diffusion.from_config(config).to(device)
-    T, image = config.num_timesteps, config.latent_shape
+    space = space_for(config)
+    T, image = config.num_timesteps, space.shape
     x_T = torch.randn(batch, *image, device=device).contiguous(memory_format=memory_format)
     latents = torch.randn(T, batch, config.nz, device=device)
     noises = torch.randn(T, batch, *image, device=device)
@@ -111,7 +112,7 @@ def sampling_pass(config: Config, device: torch.device, batch: int, amp_dtype, c
     def run():
         # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
         with torch.no_grad(), autocast(device, amp_dtype, cache_enabled=not cuda_graph):
-            return to_image_space(diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises), config)
+            return space.decode(diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises))
 
     return capture_cuda_graph(run).replay if cuda_graph else run
 
@@ -175,8 +176,8 @@ def bench_train(config: Config, device: torch.device, batch: int, repeats: int, 
 
 
 def synthetic_batch(config: Config, batch: int, device: torch.device) -> torch.Tensor:
-    """A fixed random data batch in [-1, 1] of the config's image shape."""
-    shape = (batch, config.num_channels, config.image_size, config.image_size)
+    """A fixed random data batch in [-1, 1] of what the trainer takes: images, or a latent space's posteriors."""
+    shape = (batch, *space_for(config).item_shape)
     return torch.rand(shape, generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
 
 

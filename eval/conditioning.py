@@ -32,7 +32,7 @@ from ddgan.data import open_dataset
 from ddgan.diffusion import Diffusion
 from ddgan.models import build_discriminator, build_generator
 from ddgan.sampling import generate, seed_noise
-from ddgan.wavelet import to_diffusion_space
+from ddgan.space import kept_config, space_for
 
 
 def class_share(values: torch.Tensor) -> float:
@@ -84,7 +84,7 @@ def discriminator_gaps(D: torch.nn.Module, G: torch.nn.Module, config: Config, r
     how much D's logit on G's pairs rises when G's x'_0 is made constant over block x block pixels."""
     gen = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(real[1]), generator=gen)[:n]
-    x0, y = to_diffusion_space(real[0][index], config), real[1][index]
+    x0, y = space_for(config).encode(real[0][index]), real[1][index]
     wrong = (y + torch.randint(1, config.num_classes, y.shape, generator=gen)) % config.num_classes
     diffusion = Diffusion.from_config(config)
     report, label_gaps, fake_gaps = {}, [], []
@@ -119,7 +119,7 @@ def measure(ckpt: str, n: int = 64, block: int = 0) -> list[dict]:
     reports, real = [], None
     for file in files:
         state = checkpoint.load(file)
-        config = Config.from_dict(state["config"], f"checkpoint {file}")
+        config = kept_config(Config.from_dict(state["config"], f"checkpoint {file}"), file.parent)
         if config.num_classes == 0:
             raise ValueError(f"{file} is unconditional (trained without --cond=True): it has no label to measure")
         real = real or labelled_data(config)

@@ -1,7 +1,8 @@
 """`ddgan edit`: add noise to images, then denoise them with the model (the paper's Figure 8, SDEdit-style).
 
-Each input is resized and center-cropped as training does, diffused to step k with q (seeded per image),
-and run through the k remaining denoising steps: k = T ignores the input (plain sampling of the seed),
+Each input is resized and center-cropped as training does, encoded into the space the model diffuses (a
+latent model's autoencoder encodes it first), diffused to step k with q (seeded per image), and run through
+the k remaining denoising steps: k = T ignores the input (plain sampling of the seed),
 k = 1 keeps most of it. A grid output shows the inputs in the first row and their edits below.
 """
 

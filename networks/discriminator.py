@@ -85,7 +85,7 @@ class Discriminator(nn.Module):
     stddev_group = 4
 
     def __init__(self, nc: int, ngf: int, t_emb_dim: int, act, widths: Sequence[tuple[int, int, bool]],
-                 final_init_scale: float, num_classes: int = 0):
+                 final_init_scale: float, num_classes: int = 0, class_head: bool = False):
         super().__init__()
         if num_classes < 0:
             raise ValueError(f"num_classes must be 0 (unconditional) or a number of classes, got {num_classes}")
@@ -104,13 +104,17 @@ class Discriminator(nn.Module):
         # The class also joins the time embedding that biases every block: with the projection alone, D's
         # features could ignore the class (on blocky data they judged the blocks; BENCHMARKS.md).
         self.class_temb = ClassEmbedding(num_classes, t_emb_dim) if num_classes > 0 else None
+        # An auxiliary classifier (AC-GAN) on the same pooled features, for --class_loss; after the layers above
+        # for the same reason.
+        self.class_head = linear(top, num_classes, fan="out") if class_head and num_classes > 0 else None
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor,
-                y: torch.Tensor | None = None, batches: int = 1) -> torch.Tensor:
+                y: torch.Tensor | None = None, batches: int = 1, class_logits: bool = False):
         """Logits [B, 1] that the candidate x_t is a real denoising of x_next = x_{t+1} at step t (of class y).
 
         batches: how many equal batches the inputs stack (a real and a fake one judged in one pass); each
         gets its own minibatch-stddev groups, so the logits equal those of separate calls.
+        class_logits: also return the class head's logits [B, num_classes] (a network built with class_head).
         """
         check_class_labels(y, self.num_classes, x_t.shape[0])
         temb = self.time_embed(t)
@@ -126,6 +130,10 @@ class Discriminator(nn.Module):
         if self.class_embed is not None:
             # Projection: the class enters as <embed(y), pooled>, in the features' dtype as the head computes.
             logits = logits + (self.class_embed(y).to(pooled.dtype) * pooled).sum(dim=1, keepdim=True)
+        if class_logits:
+            if self.class_head is None:
+                raise ValueError("class_logits=True needs a discriminator built with class_head=True")
+            return logits, self.class_head(pooled)
         return logits
 
 
@@ -140,10 +148,11 @@ class DiscriminatorSmall(Discriminator):
         act="lrelu",  # activation: a name for ops.bias_act, or the original's nn.LeakyReLU instance
         num_classes: int = 0,  # number of class labels y to condition on (projection head); 0: unconditional
         num_layers: int = 4,  # residual blocks used, from the first (WaveDiff's num_disc_layers)
+        class_head: bool = False,  # a linear head naming the class from D's pooled features (--class_loss)
     ):
         widths = [(2, 2, False), (2, 4, True), (4, 8, True), (8, 8, True)]
         super().__init__(nc, ngf, t_emb_dim, act, first_blocks(widths, num_layers, "DiscriminatorSmall"),
-                         final_init_scale=0.0, num_classes=num_classes)
+                         final_init_scale=0.0, num_classes=num_classes, class_head=class_head)
 
 
 class DiscriminatorLarge(Discriminator):
@@ -157,10 +166,11 @@ class DiscriminatorLarge(Discriminator):
         act="lrelu",  # activation: a name for ops.bias_act, or the original's nn.LeakyReLU instance
         num_classes: int = 0,  # number of class labels y to condition on (projection head); 0: unconditional
         num_layers: int = 6,  # residual blocks used, from the first (WaveDiff's num_disc_layers)
+        class_head: bool = False,  # a linear head naming the class from D's pooled features (--class_loss)
     ):
         widths = [(2, 4, True), (4, 8, True)] + [(8, 8, True)] * 4
         super().__init__(nc, ngf, t_emb_dim, act, first_blocks(widths, num_layers, "DiscriminatorLarge"),
-                         final_init_scale=1.0, num_classes=num_classes)
+                         final_init_scale=1.0, num_classes=num_classes, class_head=class_head)
 
 
 def first_blocks(widths: list, num_layers: int, name: str) -> list:

@@ -130,7 +130,7 @@ def build(kind: str, config: Mapping | argparse.Namespace | None = None) -> nn.M
     discriminator = DiscriminatorSmall if kind == "Discriminator_small" else DiscriminatorLarge
     layers = {} if cfg.get("num_disc_layers") is None else {"num_layers": cfg["num_disc_layers"]}
     return discriminator(nc=2 * cfg["num_channels"], ngf=cfg["ngf"], t_emb_dim=cfg["t_emb_dim"], act="lrelu",
-                         num_classes=cfg["num_classes"], **layers)
+                         num_classes=cfg["num_classes"], class_head=cfg.get("class_loss", 0) > 0, **layers)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -175,6 +175,33 @@ def test_exact_resume_of_a_conditional_run(tmp_path):
     assert_resumes_exactly(config, stop_after=3, total_steps=6)
 
 
+def test_exact_resume_with_the_class_loss(tmp_path):
+    config = tiny("demo", tmp_path / "a", cond=True, class_loss=1.0, kimg=0.024, snapshot_kimg=0.008, lazy_reg=2)
+    assert_resumes_exactly(config, stop_after=3, total_steps=6)
+
+
+def test_class_loss_trains_a_class_head_on_d_that_g_answers_to(tmp_path):
+    """--class_loss adds D's class head (built last: the other layers draw the same numbers) and both losses."""
+    from ddgan.config import make_config
+    from ddgan.iteration import Trainer
+    from tests.test_training import TINY
+
+    conditional = {**TINY, "cond": True, "num_classes": 4}
+    with_head = make_config("demo", **conditional, class_loss=1.0)
+    plain = Trainer(make_config("demo", **conditional, class_loss=0.0)).D.state_dict()
+    trainer = Trainer(with_head)
+    head = trainer.D.class_head.weight.detach().clone()
+    assert {k: v for k, v in trainer.D.state_dict().items() if not k.startswith("class_head")}.keys() == plain.keys()
+    assert all(torch.equal(trainer.D.state_dict()[k], v) for k, v in plain.items())
+    x0 = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    stats = trainer.run_iteration(x0, torch.arange(8) % 4)
+    assert 0 < float(stats["loss/D_class"]) and 0 < float(stats["loss/G_class"])
+    assert not torch.equal(trainer.D.class_head.weight, head)
+    assert Trainer(make_config("demo", **TINY, class_loss=1.0)).D.class_head is None  # unconditional: no head
+    with pytest.raises(ValueError, match="--class_loss must be >= 0"):
+        make_config("demo", **conditional, class_loss=-1.0)
+
+
 def test_cond_on_unlabeled_data_is_refused(tmp_path):
     data = tmp_path / "x.npz"
     write_image_array(data, np.zeros((4, 8, 8, 3), dtype=np.uint8))

@@ -1,0 +1,289 @@
+"""The space a model diffuses: pixels, WaveDiff's wavelet tensors, or an autoencoder's latents (LDDGAN).
+
+Each space is one object for one config: `encode` turns images in [-1, 1] into the tensor the networks see,
+`decode` turns that tensor back into clamped images, `shape` is its (C, H, W) and `saved` says what a model
+keeps besides its networks (`save` writes it into a run folder). Training reads the data through
+`training_data` and makes each step's x_0 with `training_batch`: images for pixels and wavelets, the cached
+posteriors of the images' latents for a latent space. `space_for(config, run_dir)` builds the one a config
+names.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ddgan import distributed, latent_store
+from ddgan.config import Config, replace, validate
+from ddgan.distributed import Context
+from ddgan.wavelet import from_wavelet, to_wavelet
+
+
+class Space:
+    """What every space shares: training items are images, mirrored where the step's draw says so."""
+
+    name = ""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    @staticmethod
+    def shape_of(config: Config) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the tensor the networks see."""
+        return self.shape_of(self.config)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one training item: an image [C, S, S]."""
+        return self.config.num_channels, self.config.image_size, self.config.image_size
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def saved(self) -> dict:
+        """What a model of this space keeps besides its networks and config."""
+        return {}
+
+    def save(self, run_dir: Path) -> None:
+        """Write what `saved` names into a run folder (nothing, unless the space says otherwise)."""
+
+    def describe(self) -> str:
+        return f"{self.name} space"
+
+    def training_data(self, dataset: Dataset, context: Context | None = None) -> tuple[Dataset, str]:
+        """(what the data loader serves, a line for the run log): the images themselves."""
+        return dataset, ""
+
+    def training_batch(self, items: torch.Tensor, flipped: torch.Tensor | None,
+                       randn: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """The step's x_0 from a batch of training items: images mirrored where `flipped` (None: no flips)."""
+        if flipped is not None:
+            items = torch.where(flipped.view(-1, 1, 1, 1), items.flip(3), items)
+        return self.encode(items)  # mirrored as images, as WaveDiff's data loader does before its transform
+
+
+class PixelSpace(Space):
+    """The images themselves, as DDGAN."""
+
+    name = "pixel"
+
+    @staticmethod
+    def shape_of(config: Config) -> tuple[int, int, int]:
+        return config.num_channels, config.image_size, config.image_size
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().clamp(-1, 1)
+
+
+class WaveletSpace(Space):
+    """WaveDiff's one-level Haar tensor cat(LL, LH, HL, HH) / 2, bands in the config's `wavelet_order`."""
+
+    name = "wavelet"
+
+    @staticmethod
+    def shape_of(config: Config) -> tuple[int, int, int]:
+        return 4 * config.num_channels, config.image_size // 2, config.image_size // 2
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return to_wavelet(images, self.config.wavelet_order)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return from_wavelet(x.float(), self.config.wavelet_order).clamp(-1, 1)
+
+    @property
+    def saved(self) -> dict:
+        return {"wavelet_order": self.config.wavelet_order}
+
+    def describe(self) -> str:
+        return f"wavelet space ({self.config.wavelet_order} bands)"
+
+
+class LatentSpace(Space):
+    """An autoencoder's latents over `latent_scale`, as LDDGAN: x_0 = z / scale, images = decode(x * scale)."""
+
+    name = "latent"
+
+    def __init__(self, config: Config, autoencoder, about: dict):
+        super().__init__(config)
+        self.autoencoder, self.about = autoencoder, about
+
+    @staticmethod
+    def shape_of(config: Config) -> tuple[int, int, int]:
+        if not config.latent_factor:
+            raise ValueError("the latent shape is known once the autoencoder is opened: build the space with "
+                             "ddgan.space.space_for(config)")
+        size = config.image_size // config.latent_factor
+        return config.latent_channels, size, size
+
+    @property
+    def scale(self) -> float:
+        if self.config.latent_scale is None:
+            raise ValueError("the latent scale is measured when training starts; pass --latent_scale to set it")
+        return float(self.config.latent_scale)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """One image's posterior views [views, P, h, w]: cat(mean, logvar) (KL) or h (VQ), mirrored image second."""
+        channels, size, _ = self.shape
+        views = 2 if self.config.hflip else 1
+        return views, 2 * channels if self.autoencoder.kind == "kl" else channels, size, size
+
+    @functools.cached_property
+    def weights_hash(self) -> str:
+        return latent_store.weights_hash(self.autoencoder)
+
+    def _on(self, device: torch.device):
+        if next(self.autoencoder.parameters()).device != device:
+            self.autoencoder.to(device)
+        return self.autoencoder
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The posterior mean (its mode; VQ: h) over the scale: no draw, so an edit depends on its seed alone."""
+        encoded = self._on(images.device).encode(images.float())
+        return (encoded[0] if self.autoencoder.kind == "kl" else encoded) / self.scale
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._on(x.device).decode(x.float() * self.scale).clamp(-1, 1)
+
+    @property
+    def saved(self) -> dict:
+        return {"autoencoder": f"{latent_store.RUN_FOLDER}/ (diffusers, from {self.about['source']})",
+                "latent_scale": self.config.latent_scale}
+
+    def save(self, run_dir: Path) -> None:
+        latent_store.keep_in_run(self.autoencoder, self.about, self.weights_hash, Path(run_dir))
+
+    def describe(self) -> str:
+        channels, size, _ = self.shape
+        scale = "unmeasured" if self.config.latent_scale is None else f"{self.config.latent_scale:.4g}"
+        tanh = ", tanh_out" if self.autoencoder.tanh_out else ""
+        return (f"latent space: {channels}x{size}x{size} latents of a {self.autoencoder.kind.upper()} autoencoder "
+                f"(f={self.config.latent_factor}{tanh}, from {self.about['source']}), scale {scale}")
+
+    def training_data(self, dataset: Dataset, context: Context | None = None) -> tuple[Dataset, str]:
+        """The cached posteriors of the data (encoded once, on rank 0); measures the scale when it is not set."""
+        context = context or Context()
+        views = 2 if self.config.hflip else 1
+        folder = Path(self.config.outdir).expanduser() / latent_store.CACHE_FOLDER
+        found = distributed.main_only(lambda: latent_store.cached_posteriors(
+            self.autoencoder, self.weights_hash, dataset, views, folder, context.device), context)
+        path, what = distributed.share_from_main(found, context)
+        posteriors, labels = latent_store.read_posteriors(path)
+        measured = self.config.latent_scale is None
+        if measured:
+            self.config = replace(self.config, latent_scale=latent_store.latent_std(posteriors, self.autoencoder.kind))
+        lines = [self.describe(), f"latent cache: {what}"]
+        if measured:
+            lines.append(f"latent scale {self.scale:.4g}: the std of the data's latents (LDM's scale_by_std)")
+        means = posteriors[:, 0, :self.shape[0]] / self.scale
+        outside = float((means.abs() > 1).float().mean())
+        if outside > 0.01 and not self.config.not_use_tanh:
+            lines.append(f"note: {outside:.0%} of the scaled latents lie outside [-1, 1], which G's final tanh cannot "
+                         "reach; LDDGAN picks a larger --latent_scale (105 for CIFAR-10), or pass --not_use_tanh=True")
+        items = CachedPosteriors(posteriors, labels, getattr(dataset, "with_labels", False), str(path))
+        return items, "\n".join(lines)
+
+    def training_batch(self, items: torch.Tensor, flipped: torch.Tensor | None,
+                       randn: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """x_0 = z / scale, z drawn from the (mirrored image's, where `flipped`) posterior with the step's stream."""
+        view = items[:, 0] if flipped is None else torch.where(flipped.view(-1, 1, 1, 1), items[:, 1], items[:, 0])
+        if self.autoencoder.kind == "vq":
+            return view / self.scale
+        mean, logvar = view.chunk(2, dim=1)
+        return (mean + torch.exp(0.5 * logvar) * randn(*mean.shape)) / self.scale
+
+
+class CachedPosteriors(Dataset):
+    """A latent run's training items: image i's posterior views [views, P, h, w] (and its label)."""
+
+    def __init__(self, posteriors: torch.Tensor, labels: torch.Tensor | None, with_labels: bool, name: str):
+        if with_labels and labels is None:
+            raise ValueError(f"{name} holds no class labels; delete it, and the next run encodes the data again")
+        self.posteriors, self.labels, self.with_labels, self.name = posteriors, labels, with_labels, name
+
+    def __len__(self) -> int:
+        return len(self.posteriors)
+
+    def __getitem__(self, index: int):
+        item = self.posteriors[index]
+        return (item, int(self.labels[index])) if self.with_labels else item
+
+
+SPACES = {space.name: space for space in (PixelSpace, WaveletSpace, LatentSpace)}
+
+
+def space_for(config: Config, run_dir: str | Path | None = None) -> Space:
+    """The space `config` diffuses. A latent one opens its autoencoder: the copy in `run_dir` when there is one,
+    else the one config.autoencoder names."""
+    if config.space != "latent":
+        return SPACES[config.space](config)
+    where = kept_config(config, run_dir) if run_dir is not None else config
+    autoencoder, about = latent_store.opened(where.autoencoder, where.autoencoder_config,
+                                             latent_store.stamp_of(where.autoencoder))
+    return LatentSpace(fitted(config, autoencoder, about["source"]), autoencoder, about)
+
+
+def kept_config(config: Config, run_dir: str | Path) -> Config:
+    """`config` as the model of a run folder: a latent one's autoencoder is the copy kept there, when there is one."""
+    kept = Path(run_dir) / latent_store.RUN_FOLDER
+    if config.space != "latent" or not kept.is_dir():
+        return config
+    return replace(config, autoencoder=str(kept), autoencoder_config=None)
+
+
+def fitted(config: Config, autoencoder, source: str) -> Config:
+    """The config with the autoencoder's latent channels and factor, refused unless its images fit it."""
+    channels, factor = autoencoder.latent_channels, autoencoder.downsampling_factor
+    takes = autoencoder.model.config.in_channels
+    if takes != config.num_channels:
+        raise ValueError(f"--autoencoder={source} encodes {takes}-channel images, but --num_channels="
+                         f"{config.num_channels}; pass --num_channels={takes} (images are converted)")
+    if config.image_size % factor:
+        below = config.image_size // factor * factor
+        fits = " or ".join(str(s) for s in (below, below + factor) if s > 0)
+        raise ValueError(f"--image_size={config.image_size} does not fit --autoencoder={source}, which downsamples "
+                         f"{factor}x: pass a multiple of {factor}, e.g. --image_size={fits}")
+    if config.latent_factor and (config.latent_channels, config.latent_factor) != (channels, factor):
+        raise ValueError(f"the networks were made for {config.latent_channels}-channel latents at f="
+                         f"{config.latent_factor}, but --autoencoder={source} gives {channels} at f={factor}; use "
+                         "the run's own autoencoder (--latent_channels and --latent_factor are set from it: leave "
+                         "them out)")
+    fitted_config = replace(config, latent_channels=channels, latent_factor=factor)
+    try:
+        validate(fitted_config)
+    except ValueError as error:
+        size = config.image_size // factor
+        raise ValueError(f"in latent space the networks see {channels}x{size}x{size} latents (--image_size="
+                         f"{config.image_size} over the autoencoder's f={factor}): {error}") from None
+    return fitted_config
+
+
+def check_resumed_autoencoder(run_dir: Path, config: Config) -> None:
+    """Refuse an --autoencoder given on --resume unless it is the very autoencoder the run keeps."""
+    kept = Path(run_dir) / latent_store.RUN_FOLDER
+    if config.space != "latent" or not kept.is_dir():
+        return
+    info = latent_store.read_info(kept)
+    source = str(config.autoencoder)
+    autoencoder, _ = latent_store.opened(source, config.autoencoder_config, latent_store.stamp_of(source))
+    if latent_store.weights_hash(autoencoder) != info.get("weights_sha256"):
+        raise ValueError(f"--resume {run_dir}: --autoencoder={source} is not the autoencoder this run was trained "
+                         f"with ({info.get('source')}, kept in {kept}); drop --autoencoder to resume with the run's "
+                         "own, or start a new run")

@@ -231,6 +231,32 @@ PRESETS: dict[str, dict] = {
         num_disc_layers=5, rec_loss=True, batch_size=16, kimg=60_000.0, ema_decay=0.999, r1_gamma=1.0, lr_d=1e-4,
         lr_g=1.6e-4, lazy_reg=10, snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
     ),
+    # LDDGAN's recipes (its run.sh, train mode): plain NCSN++ on an LDM autoencoder's latents over latent_scale
+    # (LDDGAN's scale_factor). The autoencoder is left empty on purpose: these numbers only hold for the one
+    # named in each comment, so the user passes it (--autoencoder, plus --autoencoder_config for an LDM .ckpt).
+    # run.sh gives no batch size, learning rate or R1 weight, so those follow the same data's wavelet preset.
+    # CIFAR-10, 2000 epochs of 50k images; expects LDDGAN's f2 KL autoencoder (16x16x4_551.ckpt with
+    # cifar10_16x16x4.yaml: 4x16x16 latents). Its "32" attention never occurs at 16 px: only the middle block.
+    "cifar10_latent": dict(
+        data="cifar10", space="latent", latent_scale=105.0, ch_mult=(1, 2, 2), attn_resolutions=(), nz=50,
+        discriminator="small", num_disc_layers=3, rec_loss=True, rec_loss_schedule="sigmoid", kimg=100_000.0,
+    ),
+    # CelebA-HQ 256, 500 epochs of 30k images; expects the VQ f4 first stage of LDM's CELEBA_config.yaml (its
+    # checkpoint with that yaml: 3x64x64 latents). The CelebA trainer builds the large D.
+    "celeba256_latent": dict(
+        data="celeba256", image_size=256, space="latent", latent_scale=6.0, ch_mult=(1, 2, 2, 2),
+        attn_resolutions=(16,), num_timesteps=2, n_mlp=3, discriminator="large", num_disc_layers=4, rec_loss=True,
+        rec_loss_schedule="sigmoid", batch_size=32, kimg=15_000.0, r1_gamma=2.0, lr_d=1e-4, lr_g=2e-4, lazy_reg=10,
+        snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
+    ),
+    # LSUN Church 256, 1000 epochs of 120k images; expects the KL f8 first stage of LDM's LSUN_config.yaml (its
+    # checkpoint with that yaml: 4x32x32 latents). run.sh trains it without the L1 term.
+    "lsun256_latent": dict(
+        data="lsun256", image_size=256, space="latent", latent_scale=60.0, ch_mult=(1, 2, 2, 2), num_res_blocks=3,
+        attn_resolutions=(16,), num_timesteps=4, nz=50, n_mlp=3, discriminator="large", num_disc_layers=4,
+        batch_size=16, kimg=120_000.0, ema_decay=0.999, r1_gamma=1.0, lr_d=1e-4, lr_g=1.6e-4, lazy_reg=10,
+        snapshot_kimg=250.0, sample_kimg=250.0, grid_images=36,
+    ),
     # Built-in shapes at 16 px, one class per shape, sized for about 7 minutes on 2 CPU cores (AMD EPYC).
     # Width 16 runs 120 img/s against 80 at width 32, and 3000 steps at a constant learning rate separate
     # circles from squares, which shorter or decaying runs draw alike (tuning runs in BENCHMARKS.md). At that
@@ -246,6 +272,16 @@ PRESETS: dict[str, dict] = {
         class_loss=1.0, lazy_reg=15, workers=0, log_every=20, snapshot_kimg=12.0, sample_kimg=6.0, fid_stats="",
         channels_last=False,
     ),
+}
+
+# The autoencoder each latent preset was made for, named in the error when --autoencoder is missing: the
+# preset's numbers (latent_scale above all) mean nothing with another one.
+LATENT_PRESET_AUTOENCODERS = {
+    "cifar10_latent": "LDDGAN's --autoencoder=16x16x4_551.ckpt --autoencoder_config=cifar10_16x16x4.yaml",
+    "celeba256_latent": "LDM's CelebA-HQ checkpoint with --autoencoder_config=CELEBA_config.yaml (its VQ f4 first "
+                        "stage)",
+    "lsun256_latent": "LDM's LSUN Church checkpoint with --autoencoder_config=LSUN_config.yaml (its KL f8 first "
+                      "stage)",
 }
 
 
@@ -305,7 +341,9 @@ def validate(c: Config) -> None:
     need(c.space in ("pixel", "wavelet", "latent"),
          f"--space must be pixel or wavelet (WaveDiff) or latent (LDDGAN), got {c.space!r}")
     need(c.space != "latent" or bool(c.autoencoder), "--space=latent needs --autoencoder=SRC: a diffusers "
-         "AutoencoderKL/VQModel folder or Hub id, or an LDM .ckpt with --autoencoder_config=ITS.yaml")
+         "AutoencoderKL/VQModel folder or Hub id, or an LDM .ckpt with --autoencoder_config=ITS.yaml"
+         + (f"; --preset={c.preset} expects {LATENT_PRESET_AUTOENCODERS[c.preset]}"
+            if c.preset in LATENT_PRESET_AUTOENCODERS else ""))
     need(c.space == "latent" or not (c.autoencoder or c.autoencoder_config),
          "--autoencoder is for latent models: add --space=latent")
     need(c.latent_scale is None or (isinstance(c.latent_scale, int | float) and not isinstance(c.latent_scale, bool)

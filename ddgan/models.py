@@ -44,6 +44,8 @@ def original_config(preset: str | None = None, flags: str | os.PathLike | dict |
         values["wavelet_order"] = "pytorch_wavelets" if raw["use_pytorch_wavelet"] else "bundled"
     if "current_resolution" in raw:
         values = _from_wavediff_flags(raw, values)
+    if "scale_factor" in raw:
+        values = _from_lddgan_flags(raw, values)
     return make_config(preset or "cifar10", **{**values, **overrides})
 
 
@@ -59,10 +61,23 @@ def _from_wavediff_flags(raw: dict, values: dict) -> dict:
     return values
 
 
+def _from_lddgan_flags(raw: dict, values: dict) -> dict:
+    """LDDGAN's flags are WaveDiff's plus its own: its networks see latents, not wavelets, its num_channels is the
+    latents' (the autoencoder gives them; LDDGAN's images are RGB), scale_factor is our latent_scale, and
+    --sigmoid_learning weighs the L1 term only where --rec_loss adds it."""
+    values = {k: v for k, v in values.items() if k not in ("num_channels", "wavelet_order")}
+    values |= {"space": "latent", "latent_scale": float(raw["scale_factor"])}
+    if values.get("rec_loss") and raw.get("sigmoid_learning"):
+        values["rec_loss_schedule"] = "sigmoid"
+    return values
+
+
 def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
-                   preset: str | None = None, reference_config_path: str | os.PathLike | None = None):
-    """(G in eval mode on `device`, its Config) from a ddgan checkpoint or an original DDGAN or WaveDiff
-    netG_*.pth / content.pth (whose architecture --preset or --reference_config gives)."""
+                   preset: str | None = None, reference_config_path: str | os.PathLike | None = None,
+                   autoencoder: str | None = None, autoencoder_config: str | None = None):
+    """(G in eval mode on `device`, its Config) from a ddgan checkpoint or an original DDGAN, WaveDiff or LDDGAN
+    netG_*.pth / content.pth (whose architecture --preset or --reference_config gives; an LDDGAN file also needs
+    the --autoencoder, and its --autoencoder_config, that it was trained on)."""
     file = checkpoint.resolve(path)
     obj = checkpoint.load(file, original_ok=True)
     if checkpoint.is_original(obj):
@@ -73,14 +88,23 @@ def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torc
                 f"{file} is an original {'WaveDiff' if wavediff else 'DDGAN'} checkpoint, which does not record its "
                 f"architecture; add --preset={'cifar10_wavelet' if wavediff else 'cifar10'} (or "
                 f"{'stl10_wavelet, celeba256_wavelet, lsun256_wavelet' if wavediff else 'celeba256, lsun256'}) or "
-                "--reference_config=FLAGS.json")
-        config = original_config(preset, reference_config_path)
-        if wavediff and config.space != "wavelet":
+                "--reference_config=FLAGS.json (an LDDGAN file: a latent preset such as cifar10_latent with "
+                "--autoencoder)")
+        # Only latent configs take an autoencoder: passing None to the others keeps their own checks' wording.
+        latent = {k: v for k, v in (("autoencoder", autoencoder), ("autoencoder_config", autoencoder_config))
+                  if v is not None}
+        config = original_config(preset, reference_config_path, **latent)
+        if config.space == "latent":
+            # The latents' shape (and so the generator's) is the autoencoder's, known once it is open.
+            config = space_for(config).config
+        elif wavediff and config.space != "wavelet":
             raise checkpoint.CheckpointError(
                 f"{file} is a WaveDiff checkpoint (its generator takes wavelet tensors), but --preset={config.preset} "
                 "is a pixel-space recipe; use a wavelet preset (cifar10_wavelet, stl10_wavelet, celeba256_wavelet, "
-                "lsun256_wavelet) or a config with space wavelet")
-        convert = networks.from_wavediff if config.space == "wavelet" else networks.from_reference
+                "lsun256_wavelet) or a config with space wavelet (an LDDGAN file: a latent preset such as "
+                "cifar10_latent with --autoencoder)")
+        # LDDGAN's generator is WaveDiff's code, so its weights convert the same way.
+        convert = networks.from_wavediff if config.space in ("wavelet", "latent") else networks.from_reference
         generator = convert(config.generator_kind, config.network_kwargs(), state)
     else:
         # A latent model decodes with the autoencoder its run folder keeps, wherever the folder has moved.

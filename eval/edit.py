@@ -49,7 +49,8 @@ def open_inputs(path: str, config: Config) -> ImageDataset:
 
 def edit(ckpt: str, input: str, start_step: int, out: str | None = None, class_=None, seeds=None,
          batch: int = 64, device=None, ema: bool = True, overwrite: bool = False, amp: str | None = None,
-         preset: str | None = None, reference_config: str | None = None, scale: int | None = None) -> str:
+         preset: str | None = None, reference_config: str | None = None, scale: int | None = None,
+         autoencoder: str | None = None, autoencoder_config: str | None = None) -> str:
     """Edit images with a checkpoint: diffuse them to --start_step=k, then denoise; returns the output path.
 
     input: an image file, a folder / .zip of images, or a .npz (uint8 `x`), resized as training does.
@@ -59,6 +60,8 @@ def edit(ckpt: str, input: str, start_step: int, out: str | None = None, class_=
         default <checkpoint folder>/edit-k<k>-<checkpoint name>.png.
     class: a conditional model's class for every image (index or name), or one per image (--class=0,2,...).
     seeds: one per input image (default 0..N-1): image i is diffused and denoised with seed i's noise.
+    autoencoder, autoencoder_config: the autoencoder of an LDDGAN netG_*.pth / content.pth (with a latent
+        --preset); a ddgan checkpoint keeps its own.
     """
     check_batch(batch)
     check_amp(amp)
@@ -67,7 +70,8 @@ def edit(ckpt: str, input: str, start_step: int, out: str | None = None, class_=
     kind = output_kind(out_path)
     check_output(out_path, kind, overwrite)
     device = torch.device(device) if device is not None else default_device()
-    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
+    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,
+                               autoencoder=autoencoder, autoencoder_config=autoencoder_config)
     dataset = open_inputs(input, config)
     images = torch.stack([dataset[i] for i in range(len(dataset))])
     seeds = parse_seeds(seeds) if seeds is not None else list(range(len(images)))

@@ -374,7 +374,8 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
         seeds=None, class_=None, prdc: bool = False, prdc_n: int = DEFAULT_COUNT, nearest_k: int = NEAREST_K,
         device=None, mode: str = "clean", split: str = "train", inception: str | None = None, ema: bool = True,
         preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
-        feature_extractor: FeatureExtractor | None = None, verbose: bool = True) -> dict:
+        feature_extractor: FeatureExtractor | None = None, verbose: bool = True, autoencoder: str | None = None,
+        autoencoder_config: str | None = None) -> dict:
     """FID of a checkpoint's samples (and with --prdc=True precision, recall, density, coverage); prints the
     numbers and a JSON line, and returns that record. Under torchrun every process draws a share.
 
@@ -393,6 +394,8 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
     mode: clean (default), legacy_tensorflow (TTUR's protocol) or legacy_pytorch (pytorch-fid's, which the
         DDGAN paper used).
     inception: a local copy of the Inception weights (also $DDGAN_INCEPTION); needed offline.
+    autoencoder, autoencoder_config: the autoencoder of an LDDGAN netG_*.pth / content.pth (with a latent
+        --preset); a ddgan checkpoint keeps its own.
     """
     check_mode(mode)
     check_batch(batch)
@@ -404,7 +407,8 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
     started = time.time()
     with distributed.joined(device) as context:
         record = _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, context, mode, split,
-                      inception, ema, preset, reference_config, amp, feature_extractor, verbose)
+                      inception, ema, preset, reference_config, amp, feature_extractor, verbose, autoencoder,
+                      autoencoder_config)
     record["seconds"] = round(time.time() - started, 1)
     if context.is_main:
         extra = "".join(f", {name} {record[name]:.4f}" for name in ("precision", "recall", "density", "coverage")
@@ -416,10 +420,12 @@ def fid(ckpt: str, stats: str | None = None, ref: str | None = None, n: int | No
 
 
 def _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, context, mode, split, inception, ema,
-         preset, reference_config, amp, feature_extractor, verbose) -> dict:
+         preset, reference_config, amp, feature_extractor, verbose, autoencoder=None,
+         autoencoder_config=None) -> dict:
     device = context.device
     source = checkpoint.resolve(ckpt)
-    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
+    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,
+                               autoencoder=autoencoder, autoencoder_config=autoencoder_config)
     labels = all_classes(config, len(seeds), None if class_ is None else parse_classes(class_, config))
     if ref is None:
         stats = stats if stats is not None else config.fid_stats

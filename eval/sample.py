@@ -70,12 +70,13 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
            interpolate=None, frames: int = 8, device=None, ema: bool = True, overwrite: bool = False,
            preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
            channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False,
-           scale: int | None = None) -> str:
+           scale: int | None = None, autoencoder: str | None = None, autoencoder_config: str | None = None) -> str:
     """Sample images from a checkpoint (file or run folder) and write them; returns the output path. Under
     torchrun every process draws a share of the seeds and rank 0 writes the same output as one process would.
 
     ckpt: a ddgan checkpoint, a run folder (its newest checkpoint), or an original netG_*.pth /
-        content.pth (then --preset or --reference_config gives its architecture).
+        content.pth (then --preset or --reference_config gives its architecture; an LDDGAN one also takes
+        --autoencoder, with --autoencoder_config for an LDM .ckpt, and decodes through it).
     out: *.png = one grid, *.npz = uint8 (N, H, W, C) under key `x` (class indices under `y`), else a
         folder of <seed>.png (<class>/<seed>.png for a conditional model); default
         <checkpoint folder>/samples-<checkpoint name>.png.
@@ -92,21 +93,26 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     compile: torch.compile the generator (pays off for many batches).
     cuda_graph: record the T-step loop once as a CUDA graph and replay it for every batch (CUDA only).
     scale: enlarge each image in a grid this many times (nearest); default 4x for 16 px, 1x from 32 px.
+    autoencoder, autoencoder_config: the autoencoder an LDDGAN file's latents decode through (a ddgan
+        checkpoint keeps its own).
     """
     check_batch(batch)
     check_amp(amp)
     with distributed.joined(device) as context:
         return _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context, ema, overwrite, preset,
-                       reference_config, amp, channels_last, compile, cuda_graph, scale)
+                       reference_config, amp, channels_last, compile, cuda_graph, scale, autoencoder,
+                       autoencoder_config)
 
 
 def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: distributed.Context, ema, overwrite,
-            preset, reference_config, amp, channels_last, compile, cuda_graph, scale) -> str:
+            preset, reference_config, amp, channels_last, compile, cuda_graph, scale, autoencoder=None,
+            autoencoder_config=None) -> str:
     source = checkpoint.resolve(ckpt)
     out_path = Path(out).expanduser() if out is not None else source.parent / f"samples-{source.stem}.png"
     kind = output_kind(out_path)
     device = context.device
-    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config)
+    G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,
+                               autoencoder=autoencoder, autoencoder_config=autoencoder_config)
     # A conditional model's default is every class, a grid row each.
     classes = parse_classes("all" if class_ is None else class_, config) if config.num_classes else \
         parse_classes(class_, config) if class_ is not None else None

@@ -139,9 +139,9 @@ def takes_config_flags(function: Callable) -> Callable:
 
 @takes_config_flags
 def train(preset: str = "cifar10", **flags) -> str:
-    """Train a DDGAN: `--preset` (cifar10, celeba256, lsun256, stackmnist, demo) sets every default, and any
-    field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`). `--resume=RUN`
-    continues a run exactly. Run under torchrun for several GPUs or nodes. Prints the run folder."""
+    """Train a DDGAN: `--preset` (DDGAN's, WaveDiff's *_wavelet, LDDGAN's *_latent, demo: `ddgan presets`)
+    sets every default, and any field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`).
+    `--resume=RUN` continues a run exactly. Run under torchrun for several GPUs or nodes. Prints the run folder."""
     from ddgan.training_loop import config_from_flags, run_training
 
     config = config_from_flags(preset, **flags)

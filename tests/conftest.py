@@ -22,12 +22,55 @@ def load_fixture(name: str):
     """
     path = FIXTURES / name
     if not path.is_file():
-        message = (f"reference fixture {path} not found: the fixtures must sit in ../shared/fixtures beside "
-                   "the repo")
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        skip_or_fail(f"reference fixture {path} not found: the fixtures must sit in ../shared/fixtures beside "
+                     "the repo")
     return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def skip_or_fail(message: str) -> None:
+    """Skip the test for something it needs that is missing here; in CI, where nothing may be, fail it."""
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def latent_extra():
+    """Latent models need the `latent` extra (diffusers, pyyaml); CI installs it."""
+    import importlib.util
+
+    absent = [name for name in ("diffusers", "yaml") if importlib.util.find_spec(name) is None]
+    if absent:
+        skip_or_fail(f"{absent} not installed: pip install -e '.[latent]'")
+
+
+def replay_sampler(run: dict, diffusion) -> dict:
+    """A reference sampling run replayed with its own draws, step by step and through `Diffusion.sample`.
+
+    `run` holds the fixture's `generator`, `coefficients`, `inputs` (x_T, z and noise per step) and `steps`;
+    the diffusion's tables are checked against its coefficients first.
+    """
+    import networks
+
+    gen = run["generator"]
+    net = networks.from_wavediff(gen["reference_kind"], gen["config"], gen["state_dict"]).eval()
+    for name, table in run["coefficients"].items():
+        # The log of a clipped zero variance is -46; compare it relatively.
+        tol = 1e-5 * max(1.0, table.abs().max().item()) if name.endswith("clipped") else 1e-5
+        assert (getattr(diffusion, name).float() - table).abs().max().item() < tol, name
+    inputs, steps = run["inputs"], run["steps"]
+    x, xs, preds = inputs["x_T"], [inputs["x_T"]], []
+    with torch.no_grad():
+        for k, step in enumerate(steps):
+            t = torch.full((x.shape[0],), step, dtype=torch.int64)
+            preds.append(net(x, t, inputs["z"][k]))
+            x = diffusion.posterior_sample(preds[-1], x, t, noise=inputs["noise"][k])
+            xs.append(x)
+        # The library's sampler, fed the same draws by step index, takes the same path.
+        by_step = lambda draws: torch.stack([draws[steps.index(t)] for t in range(len(steps))])  # noqa: E731
+        sampled = diffusion.sample(net, inputs["x_T"], gen["config"]["nz"], latents=by_step(inputs["z"]),
+                                   noises=by_step(inputs["noise"]))
+    return {"trace": torch.stack(xs), "x0_pred": torch.stack(preds), "final": x, "sampled": sampled}
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
@@ -11,22 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ddgan.cli import main
 from ddgan.data import write_image_array
-from tests.conftest import in_ci
+from tests.test_cli import run as run_cli
 
 BATCH = 8
 TINY = {"kimg": 4 * BATCH / 1000, "batch_size": BATCH}  # four steps
 
 
-@pytest.fixture(autouse=True)
-def _latent_extra():
-    """The command needs the `latent` extra (diffusers); CI installs it, so there a missing one fails."""
-    if importlib.util.find_spec("diffusers") is None:
-        message = "diffusers not installed: pip install -e '.[latent]'"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+pytestmark = pytest.mark.usefixtures("latent_extra")
 
 
 @pytest.fixture
@@ -51,17 +42,6 @@ def train(data, out, **flags):
 
 def saved_state(out) -> dict:
     return torch.load(out / "autoencoder-state.pt", weights_only=True)
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `ddgan ARGV`."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exited:
-        code = exited.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_the_command_writes_a_diffusers_folder_that_loads(squares, tmp_path, capsys, seeded_single_thread):

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import re
 
 import pytest
 import torch
 
-import networks
 from ddgan.diffusion import Diffusion
-from tests.conftest import in_ci, load_fixture
+from tests.conftest import load_fixture, replay_sampler
 
 AUTOENCODER_CASES = ["kl_attn_tanh", "kl_f8", "vq_f4"]
 TOLERANCE = 1e-4  # the README's bound for float outputs; VQ indices must match exactly
 
 
-@pytest.fixture(autouse=True)
-def _latent_extra():
-    """These tests need the `latent` extra; CI installs it, so there a missing one fails instead of skipping."""
-    absent = [name for name in ("diffusers", "yaml") if importlib.util.find_spec(name) is None]
-    if absent:
-        message = f"{absent} not installed: pip install -e '.[latent]'"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+pytestmark = pytest.mark.usefixtures("latent_extra")
 
 
 @functools.cache
@@ -121,31 +111,16 @@ def test_sampling_replay_matches_lddgan():
     from ddgan.latent import from_ldm
 
     run = fixture("lddgan_sampling")
-    gen = run["generator"]
-    cfg = gen["config"]
-    net = networks.from_wavediff(gen["reference_kind"], cfg, gen["state_dict"]).eval()
     settings = run["diffusion"]
     diffusion = Diffusion(settings["num_timesteps"], settings["beta_min"], settings["beta_max"],
                           "geometric" if settings["use_geometric"] else "vp")
-    for name, table in run["coefficients"].items():
-        # The log of a clipped zero variance is -46; compare it relatively.
-        tol = 1e-5 * max(1.0, table.abs().max().item()) if name.endswith("clipped") else 1e-5
-        assert (getattr(diffusion, name).float() - table).abs().max().item() < tol, name
-    inputs, steps = run["inputs"], run["steps"]
-    x, xs, preds = inputs["x_T"], [inputs["x_T"]], []
+    replay = replay_sampler(run, diffusion)
+    x = replay["final"]
+    assert max_error(replay["trace"], run["trace"]["x"]) < TOLERANCE
+    assert max_error(replay["x0_pred"], run["trace"]["x0_pred"]) < TOLERANCE
+    assert max_error(x, run["latent_sample"]) < TOLERANCE
+    assert max_error(replay["sampled"], run["latent_sample"]) < TOLERANCE
     with torch.no_grad():
-        for k, step in enumerate(steps):
-            t = torch.full((x.shape[0],), step, dtype=torch.int64)
-            preds.append(net(x, t, inputs["z"][k]))
-            x = diffusion.posterior_sample(preds[-1], x, t, noise=inputs["noise"][k])
-            xs.append(x)
-        by_step = lambda draws: torch.stack([draws[steps.index(t)] for t in range(len(steps))])
-        sampled = diffusion.sample(net, inputs["x_T"], cfg["nz"], latents=by_step(inputs["z"]),
-                                   noises=by_step(inputs["noise"]))
-        assert max_error(torch.stack(xs), run["trace"]["x"]) < TOLERANCE
-        assert max_error(torch.stack(preds), run["trace"]["x0_pred"]) < TOLERANCE
-        assert max_error(x, run["latent_sample"]) < TOLERANCE
-        assert max_error(sampled, run["latent_sample"]) < TOLERANCE
         weights = fixture(run["autoencoder"]["file"].removesuffix(".pt"))["state_dict"]
         autoencoder = from_ldm(run["autoencoder"]["config"], weights)
         # LDDGAN's latents are the autoencoder's divided by scale_factor: multiply on the way out.

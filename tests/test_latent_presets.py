@@ -14,7 +14,7 @@ from ddgan.data import write_image_array
 from ddgan.models import load_generator
 from ddgan.space import space_for
 from tests.conftest import load_fixture
-from tests.test_space import latent_extra, tiny_autoencoder  # noqa: F401 (a fixture, used by name)
+from tests.test_space import tiny_autoencoder
 
 # run.sh's dataset names against ours.
 PRESET_OF = {"cifar10": "cifar10_latent", "celeba_256": "celeba256_latent", "lsun": "lsun256_latent"}
@@ -70,7 +70,7 @@ def lddgan_files(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["netG_5.pth", "content.pth"])
-def test_lddgans_generator_files_load_and_decode_through_the_autoencoder(latent_extra, lddgan_files, name):  # noqa: F811
+def test_lddgans_generator_files_load_and_decode_through_the_autoencoder(latent_extra, lddgan_files, name):
     fixture, folder = lddgan_files
     G, config = load_generator(folder / name, preset="cifar10_latent", reference_config_path=folder / "flags.json",
                                autoencoder=str(folder / "ae.ckpt"), autoencoder_config=str(folder / "ae.yaml"))
@@ -85,7 +85,7 @@ def test_lddgans_generator_files_load_and_decode_through_the_autoencoder(latent_
     assert (images - fixture["output"]).abs().max() < 1e-4
 
 
-def test_sample_draws_images_from_an_lddgan_file(latent_extra, tmp_path):  # noqa: F811
+def test_sample_draws_images_from_an_lddgan_file(latent_extra, tmp_path):
     from ddgan.cli import main
 
     # A tiny random generator at the latents of a tiny random autoencoder (f 2, 4 channels: 4 x 8 x 8 at 16 px).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -21,18 +20,8 @@ from ddgan.models import load_generator
 from ddgan.space import LatentSpace, PixelSpace, WaveletSpace, space_for
 from ddgan.training_loop import config_from_flags, run_training
 from ddgan.wavelet import from_wavelet, to_wavelet
-from tests.conftest import in_ci, load_fixture
+from tests.conftest import load_fixture
 from tests.test_training import assert_resumes_exactly, tiny
-
-
-@pytest.fixture(scope="module")
-def latent_extra():
-    """Latent models need the `latent` extra; CI installs it, so there a missing one fails instead of skipping."""
-    if importlib.util.find_spec("diffusers") is None:
-        message = "diffusers not installed: pip install -e '.[latent]'"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 def tiny_autoencoder(folder, seed: int = 0, levels: int = 2, in_channels: int = 3):

@@ -11,7 +11,7 @@ from ddgan.wavelet import ORDERS, from_wavelet, to_wavelet
 from networks.discriminator import DiscriminatorLarge, DiscriminatorSmall
 from networks.wavelet_generator import WaveletResnetBlock, patchify, unpatchify
 from ops.haar import dwt, idwt, lowpass
-from tests.conftest import load_fixture
+from tests.conftest import load_fixture, replay_sampler
 
 NETWORK_CASES = ["wavelet_generator_cifar10_tiny", "ncsnpp_generator_cifar10_tiny", "wavelet_generator_celeba256_tiny",
                  "wavelet_generator_ablation_tiny", "wavelet_generator_no_fbn_tiny", "wavelet_generator_no_freq_tiny",
@@ -97,31 +97,15 @@ def test_transform_matches_wavediff(size, implementation):
 
 def test_sampling_replay_matches_wavediff():
     fixture = load("wavediff_sampling")
-    gen = fixture["generator"]
-    cfg = gen["config"]
-    net = networks.from_wavediff(gen["reference_kind"], cfg, gen["state_dict"]).eval()
+    cfg = fixture["generator"]["config"]
     diffusion = Diffusion(cfg["num_timesteps"], cfg["beta_min"], cfg["beta_max"],
                           "geometric" if cfg["use_geometric"] else "vp")
-    for name, table in fixture["coefficients"].items():
-        # The log of a clipped zero variance is -46; compare it relatively.
-        tol = 1e-5 * max(1.0, table.abs().max().item()) if name.endswith("clipped") else 1e-5
-        assert (getattr(diffusion, name).float() - table).abs().max().item() < tol, name
-    inputs, steps = fixture["inputs"], fixture["steps"]
-    x, xs, preds = inputs["x_T"], [inputs["x_T"]], []
-    with torch.no_grad():
-        for k, step in enumerate(steps):
-            t = torch.full((x.shape[0],), step, dtype=torch.int64)
-            preds.append(net(x, t, inputs["z"][k]))
-            x = diffusion.posterior_sample(preds[-1], x, t, noise=inputs["noise"][k])
-            xs.append(x)
-        # The library's sampler, fed the same draws by step index, takes the same path.
-        by_step = lambda draws: torch.stack([draws[steps.index(t)] for t in range(len(steps))])
-        sampled = diffusion.sample(net, inputs["x_T"], cfg["nz"], latents=by_step(inputs["z"]),
-                                   noises=by_step(inputs["noise"]))
-    assert (torch.stack(xs) - fixture["trace"]["x"]).abs().max().item() < 1e-4
-    assert (torch.stack(preds) - fixture["trace"]["x0_pred"]).abs().max().item() < 1e-4
+    replay = replay_sampler(fixture, diffusion)
+    x = replay["final"]
+    assert (replay["trace"] - fixture["trace"]["x"]).abs().max().item() < 1e-4
+    assert (replay["x0_pred"] - fixture["trace"]["x0_pred"]).abs().max().item() < 1e-4
     assert (x - fixture["wavelet_sample"]).abs().max().item() < 1e-4
-    assert (sampled - fixture["wavelet_sample"]).abs().max().item() < 1e-4
+    assert (replay["sampled"] - fixture["wavelet_sample"]).abs().max().item() < 1e-4
     images = from_wavelet(x, ORDER_OF[fixture["transform"]])
     assert (images.clamp(-1, 1) - fixture["output"]).abs().max().item() < 1e-4
     for implementation, expected in fixture["output_unclamped_by_transform"].items():

@@ -18,7 +18,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,latent]'
+	$(PY) -m pip install -q -e '.[dev,latent,onnx,shards]'
 	touch $(STAMP)
 
 demo: $(STAMP)

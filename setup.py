@@ -26,11 +26,17 @@ setup(
         "scikit-learn>=1.0",  # its bundled handwritten digits: eval.digits, the real-data class check
         "lmdb>=1.4",
         "ninja>=1.11",
+        "safetensors>=0.4",  # model folders (ddgan export, from_pretrained): weights without pickle
+        "huggingface_hub>=0.23",  # a Hub id wherever a model folder is taken
     ],
     extras_require={
         "dev": ["pytest>=7.0", "ruff>=0.5"],
         # ddgan.latent: LDM (latent-diffusion) first-stage autoencoders as diffusers models, LDM's yaml configs
         "latent": ["diffusers>=0.27", "pyyaml>=5.1"],
+        # ddgan export --format=onnx and --backend=onnxruntime: the sampler as one ONNX graph
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+        # --data as WebDataset tar shards or Hugging Face datasets (parquet, save_to_disk, Hub ids), streamed
+        "shards": ["webdataset>=0.2.86", "datasets>=2.19"],
     },
     entry_points={"console_scripts": ["ddgan=ddgan.cli:main"]},
     license="MIT",

@@ -356,8 +356,9 @@ def validate(c: Config) -> None:
          "--rec_loss_schedule=sigmoid weights the --rec_loss term: add --rec_loss=True")
     need(c.wavelet_order in ORDERS, f"--wavelet_order must be one of {', '.join(ORDERS)}, got {c.wavelet_order!r}")
     need(c.net_type in ("normal", "wavelet"), f"--net_type must be normal or wavelet, got {c.net_type!r}")
-    need(c.net_type == "normal" or c.space == "wavelet",
-         "--net_type=wavelet works on wavelet tensors: add --space=wavelet")
+    # The wavelet network resamples its own features by Haar transforms, so it also runs on latents.
+    need(c.net_type == "normal" or c.space in ("wavelet", "latent"),
+         "--net_type=wavelet works on wavelet tensors or latents: add --space=wavelet (or --space=latent)")
     need(c.space != "wavelet" or c.image_size % 2 == 0,
          f"--image_size={c.image_size} must be even in wavelet space (the Haar transform halves it)")
     need(c.num_disc_layers is None or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),

@@ -141,11 +141,14 @@ def test_a_latent_run_trains_resumes_exactly_samples_edits_and_measures_fid(late
     assert np.isfinite(record["value"]) and record["n"] == 40
 
 
-def test_a_conditional_latent_run_samples_by_class(latent_extra, shapes, autoencoder, tmp_path, seeded_single_thread):
-    config = latent(tmp_path, shapes, autoencoder, cond=True, kimg=0.008, hflip=False)
+@pytest.mark.parametrize("net_type", ["normal", "wavelet"])
+def test_a_conditional_latent_run_samples_by_class(latent_extra, shapes, autoencoder, tmp_path, seeded_single_thread,
+                                                   net_type):
+    config = latent(tmp_path, shapes, autoencoder, cond=True, kimg=0.008, hflip=False, net_type=net_type)
     run_dir = run_training(config)
     G, loaded = load_generator(run_dir)
     assert loaded.num_classes == len(SHAPES)
+    assert type(G).__name__ == ("WaveletNCSNpp" if net_type == "wavelet" else "NCSNpp")
     images = np.concatenate(list(sampling.generate(G, loaded, [0, 0], labels=[0, 3], progress=False)))
     assert images.shape == (2, 16, 16, 3)
     main(["edit", str(run_dir), f"--input={shapes}", "--start_step=1", "--class=cross", f"--out={tmp_path}/e.npz"])

@@ -5,7 +5,8 @@ autoencoder: a KL autoencoder (`ldm.models.autoencoder.AutoencoderKL`) or a VQ o
 module rebuilds such an autoencoder as `diffusers.AutoencoderKL` / `diffusers.VQModel` from LDM's config block
 and loads LDM's weights into it under diffusers' names, strictly, so that every weight lands somewhere and
 nothing is left unset. `LDMAutoencoder` then behaves as LDM's model does (encode, decode, quantize, `tanh_out`).
-`from_diffusers` wraps a plain diffusers AutoencoderKL the same way, such as one that `ddgan autoencoder` trained.
+`from_diffusers` wraps a plain diffusers AutoencoderKL or VQModel the same way, such as one that
+`ddgan autoencoder` trained.
 
 diffusers is an optional dependency: `pip install -e '.[latent]'`.
 """
@@ -175,30 +176,38 @@ def load_ldm(ckpt_path: str | Path, config_path: str | Path) -> LDMAutoencoder:
     return from_ldm(model, state_dict)
 
 
-def from_diffusers(model: nn.Module | str | Path) -> LDMAutoencoder:
-    """A plain diffusers AutoencoderKL, or the folder its `save_pretrained` wrote, as a 'kl' LDMAutoencoder.
+DIFFUSERS_CLASSES = {"AutoencoderKL": "kl", "VQModel": "vq"}  # diffusers class -> LDMAutoencoder kind
 
-    This is how an autoencoder trained by `ddgan autoencoder` (or any diffusers KL autoencoder) is used: its
-    encode gives (mean, logvar) and its decode images, as an LDM one's do. No weights are ever downloaded:
-    a folder must exist here.
+
+def from_diffusers(model: nn.Module | str | Path, tanh_out: bool = False) -> LDMAutoencoder:
+    """A diffusers AutoencoderKL or VQModel, or a folder its `save_pretrained` wrote, as an LDMAutoencoder.
+
+    This is how an autoencoder trained by `ddgan autoencoder` (or any diffusers KL/VQ autoencoder) is used:
+    its encode gives (mean, logvar) or `h`, and its decode images, as an LDM one's do. A pipeline's folder
+    is taken through its `vae/`. No weights are ever downloaded: a folder must exist here. `tanh_out`: LDM's
+    decoder option, which diffusers' config cannot hold.
     """
     if isinstance(model, str | Path):
         folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+            folder = folder / "vae"
         if not (folder / "config.json").is_file():
-            raise ValueError(f"{folder} is not a diffusers autoencoder folder: it has no config.json (write one "
-                             "with AutoencoderKL.save_pretrained, or train one with `ddgan autoencoder`)")
-        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
-        if kind != "AutoencoderKL":
-            raise ValueError(f"{folder} holds a diffusers {kind or 'model of unknown class'}, not an AutoencoderKL")
+            raise ValueError(f"{folder} has no config.json: not a diffusers autoencoder folder (write one with "
+                             "save_pretrained, or train one with `ddgan autoencoder`)")
+        name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
+        if name not in DIFFUSERS_CLASSES:
+            raise ValueError(f"{folder} holds a diffusers {name or 'model of unknown class'}, not an "
+                             f"{' or a '.join(DIFFUSERS_CLASSES)}")
         try:
             import diffusers
         except ImportError as error:
             raise ImportError("diffusers autoencoders need diffusers: pip install -e '.[latent]'") from error
         # low_cpu_mem_usage=False: the lazy path needs `accelerate` and only warns without it.
-        model = diffusers.AutoencoderKL.from_pretrained(folder, low_cpu_mem_usage=False)
-    if type(model).__name__ != "AutoencoderKL":
-        raise ValueError(f"from_diffusers takes a diffusers AutoencoderKL, got {type(model).__name__}")
-    return LDMAutoencoder(model, "kl")
+        model = getattr(diffusers, name).from_pretrained(folder, low_cpu_mem_usage=False)
+    name = type(model).__name__
+    if name not in DIFFUSERS_CLASSES:
+        raise ValueError(f"from_diffusers takes a diffusers {' or '.join(DIFFUSERS_CLASSES)}, got {name}")
+    return LDMAutoencoder(model, DIFFUSERS_CLASSES[name], tanh_out=tanh_out)
 
 
 def _autoencoder_block(config: Mapping) -> tuple[str, dict]:

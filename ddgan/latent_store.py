@@ -26,13 +26,12 @@ import torch
 
 from ddgan.data import ImageDataset
 from ddgan.files import atomic_write, fsync_folder
-from ddgan.latent import LDMAutoencoder, load_ldm
+from ddgan.latent import DIFFUSERS_CLASSES, LDMAutoencoder, from_diffusers, load_ldm
 
 RUN_FOLDER = "autoencoder"  # RUN/autoencoder/
 INFO_FILE = "ddgan_latent.json"
 CACHE_FOLDER = "latent-cache"  # OUTDIR/latent-cache/
 CACHE_FORMAT = "ddgan-latent-cache"
-DIFFUSERS_CLASSES = {"AutoencoderKL": "kl", "VQModel": "vq"}
 LDM_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 ENCODE_BATCH = 256
@@ -83,19 +82,11 @@ def open_autoencoder(source: str, ldm_config: str | None = None) -> tuple[LDMAut
 
 def _from_folder(folder: Path) -> LDMAutoencoder:
     """A diffusers AutoencoderKL/VQModel folder (or a pipeline's `vae/`), with a run's ddgan_latent.json if any."""
-    if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
-        folder = folder / "vae"
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--autoencoder={folder} has no config.json: not a diffusers model folder (write one "
-                         "with save_pretrained, or train one with `ddgan autoencoder`)")
-    name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
-    if name not in DIFFUSERS_CLASSES:
-        raise ValueError(f"--autoencoder={folder} holds a diffusers {name or 'model of unknown class'}; latent "
-                         f"models take an {' or a '.join(DIFFUSERS_CLASSES)}")
     info = json.loads((folder / INFO_FILE).read_text()) if (folder / INFO_FILE).is_file() else {}
-    # low_cpu_mem_usage=False: the lazy path needs `accelerate` and only warns without it.
-    model = getattr(_diffusers(), name).from_pretrained(folder, low_cpu_mem_usage=False)
-    return LDMAutoencoder(model, DIFFUSERS_CLASSES[name], tanh_out=info.get("tanh_out", False))
+    try:
+        return from_diffusers(folder, tanh_out=info.get("tanh_out", False))
+    except ValueError as error:
+        raise ValueError(f"--autoencoder={error}") from None
 
 
 def _from_hub(repo: str) -> LDMAutoencoder:

@@ -154,8 +154,8 @@ def test_from_diffusers_wraps_a_trained_folder(squares, tmp_path, seeded_single_
     with pytest.raises(ValueError, match="has no config.json"):
         from_diffusers(tmp_path)
     (tmp_path / "vq").mkdir()
-    (tmp_path / "vq" / "config.json").write_text('{"_class_name": "VQModel"}')
-    with pytest.raises(ValueError, match="holds a diffusers VQModel, not an AutoencoderKL"):
+    (tmp_path / "vq" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(ValueError, match="holds a diffusers UNet2DModel, not an AutoencoderKL or a VQModel"):
         from_diffusers(tmp_path / "vq")
 
 

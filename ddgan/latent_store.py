@@ -14,26 +14,24 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ddgan import hub
 from ddgan.data import ImageDataset
 from ddgan.files import atomic_write, fsync_folder
-from ddgan.latent import DIFFUSERS_CLASSES, LDMAutoencoder, from_diffusers, load_ldm
+from ddgan.latent import LDMAutoencoder, from_diffusers, load_ldm
 
 RUN_FOLDER = "autoencoder"  # RUN/autoencoder/
 INFO_FILE = "ddgan_latent.json"
 CACHE_FOLDER = "latent-cache"  # OUTDIR/latent-cache/
 CACHE_FORMAT = "ddgan-latent-cache"
 LDM_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 ENCODE_BATCH = 256
 
 
@@ -43,11 +41,6 @@ def _diffusers():
     except ImportError as error:
         raise ImportError("--space=latent needs diffusers: pip install -e '.[latent]'") from error
     return diffusers
-
-
-def _offline() -> bool:
-    """Whether the Hub may not be asked (HF_HUB_OFFLINE, read now rather than when huggingface_hub was imported)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def open_autoencoder(source: str, ldm_config: str | None = None) -> tuple[LDMAutoencoder, dict]:
@@ -67,7 +60,7 @@ def open_autoencoder(source: str, ldm_config: str | None = None) -> tuple[LDMAut
                          "not a file; drop --autoencoder_config for a diffusers folder or Hub id")
     elif path.is_dir():
         autoencoder = _from_folder(path)
-    elif HUB_ID.match(str(source)):
+    elif hub.parse_id(str(source)):
         autoencoder = _from_hub(str(source))
     else:
         raise ValueError(f"--autoencoder={source}: no such folder or file, and not a Hub id (owner/name); pass a "
@@ -89,25 +82,12 @@ def _from_folder(folder: Path) -> LDMAutoencoder:
         raise ValueError(f"--autoencoder={error}") from None
 
 
-def _from_hub(repo: str) -> LDMAutoencoder:
-    """A Hub id through diffusers' from_pretrained (its cache; nothing is asked of the Hub when offline)."""
-    diffusers, offline = _diffusers(), _offline()
-    try:
-        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument that it deprecated
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
-            name = diffusers.AutoencoderKL.load_config(repo, local_files_only=offline).get("_class_name")
-            if name not in DIFFUSERS_CLASSES:
-                raise ValueError(f"--autoencoder={repo} is a diffusers {name}, not an "
-                                 f"{' or a '.join(DIFFUSERS_CLASSES)}")
-            model = getattr(diffusers, name).from_pretrained(repo, local_files_only=offline, low_cpu_mem_usage=False)
-    except OSError as error:  # diffusers reports offline, unknown and unreachable ids alike as EnvironmentError
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        why = "HF_HUB_OFFLINE is set and it is not in the Hub cache" if offline else \
-            f"the Hub did not provide it ({first_line})"
-        raise ValueError(f"--autoencoder={repo}: no such local folder, and as a Hub id: {why}; fetch it where there "
-                         f"is a network (`huggingface-cli download {repo}`, then rerun with that cache) or pass a "
-                         "local diffusers folder") from None
-    return LDMAutoencoder(model, DIFFUSERS_CLASSES[name])
+def _from_hub(text: str) -> LDMAutoencoder:
+    """A Hub id's autoencoder (a bare one, or a pipeline's `vae/`): its config and safetensors weights only."""
+    _diffusers()
+    patterns = [f"{prefix}{name}" for prefix in ("", "vae/")
+                for name in ("config.json", "diffusion_pytorch_model*.safetensors")]
+    return _from_folder(hub.fetch(text, "--autoencoder", allow_patterns=patterns))
 
 
 def weights_hash(autoencoder: LDMAutoencoder) -> str:

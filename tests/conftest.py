@@ -89,3 +89,16 @@ def seeded_single_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+def put_in_hub_cache(cache: Path, repo: str, folder: Path, revision: str = "main") -> Path:
+    """Lay `folder`'s files out in a Hugging Face Hub cache as if `repo` at `revision` had been downloaded."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = Path(cache) / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    snapshot = root / "snapshots" / commit
+    shutil.copytree(folder, snapshot, dirs_exist_ok=True)
+    return snapshot

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddgan import checkpoint, sampling
+from ddgan import checkpoint, latent_store, sampling
 from ddgan.cli import main
 from ddgan.config import make_config, replace
 from ddgan.data import open_dataset, write_image_array
@@ -196,7 +196,6 @@ def test_the_posteriors_are_encoded_once_per_autoencoder_and_data(latent_extra, 
 def test_an_ldm_checkpoint_and_a_vq_folder_work_as_latent_spaces(latent_extra, tmp_path, seeded_single_thread):
     import yaml
 
-    from ddgan import latent_store
     from ddgan.latent import from_ldm
 
     case = load_fixture("lddgan/kl_attn_tanh.pt")
@@ -257,15 +256,37 @@ def test_autoencoders_that_do_not_fit_say_what_would(latent_extra, shapes, autoe
         space_for(latent(tmp_path, shapes, ckpt))
 
 
-def test_a_hub_id_offline_ends_with_one_line(latent_extra, shapes, tmp_path, monkeypatch, capsys):
+def test_a_hub_id_in_the_cache_works_offline(latent_extra, shapes, autoencoder, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from tests.conftest import put_in_hub_cache
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_CACHE once, at import; a user sets it before starting.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    put_in_hub_cache(tmp_path / "hub", "someone/tiny-vae", autoencoder)
+    space = space_for(latent(tmp_path, shapes, "someone/tiny-vae"))
+    expected = space_for(latent(tmp_path, shapes, autoencoder))
+    assert latent_store.weights_hash(space.autoencoder) == latent_store.weights_hash(expected.autoencoder)
+
+
+@pytest.mark.parametrize("setting", ["HF_HUB_OFFLINE", "no network"])
+def test_a_hub_id_offline_ends_with_one_line(latent_extra, shapes, tmp_path, monkeypatch, capsys, setting):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    if setting == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:  # a closed port refuses at once, as a machine without a route to the Hub does after its timeout
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(SystemExit):
         main(["train", "--preset=demo", f"--data={shapes}", "--space=latent", "--autoencoder=nobody/no-such-vae",
               "--image_size=16", "--ch_mult=[1,2]", f"--outdir={tmp_path}", "--kimg=0.004", "--batch_size=4"])
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "--autoencoder=nobody/no-such-vae" in error and "HF_HUB_OFFLINE" in error
+    assert len(error.splitlines()) == 1 and "--autoencoder=nobody/no-such-vae" in error
+    assert ("HF_HUB_OFFLINE is set" if setting == "HF_HUB_OFFLINE" else "cannot reach 127.0.0.1") in error
+    assert "hf download nobody/no-such-vae" in error
 
 
 def test_a_latent_run_resumed_with_another_autoencoder_is_refused(latent_extra, shapes, autoencoder, tmp_path,
@@ -276,3 +297,29 @@ def test_a_latent_run_resumed_with_another_autoencoder_is_refused(latent_extra, 
         config_from_flags(resume=str(run_dir), autoencoder=str(other))
     resumed = config_from_flags(resume=str(run_dir), autoencoder=str(autoencoder), kimg=0.008)
     assert checkpoint.load(run_training(resumed))["step"] == 2
+
+
+def test_a_conditional_latent_run_trains_under_torchrun(latent_extra, shapes, autoencoder, tmp_path):
+    """Two gloo processes: rank 0 encodes the posteriors once, both draw from them, one run folder results."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_training import REPO, TINY, free_port
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    flags = [f"--{k}={v}" for k, v in TINY.items()] + [
+        "--preset=demo", f"--data={shapes}", "--image_size=16", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.008",
+        "--space=latent", f"--autoencoder={autoencoder}", "--cond=True", "--net_type=wavelet", f"--outdir={tmp_path}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(REPO / "train.py"), *flags]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "latent-cache"]
+    assert len(list((tmp_path / "latent-cache").iterdir())) == 1
+    state = checkpoint.load(run_dir)
+    assert state["images_seen"] == 8 and state["config"]["num_classes"] == len(SHAPES)
+    assert (run_dir / "autoencoder" / "config.json").is_file()
+    G, loaded = load_generator(run_dir)
+    images = np.concatenate(list(sampling.generate(G, loaded, [0, 1], labels=[1, 2], progress=False)))
+    assert images.shape == (2, 16, 16, 3)

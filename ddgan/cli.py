@@ -1,4 +1,4 @@
-"""The `ddgan` command line: train, sample, edit, fid, bench, demo, autoencoder, info and presets, via `fire`.
+"""The `ddgan` command line: train, sample, edit, fid, bench, demo, autoencoder, export, info, presets (`fire`).
 
 Flags keep the original implementation's underscore names; `--flag=value` works, lists as
 `--ch_mult='[1,2,2]'`. Every sub-command (and `python train.py`, `python -m eval.modes`, ...) is wrapped
@@ -45,7 +45,8 @@ def command(name: str, function: Callable | str, program: str = "ddgan") -> Call
             sys.exit(2)
 
     run.__name__ = name.replace(" ", "_").replace("-", "_")
-    run.__doc__ = function.__doc__ if callable(function) else f"`ddgan {name}` (see --help)"
+    # `ddgan --help` lists each command with this one line; the command's own --help gives the whole docstring.
+    run.__doc__ = PURPOSES.get(name) or (inspect.getdoc(function) or "").split("\n")[0]
     return run
 
 
@@ -190,8 +191,22 @@ COMMANDS = {
     "bench": "eval.benchmark:bench_command",
     "demo": demo,
     "autoencoder": "ddgan.autoencoder:autoencoder",
+    "export": "ddgan.export:export",
     "info": info,
     "presets": presets,
+}
+# One line per command for `ddgan --help`, so that listing them imports none of the lazily imported ones.
+PURPOSES = {
+    "train": "Train a DDGAN from a preset (DDGAN's, WaveDiff's, LDDGAN's, demo) and flags; --resume continues a run.",
+    "sample": "Draw images from a checkpoint, run folder or model folder into a grid, an .npz or a folder of PNGs.",
+    "edit": "Edit images with a model: diffuse them part way, then denoise (SDEdit), optionally into another class.",
+    "fid": "FID (and precision/recall) of a model's samples against a dataset or saved statistics.",
+    "bench": "Time sampling, training iterations or the custom ops, against the original implementation's path.",
+    "demo": "Train the demo preset on the built-in shapes (minutes on a CPU), then show where the samples are.",
+    "autoencoder": "Train a small diffusers KL autoencoder on your images, for latent DDGANs (--autoencoder).",
+    "export": "Export a model to share or deploy: a model folder (safetensors, model card) or the sampler as ONNX.",
+    "info": "Describe a checkpoint or model folder: preset, images seen, architecture and parameter counts.",
+    "presets": "List the presets and what each sets.",
 }
 
 

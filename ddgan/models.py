@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
 import networks
-from ddgan import checkpoint
+from ddgan import checkpoint, model_folder
 from ddgan.config import Config, make_config
 from ddgan.space import kept_config, space_for
 
@@ -75,9 +76,15 @@ def _from_lddgan_flags(raw: dict, values: dict) -> dict:
 def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu",
                    preset: str | None = None, reference_config_path: str | os.PathLike | None = None,
                    autoencoder: str | None = None, autoencoder_config: str | None = None):
-    """(G in eval mode on `device`, its Config) from a ddgan checkpoint or an original DDGAN, WaveDiff or LDDGAN
-    netG_*.pth / content.pth (whose architecture --preset or --reference_config gives; an LDDGAN file also needs
-    the --autoencoder, and its --autoencoder_config, that it was trained on)."""
+    """(G in eval mode on `device`, its Config) from a ddgan checkpoint or run folder, a model folder (local or a
+    Hub id, `ddgan export`'s), or an original DDGAN, WaveDiff or LDDGAN netG_*.pth / content.pth (whose
+    architecture --preset or --reference_config gives; an LDDGAN file also needs the --autoencoder, and its
+    --autoencoder_config, that it was trained on)."""
+    folder = model_folder.locate(path)
+    if folder is not None:
+        if not ema:
+            raise ValueError(f"{path} is a model folder, which holds the EMA generator only; drop --ema=False")
+        return model_folder.read(folder, device)
     file = checkpoint.resolve(path)
     obj = checkpoint.load(file, original_ok=True)
     if checkpoint.is_original(obj):
@@ -114,6 +121,20 @@ def load_generator(path: str | os.PathLike, ema: bool = True, device: str | torc
     return generator.to(device).eval().requires_grad_(False), config
 
 
+def resolve_source(path: str | os.PathLike) -> Path:
+    """What a command's CKPT names: a model folder (a Hub id fetched into the Hub cache) or a checkpoint file."""
+    return model_folder.locate(path) or checkpoint.resolve(path)
+
+
+def default_output(ckpt: str | os.PathLike, source: Path, prefix: str, suffix: str = ".png") -> Path:
+    """Where a command writes by default: beside a checkpoint, or in the working folder for a model folder, whose
+    files are the model's alone (and may lie in the Hub cache)."""
+    if source.is_dir():
+        name = re.sub(r"[^\w.-]+", "_", str(ckpt).strip("/\\")) or source.name
+        return Path.cwd() / f"{prefix}-{name}{suffix}"
+    return source.parent / f"{prefix}-{source.stem}{suffix}"
+
+
 def looks_like_wavediff(state: dict) -> bool:
     """Whether an original generator state_dict is WaveDiff's: wavelet skips, or a 4C-channel input conv."""
     if any("convH_0" in key for key in state):
@@ -124,20 +145,46 @@ def looks_like_wavediff(state: dict) -> bool:
 
 def describe_checkpoint(path: str | os.PathLike) -> str:
     """A few lines about a checkpoint (`ddgan info`): what produced it and what it holds."""
+    folder = model_folder.locate(path)
+    if folder is not None:
+        return describe_model_folder(folder)
     file = checkpoint.resolve(path)
     state = checkpoint.load(file)
     config = kept_config(Config.from_dict(state["config"], f"checkpoint {file}"), file.parent)
-    space = space_for(config) if config.space != "pixel" else None
     lines = [
         f"{file}: ddgan checkpoint format {state['version']} (ddgan {state.get('ddgan_version', '?')})",
         f"preset {config.preset}, data {config.data}, {state['images_seen'] / 1000:.2f} kimg, step {state['step']}",
-        f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
-        f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}"
-        + (f", {space.describe()}, {config.generator_kind}" if space is not None else "")
-        + (f", {config.num_classes} classes ({', '.join(config.class_names)})" if config.num_classes else ""),
+        _model_line(config),
         f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters, "
         f"D {networks.count_parameters(build_discriminator(config)) / 1e6:.2f} M",
     ]
     if state.get("best_fid") is not None:
         lines.append(f"best FID {state['best_fid']:.3f}")
+    return "\n".join(lines)
+
+
+def _model_line(config: Config) -> str:
+    """Size, steps, widths, space and classes of a model, on one line."""
+    space = space_for(config) if config.space != "pixel" else None
+    return (f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
+            f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}"
+            + (f", {space.describe()}, {config.generator_kind}" if space is not None else "")
+            + (f", {config.num_classes} classes ({', '.join(config.class_names)})" if config.num_classes else ""))
+
+
+def describe_model_folder(folder) -> str:
+    """A few lines about a model folder (`ddgan info`): its format, what it was trained on, the model."""
+    about = model_folder.read_about(folder)
+    _, config = model_folder.read(folder)
+    trained = about.get("trained", {})
+    made_by = f"ddgan {about.get('ddgan_version', '?')}"
+    lines = [f"{folder}: ddgan model folder format {about['format_version']} ({made_by}), "
+             f"weights {about.get('weights', {}).get('dtype', '?')}",
+             f"preset {config.preset}, data {trained.get('data', config.data)}"
+             + (f", {trained['kimg']:.2f} kimg" if trained.get("kimg") is not None else ""),
+             _model_line(config),
+             f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters (EMA)"]
+    metrics = trained.get("metrics") or {}
+    if "fid" in metrics:
+        lines.append(f"last FID logged {metrics['fid']:.3f}")
     return "\n".join(lines)

@@ -18,11 +18,10 @@ if __package__ in (None, ""):  # run as `python eval/edit.py`: make the repo roo
 import numpy as np
 import torch
 
-from ddgan import checkpoint
 from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.data.sources import IMAGE_EXTENSIONS, READ_ERRORS, ArraySource, decode_image
-from ddgan.models import load_generator
+from ddgan.models import default_output, load_generator, resolve_source
 from ddgan.precision import check_amp
 from ddgan.sampling import check_batch, default_device, parse_classes, parse_seeds, readable_scale, to_uint8
 from ddgan.sampling import edit as edit_images
@@ -65,8 +64,8 @@ def edit(ckpt: str, input: str, start_step: int, out: str | None = None, class_=
     """
     check_batch(batch)
     check_amp(amp)
-    source = checkpoint.resolve(ckpt)
-    out_path = Path(out).expanduser() if out is not None else source.parent / f"edit-k{start_step}-{source.stem}.png"
+    source = resolve_source(ckpt)
+    out_path = Path(out).expanduser() if out is not None else default_output(ckpt, source, f"edit-k{start_step}")
     kind = output_kind(out_path)
     check_output(out_path, kind, overwrite)
     device = torch.device(device) if device is not None else default_device()

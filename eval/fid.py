@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddgan import checkpoint, distributed
+from ddgan import distributed
 from ddgan.cli import prints_its_result
 from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.files import atomic_write
-from ddgan.models import load_generator
+from ddgan.models import load_generator, resolve_source
 from ddgan.sampling import check_batch, generate_share, parse_classes, seed_list, to_uint8
 from eval.inception import (
     FeatureExtractor,
@@ -423,7 +423,7 @@ def _fid(ckpt, stats, ref, seeds, batch, class_, prdc, prdc_n, nearest_k, contex
          preset, reference_config, amp, feature_extractor, verbose, autoencoder=None,
          autoencoder_config=None) -> dict:
     device = context.device
-    source = checkpoint.resolve(ckpt)
+    source = resolve_source(ckpt)
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,
                                autoencoder=autoencoder, autoencoder_config=autoencoder_config)
     labels = all_classes(config, len(seeds), None if class_ is None else parse_classes(class_, config))

@@ -18,9 +18,9 @@ if __package__ in (None, ""):  # run as `python eval/sample.py`: make the repo r
 import numpy as np
 import torch
 
-from ddgan import checkpoint, distributed
+from ddgan import distributed
 from ddgan.data import write_image_array
-from ddgan.models import load_generator
+from ddgan.models import default_output, load_generator, resolve_source
 from ddgan.precision import amp_dtype, check_amp
 from ddgan.sampling import (
     check_batch,
@@ -107,8 +107,8 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
 def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: distributed.Context, ema, overwrite,
             preset, reference_config, amp, channels_last, compile, cuda_graph, scale, autoencoder=None,
             autoencoder_config=None) -> str:
-    source = checkpoint.resolve(ckpt)
-    out_path = Path(out).expanduser() if out is not None else source.parent / f"samples-{source.stem}.png"
+    source = resolve_source(ckpt)
+    out_path = Path(out).expanduser() if out is not None else default_output(ckpt, source, "samples")
     kind = output_kind(out_path)
     device = context.device
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,

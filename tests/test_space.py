@@ -323,3 +323,18 @@ def test_a_conditional_latent_run_trains_under_torchrun(latent_extra, shapes, au
     G, loaded = load_generator(run_dir)
     images = np.concatenate(list(sampling.generate(G, loaded, [0, 1], labels=[1, 2], progress=False)))
     assert images.shape == (2, 16, 16, 3)
+
+
+def test_a_latent_model_folder_carries_its_decoder(latent_extra, shapes, autoencoder, tmp_path, seeded_single_thread):
+    run_dir = run_training(latent(tmp_path, shapes, autoencoder, kimg=0.004))
+    main(["export", str(run_dir), f"--out={tmp_path / 'model'}"])
+    kept = tmp_path / "model" / "autoencoder"
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "ddgan_latent.json"} <= {
+        p.name for p in kept.iterdir()}
+    about = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert about["config"]["autoencoder"] == "autoencoder" and about["config"]["latent_scale"] > 0
+    # The run folder may go: the model folder alone samples the same bytes.
+    main(["sample", str(run_dir), "--seeds=0-3", f"--out={tmp_path / 'b.npz'}"])
+    run_dir.rename(tmp_path / "gone")
+    main(["sample", str(tmp_path / "model"), "--seeds=0-3", f"--out={tmp_path / 'a.npz'}"])
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()

@@ -161,8 +161,16 @@ def demo(outdir: str = "runs/demo", **flags) -> str:
     from ddgan.training_loop import config_from_flags, run_training
 
     started = time.perf_counter()
-    run_dir = run_training(config_from_flags("demo", outdir=outdir, **flags))
+    config = config_from_flags("demo", outdir=outdir, **flags)
+    run_dir = run_training(config)
     minutes = (time.perf_counter() - started) / 60
+    if config.data == "demo" and config.cond:
+        from ddgan.models import load_generator
+
+        spread = _resolve("eval.modes:sample_spread")(*load_generator(run_dir))
+        print(f"within-class spread of the samples over the data's (1 = as varied): centre "
+              f"{(spread['centre_x'] + spread['centre_y']) / 2:.2f}, size {spread['size']:.2f} "
+              "(python -m eval.modes spread RUN: per class)", file=sys.stderr)
     print(f"\nDemo finished in {minutes:.1f} min.\n  samples:     {run_dir / 'samples-final.png'}\n"
           f"  checkpoint:  {checkpoint.latest_checkpoint(run_dir)}\n"
           f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}\n"

@@ -17,6 +17,11 @@ scikit-learn's real digits for models of `eval.digits`' data, or one you pass).
 
     python -m eval.modes accuracy runs/demo --n=256
     python -m eval.modes accuracy RUN --classifier=digits
+
+`spread`: for a demo-shapes checkpoint, how much the samples of a class vary against the data: the std of the
+shape's centre and size over the data's, per class (1: as varied as the data; 0: every sample alike).
+
+    python -m eval.modes spread runs/demo --n=256
 """
 
 from __future__ import annotations
@@ -203,9 +208,35 @@ def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", cla
     return report
 
 
+def spread(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", reference: int = 2048) -> dict:
+    """Within-class variety of a demo-shapes checkpoint: per class, the std of the samples' shape centre and size
+    over the data's (`ddgan.data.demo.within_class_spread`; 1 = the data's variety, 0 = all alike)."""
+    from ddgan.models import load_generator
+
+    G, config = load_generator(ckpt, device=device)
+    report = {"checkpoint": str(ckpt), "samples_per_class": n} | sample_spread(G, config, n, batch, device, reference)
+    print(json.dumps(report))
+    return report
+
+
+def sample_spread(G, config, n: int = 256, batch: int = 256, device: str = "cpu", reference: int = 2048) -> dict:
+    """within_class_spread of n samples per class of G against `reference` fresh demo images."""
+    from ddgan.data.demo import within_class_spread
+    from ddgan.sampling import generate
+
+    if list(config.class_names) != list(SHAPES):
+        raise ValueError(f"spread measures the demo shapes; the model's classes are {', '.join(config.class_names)}")
+    samples = [np.concatenate(list(generate(G, config, range(n), batch=batch, device=device, labels=label,
+                                            progress=False))) for label in range(NUM_SHAPES)]
+    data = DemoShapes(config.image_size, config.num_channels, size=reference, seed=7)
+    data_labels = np.array([SHAPES.index(s) for s in data.shapes])
+    return within_class_spread(np.concatenate(samples), np.repeat(np.arange(NUM_SHAPES), n),
+                               data.images.permute(0, 2, 3, 1).numpy(), data_labels)
+
+
 if __name__ == "__main__":
     from ddgan.cli import main, prints_its_result
 
     main(commands={"make-data": make_data, "count": prints_its_result(count),
-                   "accuracy": prints_its_result(accuracy)},
+                   "accuracy": prints_its_result(accuracy), "spread": prints_its_result(spread)},
          name="python -m eval.modes")

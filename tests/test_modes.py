@@ -19,3 +19,30 @@ def test_kl_of_a_single_mode():
     histogram = np.zeros(64)
     histogram[5] = 10
     assert np.isclose(kl_to_uniform(histogram), np.log(64))
+
+
+def test_shape_geometry_finds_the_centre_and_the_spread_compares_with_the_data():
+    from ddgan.data.demo import SHAPES, DemoShapes, render_shapes, shape_geometry, within_class_spread
+
+    centres = np.array([[0.4, 0.55], [0.6, 0.45]])
+    images = render_shapes(np.array([0, 1]), np.array([0, 0]), centres, np.array([0.2, 0.3]), 32, 3)
+    geometry = shape_geometry(images.transpose(0, 2, 3, 1))
+    assert np.abs(geometry[:, :2] - centres).max() < 0.01
+    assert abs(geometry[0, 2] - np.sqrt(np.pi) * 0.2) < 0.02  # a disc of radius r covers pi r^2
+    data = DemoShapes(16, size=2048, seed=3)
+    pixels, labels = data.images.permute(0, 2, 3, 1).numpy(), np.array([SHAPES.index(s) for s in data.shapes])
+    alike = within_class_spread(pixels[:1024], labels[:1024], pixels[1024:], labels[1024:])
+    assert all(0.85 < alike[k] < 1.15 for k in ("centre_x", "centre_y", "size"))
+    first_of_each = np.stack([pixels[labels == k][0] for k in range(len(SHAPES))])
+    collapsed = within_class_spread(np.repeat(first_of_each, 8, axis=0), np.repeat(np.arange(4), 8), pixels, labels)
+    assert collapsed["centre_x"] == collapsed["size"] == 0.0
+
+
+def test_the_demo_command_reports_the_within_class_spread(tmp_path, capsys):
+    from ddgan.cli import main
+    from tests.test_training import TINY
+
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k != "cond"]
+    main(["demo", f"--outdir={tmp_path}", "--image_size=8", "--ch_mult=[1,2]", "--kimg=0.032", *flags])
+    err = capsys.readouterr().err
+    assert "within-class spread of the samples over the data's" in err and "Demo finished" in err

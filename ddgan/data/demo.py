@@ -96,3 +96,36 @@ def triangle(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
 def cross(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Signed distance to a plus sign: two crossing bars."""
     return np.minimum(box(dx, dy, 1.05 * r, 0.36 * r), box(dx, dy, 0.36 * r, 1.05 * r))
+
+
+def shape_geometry(images: np.ndarray) -> np.ndarray:
+    """[N, 3] (centre x, centre y, size) of the shape in each uint8 image [N, H, W, C], in image widths.
+
+    The shape is where the image is darker than the background, weighted by how far it is towards the
+    foreground colour; size is the square root of its area. For the demo's colours only.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    luma = images[..., 0] if images.shape[-1] == 1 else images @ LUMA
+    background, foreground = (float(np.dot(np.asarray(c, dtype=np.float32), LUMA)) for c in COLOR_SCHEMES[0])
+    mask = np.clip((background - luma) / (background - foreground), 0, 1)
+    size = images.shape[1]
+    pixel = (np.arange(size, dtype=np.float32) + 0.5) / size
+    area = np.maximum(mask.sum(axis=(1, 2)), 1e-6)
+    centre_x = (mask * pixel[None, None, :]).sum(axis=(1, 2)) / area
+    centre_y = (mask * pixel[None, :, None]).sum(axis=(1, 2)) / area
+    return np.stack([centre_x, centre_y, np.sqrt(area) / size], axis=1)
+
+
+def within_class_spread(images: np.ndarray, labels: np.ndarray, reference: np.ndarray,
+                        reference_labels: np.ndarray) -> dict:
+    """Per class, the std of the shapes' centre x, centre y and size in `images` over that in `reference` (the
+    data): 1 is the data's variety, 0 every sample alike. Also the mean over classes of each ratio."""
+    ours, theirs = shape_geometry(images), shape_geometry(reference)
+    ratios = {}
+    for label, name in enumerate(SHAPES):
+        mine, data = ours[np.asarray(labels) == label], theirs[np.asarray(reference_labels) == label]
+        if len(mine) > 1 and len(data) > 1:
+            ratios[name] = [round(float(r), 3) for r in mine.std(axis=0) / np.maximum(data.std(axis=0), 1e-9)]
+    mean = np.mean(list(ratios.values()), axis=0) if ratios else np.full(3, np.nan)
+    return {"per_class": ratios, "centre_x": round(float(mean[0]), 3), "centre_y": round(float(mean[1]), 3),
+            "size": round(float(mean[2]), 3)}

@@ -39,7 +39,12 @@ class Config:
     """Every setting of a training run; defaults are the CIFAR-10 recipe."""
 
     data: str = option("data", "cifar10", "a dataset name (demo, cifar10, stackmnist) or a path: folder, .zip, LMDB, "
-                       ".npz/.npy")
+                       ".npz/.npy; or shards: WebDataset .tar (a {000..127} pattern, folder, or .txt list), "
+                       "parquet, a save_to_disk folder, hf:owner/name[:split]")
+    image_column: str = option("data", "", "the image column of a Hugging Face dataset, or the image extension in "
+                               "WebDataset shards (empty: guessed)")
+    label_column: str = option("data", "", "the class label column of a Hugging Face dataset, or the extension in "
+                               "WebDataset shards (empty: guessed; cls in shards)")
     image_size: int = option("data", 32, "resolution in pixels (images are resized and center-cropped to it)")
     num_channels: int = option("data", 3, "1 (grayscale) or 3 (RGB)")
     hflip: bool = option("data", True, "random horizontal flips (never for digits, whatever this says)")
@@ -132,6 +137,11 @@ class Config:
 
     outdir: str = option("run folder", "runs", "where numbered run folders are made")
     resume: str | None = option("run folder", None, "continue exactly from a run folder or checkpoint file")
+    run_dir: str | None = option("run folder", None, "the run folder itself instead of a new numbered one under "
+                                 "--outdir; a start whose folder holds a checkpoint continues from the newest, so a "
+                                 "restarted or requeued command continues its run")
+    checkpoint_minutes: float = option("run folder", 0.0, "also save a checkpoint at least every this many minutes "
+                                       "of wall time; 0 = off")
     log_every: int = option("run folder", 50, "iterations between console/TensorBoard scalars")
     snapshot_kimg: float = option("run folder", 500.0, "kimg between checkpoints")
     sample_kimg: float = option("run folder", 500.0, "kimg between sample grids")
@@ -380,7 +390,7 @@ def validate(c: Config) -> None:
     check_amp(c.amp)
     need(c.discriminator in ("auto", "small", "large"),
          f"--discriminator must be auto, small or large, got {c.discriminator!r}")
-    for name in ("snapshot_kimg", "sample_kimg", "fid_every"):
+    for name in ("snapshot_kimg", "sample_kimg", "fid_every", "checkpoint_minutes"):
         need(getattr(c, name) >= 0, f"--{name} must be >= 0")
     need(c.grid_images >= 1, f"--grid_images must be >= 1, got {c.grid_images}")
     need(c.num_classes >= 0 and (c.cond or c.num_classes == 0),

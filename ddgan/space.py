@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from ddgan import distributed, latent_store
 from ddgan.config import Config, replace, validate
@@ -179,6 +179,11 @@ class LatentSpace(Space):
 
     def training_data(self, dataset: Dataset, context: Context | None = None) -> tuple[Dataset, str]:
         """The cached posteriors of the data (encoded once, on rank 0); measures the scale when it is not set."""
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(f"--space=latent encodes the whole dataset into a cache before training, and --data="
+                             f"{self.config.data} is a stream of shards, read once per pass: train it in "
+                             "--space=pixel or --space=wavelet, or convert it to a save_to_disk folder, an image "
+                             "folder or an .npz, which a latent run can encode")
         context = context or Context()
         views = 2 if self.config.hflip else 1
         folder = Path(self.config.outdir).expanduser() / latent_store.CACHE_FOLDER

@@ -2,13 +2,16 @@
 
 On CUDA every op runs twice, through the PyTorch reference and through the compiled kernel, and the row
 reports the kernel's speed-up. On the CPU only the reference exists, at smaller shapes so that the whole
-run stays under a minute on two cores.
+run stays under a minute on two cores. Each row also carries `flops_per_call`: the FLOPs of one forward
++ backward call of the reference, as torch counts them (eval.roofline.count_flops; the FIR filter is a
+depthwise convolution, bias_act's elementwise work counts zero).
 
     ddgan bench --what=ops --device=cuda      (or: python -m eval.bench_ops --device=cuda)
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
@@ -16,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from eval import roofline
 from ops import custom_ops
 from ops.bias_act import bias_act
 from ops.upfirdn2d import downsample2d, setup_filter, upsample2d
@@ -46,6 +50,11 @@ def _ops(device: torch.device) -> dict[str, Callable[[torch.Tensor, str], torch.
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def sum_backward(op: Callable[[torch.Tensor, str], torch.Tensor], x: torch.Tensor, impl: str) -> None:
+    """op(x) and the backward pass of its sum."""
+    op(x, impl).sum().backward()
 
 
 def time_forward_backward(
@@ -87,6 +96,7 @@ def bench_ops(
             x = torch.randn(shape, device=device, requires_grad=True)
             row = {"op": name, "shape": list(shape), "device": str(device), "repeats": repeats}
             row["ref_ms"] = time_forward_backward(op, x, "ref", repeats, warmup)
+            row["flops_per_call"] = roofline.count_flops(functools.partial(sum_backward, op, x, "ref"))
             if kernel:
                 row["cuda_ms"] = time_forward_backward(op, x, "cuda", repeats, warmup)
                 row["speedup"] = row["ref_ms"] / row["cuda_ms"]

@@ -8,7 +8,9 @@ In order, each phase with its own time limit and never past the whole budget:
    backward and double backward over dtypes and layouts), with its pass/fail counts;
 3. train: 200 iterations of the `demo` preset on the GPU, whose losses must behave as on the CPU
    (`training_healthy`);
-4. bench: the GPU rows of BENCHMARKS.md through eval.benchmark.bench, the costly torch.compile rows last.
+4. bench: the GPU rows of BENCHMARKS.md through eval.benchmark.bench, the costly torch.compile rows last,
+   each with its roofline (FLOPs per image, TFLOP/s, and the share of the matmul and conv ceilings
+   measured on this GPU in the row's dtype, as `ddgan bench` prints them: eval/roofline.py).
 
 It writes gpu-check.md (tables) and gpu-check.jsonl (one JSON object per check) into --out and exits 1
 when any check fails: a failing or skipped CUDA test, a kernel failing its self-check, unhealthy losses,
@@ -95,6 +97,11 @@ MIN_EXCURSION = 0.05  # D off chance at least once: CPU runs reach 0.12-6.7 with
 BALANCE_TOLERANCE = 0.5  # last-quarter medians within this of chance: CPU runs stay within 0.08
 
 Record = dict
+# What a benchmark row's record keeps of eval.benchmark.bench's result: the timings and the roofline.
+BENCH_KEYS = ("what", "preset", "batch", "T", "dtype", "channels_last", "compile", "cuda_graph", "ms_median",
+              "ms_mean", "images_per_s", "iters_per_s", "peak_mem_mb", "flops_per_image", "tflops",
+              "ceiling_tflops", "ceiling_matmul_tflops", "ceiling_conv_tflops", "ceiling_conv",
+              "percent_of_ceiling")
 
 
 class PhaseTimeout(BaseException):
@@ -463,9 +470,7 @@ def bench_record(label: str, result: dict, baseline: dict | None, baseline_label
     detail = f"{result['ms_median']:.1f} ms per call, {rate}" + (f", {speedup:.2f}x {baseline_label}" if speedup
                                                                   else "")
     return record("bench", label, True, seconds, detail, speedup=speedup, compared_with=baseline_label if baseline
-                  else None, **{k: result.get(k) for k in ("what", "preset", "batch", "T", "dtype", "channels_last",
-                                                            "compile", "cuda_graph", "ms_median", "ms_mean",
-                                                            "images_per_s", "iters_per_s", "peak_mem_mb")})
+                  else None, **{k: result.get(k) for k in BENCH_KEYS})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,7 +521,24 @@ def markdown_report(records: Sequence[Record]) -> str:
                           _cell(r.get("iters_per_s")), _cell(r.get("peak_mem_mb")),
                           f"{r['speedup']:.2f}x" if r.get("speedup") else "", r.get("compared_with") or ""]
                          for r in rows])
+        lines += ["", "## Roofline", "",
+                  "FLOPs as torch's FlopCounterMode counts them (forward for sampling, forward + backward for "
+                  "training); the ceiling is the higher of a matmul and the network's largest 3x3 conv, both "
+                  "measured on this GPU in the row's dtype (eval/roofline.py).", ""]
+        lines += _table(["row", "dtype", "GFLOP/image", "images/s", "TFLOP/s", "ceiling TFLOP/s (matmul, conv)",
+                         "% of ceiling"], [roofline_cells(r) for r in rows])
     return "\n".join(lines) + "\n"
+
+
+def roofline_cells(r: Record) -> list[str]:
+    """A benchmark record's row of the roofline table; blank cells where it has no roofline."""
+    flops, conv = r.get("flops_per_image"), r.get("ceiling_conv_tflops")
+    ceilings = (f"{_cell(r.get('ceiling_tflops'))} ({_cell(r.get('ceiling_matmul_tflops'))}, {_cell(conv)})"
+                if r.get("ceiling_tflops") is not None else "")
+    percent = r.get("percent_of_ceiling")
+    return [r["name"], _cell(r.get("dtype")), _cell(flops / 1e9 if flops is not None else None),
+            _cell(r.get("images_per_s")), _cell(r.get("tflops")), ceilings,
+            f"{percent:.1f}%" if percent is not None else ""]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -5,9 +5,22 @@ import json
 import pytest
 
 from eval import benchmark
+from tests.test_roofline import quick_ceilings  # noqa: F401  (the fixture, used by every test here)
 
+pytestmark = pytest.mark.usefixtures("quick_ceilings")
+
+ROOFLINE = {"flops_per_image", "tflops", "ceiling_tflops", "percent_of_ceiling", "ceiling_matmul_tflops",
+            "ceiling_conv_tflops", "ceiling_conv"}
 KEYS = {"what", "preset", "device", "device_type", "torch", "dtype", "channels_last", "compile", "cuda_graph",
-        "width", "repeats", "warmup", "batch", "T", "images_per_s", "ms_median", "ms_mean", "peak_mem_mb"}
+        "width", "repeats", "warmup", "batch", "T", "images_per_s", "ms_median", "ms_mean", "peak_mem_mb", *ROOFLINE}
+
+
+def assert_roofline(record):
+    """The row's roofline columns are there and sane (no timing thresholds)."""
+    assert ROOFLINE <= set(record)
+    assert record["flops_per_image"] > 0 and record["tflops"] > 0 and 0 < record["percent_of_ceiling"]
+    assert record["tflops"] == pytest.approx(record["flops_per_image"] * record["images_per_s"] / 1e12)
+    assert record["ceiling_tflops"] == max(record["ceiling_matmul_tflops"], record["ceiling_conv_tflops"])
 
 
 def test_sample_benchmark_numbers_and_json(tmp_path, capsys):
@@ -22,8 +35,10 @@ def test_sample_benchmark_numbers_and_json(tmp_path, capsys):
     assert 0 < record["ms_median"] < 60_000 and record["peak_mem_mb"] > 10
     # throughput is over all repeats: batch / mean time
     assert record["images_per_s"] == pytest.approx(2000 / record["ms_mean"], rel=1e-6)
+    assert_roofline(record)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split()[:3] == ["what", "preset", "batch"]
+    assert printed[0].split()[-4:] == ["flops_per_image", "tflops", "ceiling_tflops", "percent_of_ceiling"]
     assert json.loads(printed[-1]) == record
     lines = out.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1]) == record  # appended, not overwritten
@@ -33,6 +48,10 @@ def test_train_benchmark():
     (record,) = benchmark.bench(preset="demo", what="train", device="cpu", batch=2, width=8, repeats=1, warmup=0)
     assert record["what"] == "train" and record["batch"] == 2
     assert record["iters_per_s"] > 0 and record["images_per_s"] == pytest.approx(2 * record["iters_per_s"])
+    assert_roofline(record)
+    # an iteration's forward + backward of G and D per image, against T generator forwards for sampling
+    (sample,) = benchmark.bench(preset="demo", what="sample", device="cpu", batch=2, width=8, repeats=1, warmup=0)
+    assert record["flops_per_image"] > 3 * sample["flops_per_image"] / sample["T"]
 
 
 def test_ops_rows_get_the_common_fields(monkeypatch, capsys):
@@ -40,14 +59,27 @@ def test_ops_rows_get_the_common_fields(monkeypatch, capsys):
 
     def fake(device, repeats, warmup):
         return [{"op": "upsample2d", "shape": [8, 64, 32, 32], "device": str(device), "repeats": repeats,
-                 "ref_ms": 1.5}]
+                 "ref_ms": 1.5, "flops_per_call": 3_000_000}]
 
     monkeypatch.setattr(bench_ops, "bench_ops", fake)
     (record,) = benchmark.bench(what="ops", device="cpu", repeats=2)
     assert record["op"] == "upsample2d" and record["ref_ms"] == 1.5 and record["repeats"] == 2
     assert record["device_type"] == "cpu" and record["device"] != "cpu" and record["torch"]
+    assert record["tflops"] == pytest.approx(0.002)  # 3 MFLOP in 1.5 ms
+    assert record["ceiling_tflops"] == record["ceiling_matmul_tflops"] > 0 and record["ceiling_conv"] is None
     header, row = capsys.readouterr().out.splitlines()[:2]
-    assert header.split() == ["op", "shape", "ref_ms"] and "1.5" in row
+    assert header.split()[:4] == ["op", "shape", "ref_ms", "flops_per_call"] and "1.5" in row
+    assert "percent_of_ceiling" in header
+
+
+def test_ops_count_their_reference_flops():
+    from eval import bench_ops
+
+    up, down, act = bench_ops.bench_ops("cpu", repeats=1, warmup=0, shapes=[(1, 2, 4, 4)])
+    # upsample: each input pixel of each channel meets the 16 taps of the 4x4 FIR once (a transposed
+    # depthwise conv skips the inserted zeros), in the forward and again in the input's gradient
+    assert up["flops_per_call"] == 2 * (2 * 2 * 16 * 4 * 4)
+    assert down["flops_per_call"] > 0 and act["flops_per_call"] == 0  # bias_act is elementwise: torch counts 0
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -159,6 +191,10 @@ def test_train_vs_original_alternates_and_reports_the_speedup():
     assert original["baseline"] == "original" and original["channels_last"] is False
     assert ours["speedup_vs_original"] == pytest.approx(original["ms_median"] / ours["ms_median"])
     assert "speedup_vs_original" not in original
+    for record in (ours, original):
+        assert_roofline(record)
+    # the original backpropagates D's fake loss into G as well: more work per image
+    assert original["flops_per_image"] > ours["flops_per_image"]
     with pytest.raises(ValueError, match="--device=cpu"):
         bench(preset="demo", what="train_vs_original", device="meta")
 
@@ -172,5 +208,8 @@ def test_sample_vs_original_alternates_and_reports_the_speedup():
     assert original["baseline"] == "original" and original["dtype"] == "float32" and not original["channels_last"]
     assert ours["speedup_vs_original"] == pytest.approx(original["ms_median"] / ours["ms_median"])
     assert ours["T"] == original["T"] == 2
+    for record in (ours, original):
+        assert_roofline(record)
+    assert ours["ceiling_matmul_tflops"] != original["ceiling_matmul_tflops"]  # a bf16 and a float32 ceiling
     with pytest.raises(ValueError, match="--what=sample_vs_original are the original's CPU path"):
         bench(preset="demo", what="sample_vs_original", device="meta")

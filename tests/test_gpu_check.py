@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from eval import gpu_check
+from tests.test_roofline import quick_ceilings  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +130,8 @@ def test_a_wrong_start_and_too_few_points_fail():
 def fake_records():
     r = gpu_check.record
     bench = dict(what="sample", preset="cifar10", batch=100, ms_median=12.5, images_per_s=8000.0, iters_per_s=None,
-                 peak_mem_mb=2048.0)
+                 peak_mem_mb=2048.0, dtype="bfloat16", flops_per_image=5.64e10, tflops=451.2, ceiling_tflops=752.0,
+                 ceiling_matmul_tflops=752.0, ceiling_conv_tflops=601.5, percent_of_ceiling=60.0)
     return [
         r("environment", "device", True, 0.0, "NVIDIA H200, 140 GiB, compute capability 9.0; torch 2.14.1",
           date="2026-12-01 10:00:00 UTC"),
@@ -162,9 +164,39 @@ def test_report_files(tmp_path):
            "took 4.0 ms (limit 1000 ms) |" in text
     assert "exit 1: 1 failed, 311 passed \\| see log" in text  # a | in a cell does not split it
     assert "| cifar10 sample 100, bf16 | 12.5 | 8000 |  | 2048 | 2.50x | fp32 eager |" in text
+    assert "| cifar10 sample 100, bf16 | bfloat16 | 56.4 | 8000 | 451.2 | 752 (752, 601.5) | 60.0% |" in text
     assert text.count("raised RuntimeError") == 1  # listed among the checks, not among the measurements
     gpu_check.write_report(fake_records()[:2], tmp_path / "out")
     assert len(jsonl.read_text().splitlines()) == 2 and "PASS" in markdown.read_text()  # replaced, not appended
+
+
+@pytest.mark.usefixtures("quick_ceilings")
+def test_bench_rows_carry_their_roofline_into_the_report(monkeypatch):
+    """The bench phase's code path on the CPU: real (tiny) rows through bench_record into both reports."""
+    bench = gpu_check.benchmark.bench
+
+    def on_the_cpu(device, **flags):
+        return bench(device="cpu", **{**flags, "width": 8, "batch": 2, "repeats": 1, "warmup": 0})
+
+    monkeypatch.setattr(gpu_check.benchmark, "bench", on_the_cpu)
+    monkeypatch.setattr(gpu_check, "BENCH_ROWS", (("demo sample", dict(what="sample", preset="demo", amp="none"), None),
+                                                  ("demo train", dict(what="train", preset="demo", amp="none"), None)))
+    records = []
+    gpu_check.run_bench_rows(records)
+    assert [r["name"] for r in records] == ["demo sample", "demo train"] and all(r["ok"] for r in records)
+    for r in records:
+        assert r["flops_per_image"] > 0 and r["tflops"] > 0 and r["percent_of_ceiling"] > 0
+        assert r["ceiling_tflops"] == max(r["ceiling_matmul_tflops"], r["ceiling_conv_tflops"])
+    text = gpu_check.markdown_report(records)
+    roofline = text[text.index("## Roofline"):].splitlines()
+    assert roofline[4].startswith("| row | dtype | GFLOP/image | images/s | TFLOP/s | ceiling TFLOP/s (matmul, conv) |")
+    sample = records[0]
+    assert roofline[6] == (f"| demo sample | float32 | {sample['flops_per_image'] / 1e9:.4g} | "
+                           f"{gpu_check._cell(sample['images_per_s'])} | {gpu_check._cell(sample['tflops'])} | "
+                           f"{gpu_check._cell(sample['ceiling_tflops'])} "
+                           f"({gpu_check._cell(sample['ceiling_matmul_tflops'])}, "
+                           f"{gpu_check._cell(sample['ceiling_conv_tflops'])}) | "
+                           f"{sample['percent_of_ceiling']:.1f}% |")
 
 
 def test_pytest_counts():

@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset
 
 from ddgan.data.arrays import read_image_array, read_labels
 from ddgan.data.demo import SHAPES, DemoShapes
+from ddgan.data.shards import ShardStream, is_sharded, open_sharded
 from ddgan.data.sources import (
     READ_ERRORS,
     ArraySource,
@@ -107,26 +109,41 @@ class ImageDataset(Dataset):
             pixels = self._fit(self.source.load(index), index)
         except READ_ERRORS as err:
             raise BadImageError(f"cannot read image {self.source.describe(index)}: {err}") from err
-        pixels = np.asarray(pixels, dtype=np.float32) / 127.5 - 1
-        tensor = torch.from_numpy(pixels)
-        return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+        return pixels_to_tensor(pixels)
 
     def _fit(self, image: Image.Image | np.ndarray, index: int) -> np.ndarray:
         """Convert channels, resize the shorter side to image_size, center-crop: uint8 (H, W[, C])."""
-        size = self.image_size
-        if isinstance(image, np.ndarray):
-            if image.shape == (size, size, self.num_channels):
-                return image
-            image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-        image = to_channels(image, self.num_channels)
-        if min(image.size) < size and not self._warned_small:
-            self._warned_small = True
-            warnings.warn(f"{self.source.describe(index)} is {image.size[0]}x{image.size[1]}, smaller than "
-                          f"image_size={size}: upscaling it and any other small image in {self.name}",
-                          stacklevel=4)
-        if image.size != (size, size):
-            image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
-        return np.asarray(image)
+        def warn_small(width: int, height: int) -> None:
+            if not self._warned_small:
+                self._warned_small = True
+                warnings.warn(f"{self.source.describe(index)} is {width}x{height}, smaller than "
+                              f"image_size={self.image_size}: upscaling it and any other small image in {self.name}",
+                              stacklevel=6)
+        return fit_image(image, self.image_size, self.num_channels, warn_small)
+
+
+def fit_image(image: Image.Image | np.ndarray, size: int, num_channels: int,
+              warn_small: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Convert channels, resize the shorter side to `size`, center-crop: uint8 (H, W[, C]).
+
+    `warn_small(width, height)` is told of an image smaller than `size`, which is upscaled.
+    """
+    if isinstance(image, np.ndarray):
+        if image.shape == (size, size, num_channels):
+            return image
+        image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    image = to_channels(image, num_channels)
+    if min(image.size) < size and warn_small is not None:
+        warn_small(*image.size)
+    if image.size != (size, size):
+        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (H, W[, C]) as the float32 tensor (C, H, W) in [-1, 1] the diffusion trains on."""
+    tensor = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 127.5 - 1)
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
 def missing_labels_message(source: ImageSource) -> str:
@@ -164,7 +181,8 @@ def default_data_root() -> Path:
 
 
 def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bool = False,
-                 skip_bad_images: bool = False, root: str | None = None, labels: bool = False) -> ImageDataset:
+                 skip_bad_images: bool = False, root: str | None = None, labels: bool = False,
+                 image_column: str = "", label_column: str = "") -> ImageDataset:
     """Open training images by name or path, as float32 tensors (C, H, W) in [-1, 1].
 
     `data` is a name — 'demo' (built-in shapes, nothing to download), 'cifar10' (train split, under
@@ -172,6 +190,11 @@ def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bo
     (from MNIST under `root`; not `flippable`, since a mirrored digit is not a digit) — or a path to a
     folder of images (searched recursively), a .zip of images, an LMDB (see LmdbSource), or a .npz/.npy
     uint8 array (see read_image_array). Names take precedence: write './cifar10' for a folder of that name.
+
+    Shards stream instead (a ShardStream, see ddgan.data.shards): WebDataset .tar shards (a brace or glob
+    pattern, a folder of .tar files, a .txt list of paths or URLs) and Hugging Face datasets (hf:owner/name[:split],
+    parquet files); `image_column` and `label_column` name their columns, guessed when empty. A folder written
+    by `save_to_disk` opens with random access, as an image folder does.
 
     With `labels`, items are (image, class label) pairs, for class-conditional training. Labels come from
     cifar10's classes, the demo's shapes (SHAPES order), a folder's or .zip's first-level sub-folders
@@ -190,6 +213,10 @@ def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bo
     elif data == "stackmnist":
         digits, _, _ = torchvision_images("MNIST", data_root, download)
         source = StackedMnistSource(digits)
+    elif is_sharded(data):
+        source = open_sharded(data, image_size, num_channels, skip_bad_images, labels, image_column, label_column)
+        if isinstance(source, ShardStream):
+            return source
     else:
         source = open_path(data, labels_required=labels)
     return ImageDataset(source, image_size, num_channels, skip_bad_images=skip_bad_images, with_labels=labels)
@@ -271,6 +298,8 @@ def torchvision_images(kind: str, root: Path, download: bool) -> tuple[np.ndarra
 
 def describe_dataset(ds: Dataset) -> str:
     """One line for logs: the dataset's name, size, image resolution, and its number of classes if it has labels."""
+    if isinstance(ds, ShardStream):
+        return ds.describe()
     if isinstance(ds, ImageDataset):
         classes = "" if ds.labels is None else f", {ds.num_classes} class{'es' if ds.num_classes != 1 else ''}"
         return f"{ds.name}: {len(ds)} images of {ds.num_channels}x{ds.image_size}x{ds.image_size}{classes}"

@@ -12,6 +12,10 @@ COLOR_SCHEMES = (
     ((235, 235, 235), (40, 70, 200)),
 )
 
+# How far a shape's centre strays from the image's (either way, in image widths) and the range of its radius.
+CENTRE_JITTER = 0.05
+RADII = (0.30, 0.36)
+
 # ITU-R 601 luma, the weights PIL uses for 'RGB' -> 'L', so grayscale demo images match converted ones.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -34,8 +38,8 @@ class DemoShapes(Dataset):
         rng = np.random.default_rng(seed)
         kinds = rng.integers(len(SHAPES), size=size)
         schemes = rng.integers(len(COLOR_SCHEMES), size=size)
-        centers = 0.5 + rng.uniform(-0.05, 0.05, size=(size, 2))
-        radii = rng.uniform(0.30, 0.36, size=size)
+        centers = 0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=(size, 2))
+        radii = rng.uniform(*RADII, size=size)
         # Chunks bound the temporary float arrays to a few megabytes.
         chunks = [render_shapes(kinds[i:i + 1024], schemes[i:i + 1024], centers[i:i + 1024],
                                 radii[i:i + 1024], image_size, num_channels) for i in range(0, size, 1024)]

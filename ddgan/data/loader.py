@@ -5,7 +5,7 @@ from collections.abc import Iterator, Sized
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 
 class InfiniteSampler(Sampler[int]):
@@ -59,13 +59,17 @@ def make_loader(dataset: Dataset, batch_size: int, rank: int = 0, num_replicas: 
 
     To resume exactly, pass start_index = batches already drawn on this rank * batch_size. Random flips
     come from torch's generator: the main process's with workers=0, else per worker seeded from (seed, rank).
+    A stream of shards (ddgan.data.shards.ShardStream) deals its shards to ranks and workers itself, resuming
+    the same way.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected at least 1 (the per-rank batch size)")
     if workers < 0:
         raise ValueError(f"workers={workers}: expected 0 (load in this process) or more")
-    sampler = InfiniteSampler(dataset, rank=rank, num_replicas=num_replicas, seed=seed,
-                              start_index=start_index)
+    if isinstance(dataset, IterableDataset):  # a stream of shards deals itself out (ddgan.data.shards)
+        dataset, sampler = dataset.dealt(rank, num_replicas, workers, batch_size, seed, start_index), None
+    else:
+        sampler = InfiniteSampler(dataset, rank=rank, num_replicas=num_replicas, seed=seed, start_index=start_index)
     # DataLoader seeds each worker from this generator, so augmentation differs per rank yet repeats per seed.
     worker_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,

@@ -4,6 +4,13 @@ Every measurement warms up first, synchronises the device around each timed repe
 median time per call together with the throughput over all repeats. Each one is printed in a table
 and as a JSON line (device, torch version, dtype and options included); `--json_out` appends the
 JSON lines to a file so that runs on different machines can be compared.
+
+Every sampling and training row also carries its roofline (eval.roofline): `flops_per_image` as
+torch's FlopCounterMode counts the row's work once (see sample_work and train_work for what is
+counted), the `tflops` achieved (flops_per_image * images_per_s), and `percent_of_ceiling` of a
+`ceiling_tflops` measured after the timing in the same process on the same device and dtype: the
+higher of a large matrix product's rate (`ceiling_matmul_tflops`) and that of the network's most
+expensive 3x3 convolution at the row's batch and layout (`ceiling_conv_tflops`, shape in `ceiling_conv`).
 """
 
 from __future__ import annotations
@@ -35,14 +42,18 @@ from ddgan.models import build_generator
 from ddgan.precision import autocast
 from ddgan.sampling import capture_cuda_graph
 from ddgan.space import space_for
-from eval import bench_ops
+from eval import bench_ops, roofline
 from eval.baseline import original_resampling, run_original_iteration
 
 WHAT = ("sample", "train", "ops", "train_vs_original", "sample_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
 BASELINES = (None, "original", "original_resampling")
 TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "ms_median", "images_per_s", "iters_per_s",
-                 "peak_mem_mb", "speedup_vs_original")
+                 "peak_mem_mb", "speedup_vs_original", "flops_per_image", "tflops", "ceiling_tflops",
+                 "percent_of_ceiling")
+# The FLOPs of a row are counted at this batch (or the row's, if smaller) and scaled to the row's batch:
+# every op torch counts (convolution, matrix product, attention) does the same work for each image.
+FLOP_COUNT_BATCH = 2
 
 
 def device_name(device: torch.device) -> str:
@@ -58,9 +69,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+synchronize = roofline.synchronize
 
 
 def time_calls(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
@@ -193,7 +202,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
     """Our iteration and the original's (fp32, NCHW, its resampling), alternated so both meet the same machine."""
     device = torch.device("cpu")
     ours = Trainer(config, Context(device=device))
-    original = Trainer(dataclasses.replace(config, channels_last=False, amp="none"), Context(device=device))
+    original = Trainer(original_config(config), Context(device=device))
     x0 = synthetic_batch(config, batch, device)
 
     def original_iteration():
@@ -208,9 +217,93 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
             for (name, t), trainer in zip(times.items(), (ours, original), strict=True)]
 
 
+def original_config(config: Config) -> Config:
+    """The config of the original's iteration beside ours: float32, NCHW."""
+    return dataclasses.replace(config, channels_last=False, amp="none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """A row's work per image (FLOPs as eval.roofline.count_flops counts them) and its typical convolution
+    at the row's batch (the shape of the conv ceiling)."""
+
+    flops_per_image: float
+    conv: roofline.ConvShape | None
+
+
+def counted_work(flops: float, counted_batch: int, batch: int, convs: list[roofline.ConvShape]) -> Work:
+    """The work of a count made at counted_batch, per image, with its typical conv scaled to the row's batch."""
+    conv = roofline.typical_conv(convs)
+    scaled = None if conv is None else conv.with_batch(conv.input[0] * batch // counted_batch)
+    return Work(flops / counted_batch, scaled)
+
+
+def sample_work(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool) -> Work:
+    """Forward FLOPs per image of a sampling pass: T generator calls, and the decoder of a latent space.
+
+    Counted on one eager pass (no torch.compile, no CUDA graph: the same arithmetic) at a batch of
+    min(batch, FLOP_COUNT_BATCH), under whatever resampling is in force (the original's inserts zeros
+    and so counts more); the typical conv is the pass's most expensive 3x3 one (the generator's).
+    """
+    counted_batch = min(batch, FLOP_COUNT_BATCH)
+    convs: list[roofline.ConvShape] = []
+    flops = roofline.count_flops(sampling_pass(config, device, counted_batch, amp_dtype, channels_last), convs)
+    return counted_work(flops, counted_batch, batch, convs)
+
+
+def train_work(config: Config, device: torch.device, batch: int, timed_steps: range,
+               original_work: bool = False) -> Work:
+    """Forward + backward FLOPs per image of the timed training iterations (steps `timed_steps`).
+
+    An iteration's count is everything its matrix products and convolutions do: the D step's G forward
+    for the fake pairs, D's forward on the real and fake pairs and its backward; on an R1 step also the
+    gradient at the real x_t (a backward with create_graph) and the backward through that gradient (the
+    double backward); the G step's G forward, D forward and backward through both. The original's
+    iteration (original_work) also backpropagates the D step's fake loss into G, and its resampling counts
+    its inserted zeros. Optimizer steps, the EMA and elementwise ops count zero. One iteration of each
+    kind among the timed steps (with R1, every lazy_reg steps, and without) is counted on an eager copy of
+    the trainer (compile off) at a batch of min(batch, FLOP_COUNT_BATCH), and the kinds are averaged over
+    the timed steps as they came: images_per_s is over all timed iterations too. The typical conv is the
+    most expensive 3x3 one of G or D in the iteration's forward passes.
+    """
+    counting = Trainer(dataclasses.replace(config, compile=False), Context(device=device))
+    counted_batch = min(batch, FLOP_COUNT_BATCH)
+    x0 = synthetic_batch(config, counted_batch, device)
+    iterate = functools.partial(run_original_iteration, counting) if original_work else counting.run_iteration
+    r1_steps = {}  # step -> whether its D step adds R1, by the trainer's own rule
+    for step in timed_steps:
+        counting.step = step
+        r1_steps[step] = counting.r1_due()
+    flops_by_kind: dict[bool, int] = {}
+    convs: list[roofline.ConvShape] = []
+    for step, r1 in r1_steps.items():
+        if r1 not in flops_by_kind:
+            counting.step = step
+            flops_by_kind[r1] = roofline.count_flops(lambda: iterate(x0), convs)
+    flops = statistics.fmean(flops_by_kind[r1] for r1 in r1_steps.values())
+    return counted_work(flops, counted_batch, batch, convs)
+
+
+def with_roofline(record: dict, work: Work, device: torch.device) -> dict:
+    """The record with its roofline columns, against ceilings in its dtype and layout on this device."""
+    dtype = getattr(torch, record["dtype"])
+    ceilings = roofline.ceilings(device, dtype, work.conv, record["channels_last"])
+    return {**record, "flops_per_image": work.flops_per_image,
+            **roofline.roofline_fields(work.flops_per_image, record["images_per_s"], ceilings)}
+
+
 def bench_ops_rows(device: torch.device, repeats: int, warmup: int) -> list[dict]:
-    """The custom ops' measurements from eval.bench_ops."""
-    return bench_ops.bench_ops(device=device, repeats=repeats, warmup=warmup)
+    """The custom ops' measurements from eval.bench_ops, each with its roofline in float32 (NCHW).
+
+    An op's FLOPs per call (`flops_per_call`, forward + backward) are those of its reference; the rate
+    is that of its fastest measured implementation. There is no network here, so the ceiling is the
+    matmul's.
+    """
+    rows = bench_ops.bench_ops(device=device, repeats=repeats, warmup=warmup)
+    ceilings = roofline.ceilings(device, torch.float32, None, channels_last=False)
+    fastest_ms = (min(row[key] for key in ("ref_ms", "cuda_ms") if key in row) for row in rows)
+    return [{**row, **roofline.roofline_fields(row["flops_per_call"], 1000 / ms, ceilings)}
+            for row, ms in zip(rows, fastest_ms, strict=True)]
 
 
 def check_count(name: str, value, minimum: int) -> None:
@@ -282,31 +375,42 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
 def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup, width,
              common, original_work=False) -> list[dict]:
-    """The records of one `bench` call."""
+    """The records of one `bench` call; the roofline is counted and measured after the timings."""
+    timed_steps = range(warmup, warmup + repeats)  # each timed trainer starts at step 0
     if what == "ops":
         records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
     elif what == "sample":
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
         result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
-        records = [{"what": "sample", **common, "batch": batch, **result}]
+        work = sample_work(config, device, batch, amp_dtype, channels_last)
+        records = [with_roofline({"what": "sample", **common, "batch": batch, **result}, work, device)]
     elif what == "sample_vs_original":
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
-        records = [{"what": "sample", **common, "batch": batch, **row}
-                   for row in bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup)]
+        ours, original = bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup)
+        ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
+        with original_resampling():
+            their_work = sample_work(config, device, batch, None, False)
+        records = [with_roofline({"what": "sample", **common, "batch": batch, **row}, row_work, device)
+                   for row, row_work in ((ours, ours_work), (original, their_work))]
     elif what == "train_vs_original":
         # Ours at --amp (auto by default); the original's iteration is always float32.
         config = bench_config(preset, width, amp=precision.amp_name(amp_dtype), channels_last=channels_last)
         batch = batch or config.batch_size
-        records = [{"what": "train", **common, "batch": batch, **row}
-                   for row in bench_train_vs_original(config, batch, repeats, warmup)]
+        ours, original = bench_train_vs_original(config, batch, repeats, warmup)
+        ours_work = train_work(config, device, batch, timed_steps)
+        with original_resampling():
+            their_work = train_work(original_config(config), device, batch, timed_steps, original_work=True)
+        records = [with_roofline({"what": "train", **common, "batch": batch, **row}, row_work, device)
+                   for row, row_work in ((ours, ours_work), (original, their_work))]
     else:
         amp_flag = precision.amp_name(amp_dtype)
         config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))
         batch = batch or config.batch_size
         result = bench_train(config, device, batch, repeats, warmup, original_work)
-        records = [{"what": "train", **common, "batch": batch, **result}]
+        work = train_work(config, device, batch, timed_steps, original_work)
+        records = [with_roofline({"what": "train", **common, "batch": batch, **result}, work, device)]
     return records
 
 
@@ -319,8 +423,8 @@ def format_table(records: Sequence[dict]) -> str:
         columns = [c for c in records[0] if c not in common]
 
     def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+        if isinstance(value, float):  # FLOP counts in powers of ten, other large numbers whole
+            return f"{value:.4g}" if abs(value) < 1e4 or abs(value) >= 1e9 else f"{value:.0f}"
         return "" if value is None else str(value)
 
     rows = [[cell(r.get(c)) for c in columns] for r in records]

@@ -49,7 +49,8 @@ class Config:
     num_channels: int = option("data", 3, "1 (grayscale) or 3 (RGB)")
     hflip: bool = option("data", True, "random horizontal flips (never for digits, whatever this says)")
     download: bool = option("data", False, "let torchvision download a named dataset (cifar10, stackmnist's MNIST)")
-    skip_bad_images: bool = option("data", False, "skip unreadable images with a warning instead of stopping")
+    skip_bad_images: int | bool = option("data", 0, "skip up to this many unreadable images (each with a warning, "
+                                         "the count logged) instead of stopping at the first; True: any number")
     workers: int = option("data", 2, "data loader processes per training process (0 = load in the main process)")
     cond: bool = option("data", False, "class-conditional: train on the data's labels and sample by class")
     num_classes: int = option("data", 0, "classes of a conditional model (set from the data under --cond)")
@@ -374,6 +375,9 @@ def validate(c: Config) -> None:
     need(c.num_disc_layers is None or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
          f"--num_disc_layers={c.num_disc_layers}: the {c.discriminator_kind} has "
          f"{4 if c.discriminator_kind.endswith('small') else 6} down blocks; give 1 to that, or None for all")
+    need(isinstance(c.skip_bad_images, bool) or (isinstance(c.skip_bad_images, int) and c.skip_bad_images >= 0),
+         f"--skip_bad_images={c.skip_bad_images!r}: give how many unreadable images to skip (0 stops at the first), "
+         "or True for any number")
     need(c.rec_loss_weight >= 0, f"--rec_loss_weight must be >= 0, got {c.rec_loss_weight}")
     # A latent run's shape comes from its autoencoder: ddgan.space.fitted checks it again once that is open.
     if c.space != "latent" or c.latent_factor:

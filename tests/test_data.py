@@ -180,6 +180,12 @@ def test_corrupt_images_are_named_or_skipped(tmp_path):
         np.testing.assert_allclose(to_rgb255(item)[0, 0], BLUE, atol=1e-3)
     lenient[2]
     assert lenient.bad_image_count() == 2, "a known bad image is not counted twice"
+    # Image 1's stand-in would be image 2, also unreadable: a count of 1 stops there, 2 lets both pass.
+    with pytest.warns(UserWarning, match=r"1 skipped so far, --skip_bad_images=1"), pytest.raises(
+            BadImageError, match=r"2_truncated.png.*2 unreadable images, more than --skip_bad_images=1"):
+        open_dataset(str(tmp_path / "data"), image_size=8, skip_bad_images=1)[1]
+    with pytest.warns(UserWarning, match=r"2 skipped so far, --skip_bad_images=2"):
+        open_dataset(str(tmp_path / "data"), image_size=8, skip_bad_images=2)[1]
 
 
 def test_bad_images_are_counted_across_workers(tmp_path):

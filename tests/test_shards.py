@@ -204,6 +204,8 @@ def test_an_undecodable_image_stops_the_run_unless_skipped(source, tmp_path):
     with pytest.warns(UserWarning, match=rf"skipping an unreadable image: .*{bad}.png.*1 skipped so far"):
         read = first_pass(lenient)
     assert lenient.bad_image_count() == 1
+    with pytest.raises(BadImageError, match=r"pass --skip_bad_images=N to skip up to N"):
+        first_pass(open_dataset(pattern, image_size=8, skip_bad_images=0))
     # The next sample of the shard fills the bad one's slot, so every later position stays where it was.
     position = [k for k in range(COUNT) if torch.equal(read[k], as_tensor(source["images"][7]))]
     assert len(position) == 2 and position[1] == position[0] + 1

@@ -16,20 +16,19 @@ from ddgan.data.shards import ShardStream, is_sharded, open_sharded
 from ddgan.data.sources import (
     READ_ERRORS,
     ArraySource,
+    BadImageError,
     FolderSource,
     ImageSource,
     LmdbSource,
     StackedMnistSource,
     ZipSource,
+    allowed_bad_images,
+    check_bad_budget,
     lmdb_location,
     source_labels,
 )
 
 DATASET_NAMES = ("demo", "cifar10", "stackmnist")
-
-
-class BadImageError(OSError):
-    """An image that cannot be read or decoded; the message names where it came from."""
 
 
 class ImageDataset(Dataset):
@@ -54,7 +53,7 @@ class ImageDataset(Dataset):
         self.with_labels = with_labels
         self.source = source
         self.image_size, self.num_channels = image_size, num_channels
-        self.skip_bad_images = skip_bad_images
+        self.skip_bad_images = allowed_bad_images(skip_bad_images)
         # DataLoader workers each hold a copy of the dataset; flags in shared memory let the count span them.
         self._bad = torch.zeros(len(source), dtype=torch.uint8).share_memory_() if skip_bad_images else None
         self._warned_small = False
@@ -100,7 +99,9 @@ class ImageDataset(Dataset):
                 return candidate, self._read(candidate)
             except BadImageError as err:
                 self._bad[candidate] = 1
-                warnings.warn(f"skipping an unreadable image: {err}", stacklevel=2)
+                check_bad_budget(self.bad_image_count(), self.skip_bad_images, err)
+                warnings.warn(f"skipping an unreadable image: {err} ({self.bad_image_count()} skipped so far, "
+                              f"--skip_bad_images={self.skip_bad_images:g})", stacklevel=2)
         raise BadImageError(f"no readable image left in {self.name}: all {len(self)} failed to decode")
 
     def _read(self, index: int) -> torch.Tensor:

@@ -45,7 +45,14 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ddgan.data.loader import InfiniteSampler
-from ddgan.data.sources import IMAGE_EXTENSIONS, READ_ERRORS, decode_image
+from ddgan.data.sources import (
+    IMAGE_EXTENSIONS,
+    READ_ERRORS,
+    BadImageError,
+    allowed_bad_images,
+    check_bad_budget,
+    decode_image,
+)
 
 if TYPE_CHECKING:
     from ddgan.data.huggingface import HubShards
@@ -251,7 +258,7 @@ class ShardStream(IterableDataset):
                  skip_bad_images: bool = False, with_labels: bool = False, class_names: list[str] | None = None):
         self.shards, self.name = shards, shards.name
         self.image_size, self.num_channels = image_size, num_channels
-        self.skip_bad_images, self.with_labels = skip_bad_images, with_labels
+        self.skip_bad_images, self.with_labels = allowed_bad_images(skip_bad_images), with_labels
         self.class_names = list(class_names or [])
         self.deal = Deal()
         # Loader workers each hold a copy; a count in shared memory spans them.
@@ -382,16 +389,16 @@ class ShardStream(IterableDataset):
             return
         self._seen_bad.add(where)
         self._bad += 1
+        check_bad_budget(self.bad_image_count(), self.skip_bad_images, BadSample(message))
         warnings.warn(f"skipping an unreadable image: {message} ({self.bad_image_count()} skipped so far, "
-                      "--skip_bad_images)", stacklevel=3)
+                      f"--skip_bad_images={self.skip_bad_images:g})", stacklevel=3)
 
 
 class BadSample(Exception):
     """A slot without a readable image; `as_error` is the BadImageError a strict run stops with."""
 
     def as_error(self):
-        from ddgan.data.dataset import BadImageError
-        return BadImageError(f"{self}; pass --skip_bad_images=True to skip unreadable samples")
+        return BadImageError(f"{self}; pass --skip_bad_images=N to skip up to N unreadable samples")
 
 
 def is_sharded(data: str) -> bool:

@@ -42,6 +42,27 @@ class ImageSource(Protocol):
     def describe(self, index: int) -> str: ...
 
 
+def allowed_bad_images(skip_bad_images: int | bool) -> float:
+    """How many unreadable images --skip_bad_images lets a run skip: a count, True for any number, False for none."""
+    if isinstance(skip_bad_images, bool):
+        return math.inf if skip_bad_images else 0
+    if not isinstance(skip_bad_images, int | float) or skip_bad_images < 0:
+        raise ValueError(f"--skip_bad_images={skip_bad_images!r}: give how many unreadable images to skip (0 stops "
+                         "at the first), or True for any number")
+    return skip_bad_images
+
+
+def check_bad_budget(count: int, allowed: float, error: Exception) -> None:
+    """Raise BadImageError when `count` unreadable images are more than --skip_bad_images allows."""
+    if count > allowed:
+        raise BadImageError(f"{error}; that is {count} unreadable images, more than --skip_bad_images={allowed:g} "
+                            "allows: fix or remove them, or raise the count")
+
+
+class BadImageError(OSError):
+    """An image that cannot be read or decoded; the message names where it came from."""
+
+
 def decode_image(file: str | Path | IO[bytes]) -> Image.Image:
     """Open and fully decode an image, so that a truncated file fails here rather than later."""
     with Image.open(file) as image:

@@ -142,7 +142,9 @@ def takes_config_flags(function: Callable) -> Callable:
 def train(preset: str = "cifar10", **flags) -> str:
     """Train a DDGAN: `--preset` (DDGAN's, WaveDiff's *_wavelet, LDDGAN's *_latent, demo: `ddgan presets`)
     sets every default, and any field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`).
-    `--resume=RUN` continues a run exactly. Run under torchrun for several GPUs or nodes. Prints the run folder."""
+    `--resume=RUN` continues a run exactly; with `--run_dir=PATH` the same command started again continues its
+    run. Run under torchrun for several GPUs or nodes. Prints the run folder. SIGINT/SIGTERM save a checkpoint
+    and exit 0; SIGUSR1 saves one and exits 75 ("start me again", README: On a cluster)."""
     from ddgan.training_loop import config_from_flags, run_training
 
     config = config_from_flags(preset, **flags)

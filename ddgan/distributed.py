@@ -50,10 +50,25 @@ def setup(device: str | None = None) -> Context:
     else:
         chosen = torch.device("cpu")
     if not dist.is_initialized():
+        timeout = datetime.timedelta(minutes=30)
         # device_id binds NCCL to this rank's GPU, so barriers need not guess it.
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
-                                device_id=chosen if cuda else None)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=chosen if cuda else None,
+                                **restarted_group_store(rank, world_size, timeout))
     return Context(rank, world_size, local_rank, chosen)
+
+
+def restarted_group_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:
+    """init_process_group's store for a worker group that torchrun restarted (--max-restarts), else nothing.
+
+    torchrun's agent keeps its key-value store across restarts of the group, where the keys the last group
+    left (every rank's address) would send the new ranks to dead peers ("Connection refused"); each attempt
+    gets keys of its own.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt == 0:
+        return {}
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    return {"store": dist.PrefixStore(f"ddgan/attempt-{attempt}", store), "rank": rank, "world_size": world_size}
 
 
 @contextlib.contextmanager
@@ -98,12 +113,26 @@ def teardown(wait_for_peers: bool = True) -> None:
 
 def any_true(flag: bool, context: Context) -> bool:
     """True on every rank when `flag` is true on any rank (so all ranks stop together)."""
+    return any_true_each([flag], context)[0]
+
+
+def any_true_each(flags: list[bool], context: Context) -> list[bool]:
+    """any_true for several flags in one exchange: flag i is True on every rank when it is true on any."""
     if not context.distributed:
-        return flag
+        return [bool(flag) for flag in flags]
     device = context.device if context.device.type == "cuda" else torch.device("cpu")
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value > 0) for value in values.tolist()]
+
+
+def gather_on_main(value, context: Context) -> list | None:
+    """Every rank's `value`, in rank order, on rank 0 (None elsewhere); every rank must call it."""
+    if not context.distributed:
+        return [value]
+    gathered = [None] * context.world_size if context.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
 
 
 def barrier(context: Context) -> None:

@@ -588,3 +588,19 @@ def test_make_loader_batches_and_resume(workers):
     assert all(b.shape == (4, 3, 8, 8) and b.dtype == torch.float32 for b in batches)
     resumed = make_loader(ds, batch_size=4, workers=workers, pin_memory=False, start_index=8)
     assert torch.equal(next(resumed), batches[2])
+
+
+def test_a_run_logs_how_many_unreadable_images_it_skipped(tmp_path):
+    import json
+
+    from ddgan.training_loop import run_training
+    from tests.test_training import tiny
+
+    make_folder_with_bad_images(tmp_path / "data")
+    config = tiny("demo", tmp_path, data=str(tmp_path / "data"), image_size=8, ch_mult=[1, 2], batch_size=4,
+                  kimg=0.008, skip_bad_images=2, hflip=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_dir = run_training(config)
+    logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [entry["data/bad_images_skipped"] for entry in logged if "data/bad_images_skipped" in entry][-1] == 2

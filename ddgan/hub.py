@@ -44,8 +44,11 @@ def _reachable(host: str, port: int, timeout: float) -> str | None:
 def why_offline(timeout: float = 3.0) -> str | None:
     """Why the Hub cannot be asked now (a setting, or no route to its endpoint), or None when it can."""
     if offline_by_setting():
-        return "HF_HUB_OFFLINE is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        return "HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set"
+    from huggingface_hub import constants
+
+    # HF_ENDPOINT as set now, else as huggingface_hub read it at import.
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     return _reachable(endpoint.hostname or "huggingface.co", port, timeout)
 

@@ -252,8 +252,8 @@ def test_an_undecodable_parquet_image_is_named_by_file_and_row(source, tmp_path)
 
 def test_a_hub_dataset_offline_or_unreachable_fails_in_one_line_at_once(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConnectionError, match="^--data=hf:someone/shapes streams from the Hugging Face Hub, and "
-                                              "HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set: download it") as error:
+    with pytest.raises(ConnectionError, match=r"^--data=hf:someone/shapes streams from the Hugging Face Hub, and "
+                                              r"HF_HUB_OFFLINE \(or HF_DATASETS_OFFLINE\) is set: download") as error:
         open_dataset("hf:someone/shapes", image_size=8)
     assert "\n" not in str(error.value)
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -261,7 +261,7 @@ def test_a_hub_dataset_offline_or_unreachable_fails_in_one_line_at_once(monkeypa
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     started = time.monotonic()
-    with pytest.raises(ConnectionError, match="cannot reach the Hugging Face Hub at http://127.0.0.1:9"):
+    with pytest.raises(ConnectionError, match="streams from the Hugging Face Hub, and cannot reach 127.0.0.1"):
         open_dataset("hf:someone/shapes:train", image_size=8)
     assert time.monotonic() - started < 10
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
+from ddgan import hub
 from ddgan.data.shards import Record, ShardReadError, is_url, require
 from ddgan.data.sources import decode_image
 
@@ -215,28 +214,14 @@ def hub_classes(shards: HubShards, labels: bool) -> list[str]:
     return class_names_of(feature, int(largest))
 
 
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE or HF_DATASETS_OFFLINE forbids the network."""
-    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def hub_shards(data: str, image_column: str, label_column: str, labels: bool) -> HubShards:
     """A dataset on the Hugging Face Hub, hf:owner/name[:split], streamed."""
     name, _, split = data[3:].partition(":")
     fetch_elsewhere = (f"download it where there is network (huggingface-cli download --repo-type dataset {name} "
                        "--local-dir DIR, then copy DIR here) and pass --data=DIR")
-    if hub_offline():
-        raise ConnectionError(f"--data={data} streams from the Hugging Face Hub, and HF_HUB_OFFLINE or "
-                              f"HF_DATASETS_OFFLINE is set: {fetch_elsewhere}")
-    from huggingface_hub import constants
-    endpoint = urlparse(constants.ENDPOINT)
-    try:  # fail in seconds, not after the HTTP clients' retries, where there is no network at all
-        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
-                                 timeout=HUB_TIMEOUT_S).close()
-    except OSError as err:
-        raise ConnectionError(f"--data={data}: cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({err}); "
-                              f"check the network, or {fetch_elsewhere}") from err
+    why = hub.why_offline(timeout=HUB_TIMEOUT_S)  # fails in seconds, not after the HTTP clients' retries
+    if why is not None:
+        raise ConnectionError(f"--data={data} streams from the Hugging Face Hub, and {why}: {fetch_elsewhere}")
     datasets = require("datasets")
     if not split:
         splits = datasets.get_dataset_split_names(name)

@@ -124,8 +124,10 @@ class Diffusion(nn.Module):
     def _check_index(self, t: torch.Tensor, upper: int) -> None:
         if t.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"t must be an integer step index tensor (int64), got dtype {t.dtype}")
-        # A range check needs the values on the host; skip it on accelerators to keep steps sync-free.
-        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) > upper):
+        # A range check needs the values on the host; skip it on accelerators to keep steps sync-free, and
+        # while torch.compile or torch.export (the ONNX sampler) traces, where the values are unknown.
+        if (t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel()
+                and (int(t.min()) < 0 or int(t.max()) > upper)):
             raise ValueError(f"t must lie in 0..{upper} for num_timesteps={self.num_timesteps}, got {t.tolist()}")
 
     def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

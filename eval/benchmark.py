@@ -48,8 +48,9 @@ from eval.baseline import original_resampling, run_original_iteration
 WHAT = ("sample", "train", "ops", "train_vs_original", "sample_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
 BASELINES = (None, "original", "original_resampling")
-TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "ms_median", "images_per_s", "iters_per_s",
-                 "peak_mem_mb", "speedup_vs_original", "flops_per_image", "tflops", "ceiling_tflops",
+BACKENDS = ("pytorch", "onnxruntime")
+TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "backend", "ms_median", "images_per_s",
+                 "iters_per_s", "peak_mem_mb", "speedup_vs_original", "flops_per_image", "tflops", "ceiling_tflops",
                  "percent_of_ceiling")
 # The FLOPs of a row are counted at this batch (or the row's, if smaller) and scaled to the row's batch:
 # every op torch counts (convolution, matrix product, attention) does the same work for each image.
@@ -314,7 +315,7 @@ def check_count(name: str, value, minimum: int) -> None:
 def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int | None = None, amp: str | None = None,
           channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False, repeats: int = 10,
           warmup: int = 3, width: int | None = None, json_out: str | None = None,
-          baseline: str | None = None) -> list[dict]:
+          baseline: str | None = None, backend: str = "pytorch") -> list[dict]:
     """Measure sampling (`--what=sample`), training iterations (`train`) or the custom ops (`ops`).
 
     `--what=train_vs_original` (CPU) alternates our training iteration with the original's (see
@@ -333,6 +334,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
         resampling (one single-channel conv over N*C images) and, for --what=train, its iteration
         (G's graph built in the D step, two backward passes for real loss and R1, per-parameter Adam
         and EMA); 'original_resampling' swaps in only the resampling.
+    backend: with --what=sample (CPU), `onnxruntime` alternates the sampler exported as one ONNX graph, in
+        ONNX Runtime (float32), with our PyTorch pass at --amp and the original's (eval.bench_onnx).
     Returns the measurements as dicts (also printed as a table and as JSON lines).
     """
     if what not in WHAT:
@@ -346,6 +349,11 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
         raise ValueError(f"--baseline must be one of {', '.join(BASELINES[1:])} or left out, got {baseline!r}")
     if (baseline or what.endswith("_vs_original")) and device.type != "cpu":
         raise ValueError(f"--baseline and --what={what} are the original's CPU path: use --device=cpu")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime" and (what != "sample" or device.type != "cpu" or baseline or compile):
+        raise ValueError("--backend=onnxruntime times --what=sample on --device=cpu against our PyTorch pass and the "
+                         "original's; leave out --baseline and --compile")
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     # The ops are timed in float32; --amp=auto (the default) depends on the generator's size on a CPU.
@@ -353,7 +361,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
         if what != "ops" and amp in (None, "auto") and device.type == "cpu" else None
     amp_dtype = precision.amp_dtype(amp, device, parameters) if what != "ops" else None
     if channels_last is None:  # as `ddgan sample` and training choose it
-        bf16_cpu_sampling = what == "sample_vs_original" and amp_dtype is torch.bfloat16
+        bf16_cpu_sampling = (what == "sample_vs_original" or backend == "onnxruntime") and amp_dtype is torch.bfloat16
         channels_last = device.type == "cuda" or bf16_cpu_sampling
     channels_last = bool(channels_last)
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
@@ -363,7 +371,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
     with original_resampling() if baseline else nullcontext():
         records = _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats,
-                           warmup, width, common, original_work=baseline == "original")
+                           warmup, width, common, original_work=baseline == "original", backend=backend)
     print(format_table(records))
     lines = [json.dumps(record) for record in records]
     print("\n".join(lines))
@@ -374,11 +382,23 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
 
 def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup, width,
-             common, original_work=False) -> list[dict]:
+             common, original_work=False, backend="pytorch") -> list[dict]:
     """The records of one `bench` call; the roofline is counted and measured after the timings."""
     timed_steps = range(warmup, warmup + repeats)  # each timed trainer starts at step 0
     if what == "ops":
         records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
+    elif what == "sample" and backend == "onnxruntime":
+        from eval.bench_onnx import bench_sample_onnxruntime  # needs the onnx extra: imported when asked for
+
+        config = bench_config(preset, width)
+        batch = batch or DEFAULT_SAMPLE_BATCH
+        rows = bench_sample_onnxruntime(config, batch, amp_dtype, channels_last, repeats, warmup)
+        works = [sample_work(config, device, batch, None, False),  # ONNX Runtime: the float32 network's FLOPs
+                 sample_work(config, device, batch, amp_dtype, channels_last)]
+        with original_resampling():
+            works.append(sample_work(config, device, batch, None, False))
+        records = [with_roofline({"what": "sample", **common, "batch": batch, **row}, row_work, device)
+                   for row, row_work in zip(rows, works, strict=True)]
     elif what == "sample":
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH

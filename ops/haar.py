@@ -74,8 +74,7 @@ def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor
 
 def idwt(ll: torch.Tensor, lh: torch.Tensor, hl: torch.Tensor, hh: torch.Tensor) -> torch.Tensor:
     """Inverse of dwt: x [..., 2H, 2W] from four bands [..., H, W]."""
-    shapes = {tuple(band.shape) for band in (ll, lh, hl, hh)}
-    if len(shapes) != 1:
+    if any(band.shape != ll.shape for band in (lh, hl, hh)):  # not a set of shapes: traced sizes do not hash
         raise ValueError(f"the four Haar bands must have one shape, got {[list(b.shape) for b in (ll, lh, hl, hh)]}")
     if ll.ndim < 2:
         raise ValueError(f"Haar bands must be [..., H, W] tensors, got shape {list(ll.shape)}")

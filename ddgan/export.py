@@ -98,7 +98,7 @@ def training_record(ckpt: str) -> dict:
     if checkpoint.is_original(state):
         return {"source": f"original checkpoint {file.name}"}
     record = {"data": state["config"].get("data"), "kimg": round(state["images_seen"] / 1000, 3),
-              "step": state["step"], "checkpoint": file.name}
+              "step": state.get("step"), "checkpoint": file.name}
     log = file.parent / "log.jsonl"
     if log.is_file():
         for line in log.read_text(encoding="utf-8").splitlines():
@@ -146,7 +146,8 @@ def card_text(config: Config, trained: dict, license: str | None, published_at: 
     if trained.get("data") is not None:
         lines.append(f"- data: `{trained['data']}`")
     if trained.get("kimg") is not None:
-        lines.append(f"- {trained['kimg']} thousand images seen ({trained.get('step')} iterations)")
+        steps = f" ({trained['step']} iterations)" if trained.get("step") is not None else ""
+        lines.append(f"- {trained['kimg']} thousand images seen{steps}")
     if trained.get("source"):
         lines.append(f"- converted from the {trained['source']}")
     metrics = trained.get("metrics")

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import ddgan
 from ddgan import checkpoint, onnx_sampler, sampling
+from ddgan.cli import main
 from ddgan.config import make_config
 from ddgan.data import read_image_array
-from ddgan.models import build_generator, load_generator
+from ddgan.models import build_generator
 from ddgan.onnx_sampler import OnnxSampler, export_onnx, onnx_inputs
 from ddgan.space import space_for
 from eval import benchmark
@@ -58,8 +60,11 @@ def exported(request, tmp_path_factory):
     """(kind, checkpoint, G, config, the sampler graph's path) of each tiny model."""
     folder = tmp_path_factory.mktemp(request.param)
     ckpt = write_model(folder / "run", request.param)
-    G, config = load_generator(ckpt)
-    return request.param, ckpt, G, config, export_onnx(G, config, folder / "sampler.onnx")
+    # As a user deploys: the run to a model folder, the folder to a graph, the folder's config for the inputs.
+    main(["export", str(ckpt.parent), f"--out={folder / 'model'}"])
+    main(["export", str(folder / "model"), "--format=onnx", f"--out={folder / 'sampler.onnx'}"])
+    G, config = ddgan.from_pretrained(str(folder / "model"))
+    return request.param, ckpt, G, config, folder / "sampler.onnx"
 
 
 def assert_close_images(got: np.ndarray, expected: np.ndarray) -> None:

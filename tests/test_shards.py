@@ -2,8 +2,6 @@
 
 import io
 import itertools
-import os
-import subprocess
 import sys
 import time
 
@@ -16,7 +14,7 @@ from ddgan import checkpoint
 from ddgan.data import BadImageError, DemoShapes, make_loader, open_dataset
 from ddgan.data.demo import SHAPES
 from ddgan.data.shards import ShardStream
-from tests.test_training import REPO, TINY, assert_resumes_exactly, free_port, tiny
+from tests.test_training import TINY, assert_resumes_exactly, tiny, torchrun_train
 
 webdataset = pytest.importorskip("webdataset")
 datasets = pytest.importorskip("datasets")
@@ -172,14 +170,10 @@ def test_a_training_run_on_shards_resumes_exactly(source, tmp_path):
 @pytest.mark.parametrize("form, cond", [("tars", False), ("parquet", True)])
 def test_two_process_torchrun_trains_on_shards(source, tmp_path, form, cond):
     data = source["tars"] if form == "tars" else str(source["root"] / "parquet")
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     flags = [f"--{k}={v}" for k, v in (TINY | dict(workers=1, cond=cond)).items()] + [
         "--preset=demo", f"--data={data}", "--image_size=8", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.012",
         f"--outdir={tmp_path}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "train.py"), *flags]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    torchrun_train(*flags)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     state = checkpoint.load(run_dir)
     assert state["images_seen"] == 12 and state["step"] == 3

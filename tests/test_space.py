@@ -301,20 +301,12 @@ def test_a_latent_run_resumed_with_another_autoencoder_is_refused(latent_extra, 
 
 def test_a_conditional_latent_run_trains_under_torchrun(latent_extra, shapes, autoencoder, tmp_path):
     """Two gloo processes: rank 0 encodes the posteriors once, both draw from them, one run folder results."""
-    import os
-    import subprocess
-    import sys
+    from tests.test_training import TINY, torchrun_train
 
-    from tests.test_training import REPO, TINY, free_port
-
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     flags = [f"--{k}={v}" for k, v in TINY.items()] + [
         "--preset=demo", f"--data={shapes}", "--image_size=16", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.008",
         "--space=latent", f"--autoencoder={autoencoder}", "--cond=True", "--net_type=wavelet", f"--outdir={tmp_path}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "train.py"), *flags]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    torchrun_train(*flags)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "latent-cache"]
     assert len(list((tmp_path / "latent-cache").iterdir())) == 1
     state = checkpoint.load(run_dir)

@@ -103,6 +103,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_train(*flags: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 train.py FLAGS` on the CPU (gloo, one thread each); a non-zero exit fails."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(REPO / "train.py"), *flags]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 DDP_CHECK = """
 import sys, torch, torch.distributed as dist
 from ddgan import distributed, losses
@@ -157,14 +167,10 @@ def test_two_process_gloo_keeps_ranks_identical(tmp_path, variant, nan_rank):
 
 
 def test_torchrun_training_run_writes_one_checkpoint(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     flags = [f"--{k}={v}" for k, v in TINY.items()] + [
         "--preset=demo", "--data=demo", "--image_size=8", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.012",
         f"--outdir={tmp_path}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "train.py"), *flags]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    torchrun_train(*flags)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     state = checkpoint.load(run_dir)
     assert state["images_seen"] == 12 and state["step"] == 3  # 3 steps of 2 images on each of 2 ranks

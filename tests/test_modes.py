@@ -38,6 +38,18 @@ def test_shape_geometry_finds_the_centre_and_the_spread_compares_with_the_data()
     assert collapsed["centre_x"] == collapsed["size"] == 0.0
 
 
+def test_demo_shapes_vary_visibly_within_a_class():
+    # Under a pixel of variety (the old +-0.05 centres, 0.30-0.36 radii: 0.46 px) the demo drew one shape per class.
+    from ddgan.data.demo import SHAPES, DemoShapes, shape_geometry
+
+    data = DemoShapes(16, size=2048, seed=3)
+    geometry = shape_geometry(data.images.permute(0, 2, 3, 1).numpy()) * 16  # in pixels
+    labels = np.array([SHAPES.index(s) for s in data.shapes])
+    for label in range(len(SHAPES)):
+        std = geometry[labels == label].std(axis=0)
+        assert std[:2].min() > 0.8 and std[2] > 0.55, (SHAPES[label], std)
+
+
 def test_the_demo_command_reports_the_within_class_spread(tmp_path, capsys):
     from ddgan.cli import main
     from tests.test_training import TINY

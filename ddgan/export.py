@@ -163,6 +163,8 @@ def card_text(config: Config, trained: dict, license: str | None, published_at: 
               f"ddgan export {where} --format=onnx --out=sampler.onnx   # deploy with ONNX Runtime", "```", "",
               "```python", "import ddgan", "from ddgan.sampling import generate", "",
               f"G, config = ddgan.from_pretrained({str(published_at)!r})  # or 'owner/name' on the Hub",
-              "images = next(generate(G, config, range(16)))  # uint8 [16, H, W, C]", "```", ""]
+              (f"images = next(generate(G, config, range(16), labels={(config.class_names or ['0'])[0]!r}))"
+               "  # uint8 [16, H, W, C]" if config.num_classes else
+               "images = next(generate(G, config, range(16)))  # uint8 [16, H, W, C]"), "```", ""]
     return "\n".join(front + lines)
 

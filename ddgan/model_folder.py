@@ -169,6 +169,9 @@ def write(generator: torch.nn.Module, config: Config, out: str | os.PathLike, dt
         (staging / CONFIG_FILE).write_text(json.dumps(about, indent=2) + "\n", encoding="utf-8")
         if extras is not None:
             extras(staging)
+        for file in staging.rglob("*"):  # mkdtemp and safetensors make owner-only files; a model is for sharing
+            file.chmod(0o755 if file.is_dir() else 0o644)
+        staging.chmod(0o755)
         _replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

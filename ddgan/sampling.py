@@ -225,7 +225,7 @@ def parse_classes(spec, config: Config) -> list[int]:
 
 
 def class_labels(config: Config, labels, count: int) -> torch.Tensor | None:
-    """The int64 labels [count] of the images to draw (one int for all), checked against the model."""
+    """The int64 labels [count] of the images to draw (one class, an index or a name, for all), checked."""
     if config.num_classes == 0:
         if labels is not None:
             raise ValueError("--class: this checkpoint is unconditional (trained without --cond=True); "
@@ -235,6 +235,10 @@ def class_labels(config: Config, labels, count: int) -> torch.Tensor | None:
         names = ", ".join(config.class_names) or f"0..{config.num_classes - 1}"
         raise ValueError(f"this checkpoint is class-conditional ({config.num_classes} classes: {names}); "
                          "choose them with --class=NAME|INDEX|all")
+    if isinstance(labels, str):  # one class by name or index, as --class takes it
+        (labels,) = parse_classes(labels, config)[:1] if "," not in labels and labels.strip() != "all" else [None]
+        if labels is None:
+            raise ValueError("labels: give one class (a name or an index) for all the images, or one label per image")
     labels = torch.full((count,), int(labels)) if isinstance(labels, int | np.integer) else \
         torch.as_tensor(list(labels), dtype=torch.int64)
     if labels.shape != (count,):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -93,6 +94,12 @@ def test_the_card_has_the_hubs_front_matter_and_the_commands(exported):
     assert "license:" not in front
     assert f"ddgan sample {folder} --seeds=0-15" in body and "ddgan.from_pretrained(" in body
     assert "fid 27.250, precision 0.500" in body and "![samples](samples.png)" in body
+    # The card's Python runs as written, and its folder can be shared (not owner-only, as mkdtemp makes it).
+    code = body.split("```python\n")[1].split("```")[0]
+    scope = {}
+    exec(code, scope)
+    assert scope["images"].shape == (16, 8, 8, 3) and scope["images"].dtype == np.uint8
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in [folder, *folder.iterdir()])
 
 
 def test_bfloat16_weights_halve_the_file_and_sample_nearly_alike(tmp_path):

@@ -88,8 +88,9 @@ def export(ckpt: str, out: str, format: str = "folder", dtype: str = "float32", 
 
 def training_record(ckpt: str) -> dict:
     """What the card says about training: data, kimg, step and the last metrics the run logged (when known)."""
-    if model_folder.locate(ckpt) is not None:  # re-exporting a model folder keeps its record
-        return model_folder.read_about(model_folder.locate(ckpt)).get("trained", {})
+    folder = model_folder.locate(ckpt)
+    if folder is not None:  # re-exporting a model folder keeps its record
+        return model_folder.read_about(folder).get("trained", {})
     try:
         file = checkpoint.resolve(ckpt)
         state = checkpoint.load(file, original_ok=True)

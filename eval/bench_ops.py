@@ -47,11 +47,6 @@ def _ops(device: torch.device) -> dict[str, Callable[[torch.Tensor, str], torch.
     }
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def sum_backward(op: Callable[[torch.Tensor, str], torch.Tensor], x: torch.Tensor, impl: str) -> None:
     """op(x) and the backward pass of its sum."""
     op(x, impl).sum().backward()
@@ -68,10 +63,10 @@ def time_forward_backward(
     dy = torch.randn_like(op(x, impl))
     times = []
     for i in range(warmup + repeats):
-        _synchronize(x.device)
+        roofline.synchronize(x.device)
         start = time.perf_counter()
         op(x, impl).backward(dy)
-        _synchronize(x.device)
+        roofline.synchronize(x.device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)

@@ -70,21 +70,18 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
-synchronize = roofline.synchronize
-
-
 def time_calls(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
     """Seconds per call of `run` over `repeats` timed calls after `warmup` untimed ones."""
     for _ in range(warmup):
         run()
-    synchronize(device)
+    roofline.synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        synchronize(device)
+        roofline.synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -393,10 +390,10 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
         rows = bench_sample_onnxruntime(config, batch, amp_dtype, channels_last, repeats, warmup)
-        works = [sample_work(config, device, batch, None, False),  # ONNX Runtime: the float32 network's FLOPs
-                 sample_work(config, device, batch, amp_dtype, channels_last)]
+        # ONNX Runtime runs our network in float32: the same FLOPs as ours (counted from shapes, not dtypes).
+        ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
         with original_resampling():
-            works.append(sample_work(config, device, batch, None, False))
+            works = [ours_work, ours_work, sample_work(config, device, batch, None, False)]
         records = [with_roofline({"what": "sample", **common, "batch": batch, **row}, row_work, device)
                    for row, row_work in zip(rows, works, strict=True)]
     elif what == "sample":

@@ -21,7 +21,6 @@ from ddgan.data.sources import decode_image
 
 IMAGE_COLUMN_NAMES = ("image", "img", "picture", "jpg", "png", "webp", "jpeg")
 LABEL_COLUMN_NAMES = ("label", "labels", "cls", "class", "target", "y")
-HUB_TIMEOUT_S = 5  # how long to wait for the Hub to answer before saying that it cannot be reached
 
 
 class HubShards:
@@ -217,9 +216,9 @@ def hub_classes(shards: HubShards, labels: bool) -> list[str]:
 def hub_shards(data: str, image_column: str, label_column: str, labels: bool) -> HubShards:
     """A dataset on the Hugging Face Hub, hf:owner/name[:split], streamed."""
     name, _, split = data[3:].partition(":")
-    fetch_elsewhere = (f"download it where there is network (huggingface-cli download --repo-type dataset {name} "
+    fetch_elsewhere = (f"download it where there is network (hf download --repo-type dataset {name} "
                        "--local-dir DIR, then copy DIR here) and pass --data=DIR")
-    why = hub.why_offline(timeout=HUB_TIMEOUT_S)  # fails in seconds, not after the HTTP clients' retries
+    why = hub.why_offline()  # fails in seconds, not after the HTTP clients' retries
     if why is not None:
         raise ConnectionError(f"--data={data} streams from the Hugging Face Hub, and {why}: {fetch_elsewhere}")
     datasets = require("datasets")

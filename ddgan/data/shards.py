@@ -307,9 +307,8 @@ class ShardStream(IterableDataset):
     def shard_at(self, position: int) -> int:
         """The shard at a position of the global shard sequence."""
         epoch, offset = divmod(position, len(self.shards))
-        sampler = InfiniteSampler(self.shards, seed=self.deal.seed)
         if getattr(self, "_order", (None, None))[0] != epoch:
-            self._order = epoch, sampler.permutation(epoch)
+            self._order = epoch, InfiniteSampler(self.shards, seed=self.deal.seed).permutation(epoch)
         return self._order[1][offset]
 
     def records(self, reader: int, readers: int, start: int = 0) -> Iterator[Record]:

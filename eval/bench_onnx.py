@@ -24,8 +24,7 @@ from ddgan import onnx_sampler
 from ddgan.config import Config
 from ddgan.models import build_generator
 from ddgan.sampling import generate
-from eval.baseline import original_resampling
-from eval.benchmark import alternated, sample_timings, sampling_pass
+from eval.benchmark import alternated, original_sampling_pass, sample_timings, sampling_pass
 
 
 def onnxruntime_pass(config: Config, batch: int, folder: Path) -> tuple[Callable[[], object], dict]:
@@ -54,13 +53,8 @@ def bench_sample_onnxruntime(config: Config, batch: int, amp_dtype, channels_las
     with tempfile.TemporaryDirectory(prefix="ddgan-bench-onnx-") as folder:
         onnxruntime, about = onnxruntime_pass(config, batch, Path(folder))
         ours = sampling_pass(config, device, batch, amp_dtype, channels_last)
-        original_pass = sampling_pass(config, device, batch, None, False)
-
-        def original():
-            with original_resampling():
-                return original_pass()
-
-        times = alternated({"onnxruntime": onnxruntime, "ours": ours, "original": original}, repeats, warmup)
+        times = alternated({"onnxruntime": onnxruntime, "ours": ours,
+                            "original": original_sampling_pass(config, batch)}, repeats, warmup)
     original_median = statistics.median(times["original"])
     ours_dtype = str(amp_dtype or torch.float32).removeprefix("torch.")
     rows = {"onnxruntime": {"baseline": None, "backend": "onnxruntime", "channels_last": False, "dtype": "float32",

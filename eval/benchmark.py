@@ -150,18 +150,23 @@ def alternated(runs: dict[str, Callable[[], object]], repeats: int, warmup: int)
     return times
 
 
+def original_sampling_pass(config: Config, batch: int) -> Callable[[], torch.Tensor]:
+    """The original's sampling pass on the CPU (float32, NCHW, its resampling) as a function to time."""
+    run = sampling_pass(config, torch.device("cpu"), batch, None, False)
+
+    def original():
+        with original_resampling():
+            return run()
+
+    return original
+
+
 def bench_sample_vs_original(config: Config, batch: int, amp_dtype, channels_last: bool, repeats: int,
                              warmup: int) -> list[dict]:
     """Our sampling pass and the original's (float32, NCHW, its resampling), alternated (CPU)."""
     device = torch.device("cpu")
     ours = sampling_pass(config, device, batch, amp_dtype, channels_last)
-    original_pass = sampling_pass(config, device, batch, None, False)
-
-    def original():
-        with original_resampling():
-            return original_pass()
-
-    times = alternated({"ours": ours, "original": original}, repeats, warmup)
+    times = alternated({"ours": ours, "original": original_sampling_pass(config, batch)}, repeats, warmup)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
     return [{"baseline": None, "channels_last": channels_last, "dtype": str(amp_dtype or torch.float32).removeprefix(
                 "torch."), **sample_timings(times["ours"], batch, config), "speedup_vs_original": speedup},

@@ -102,3 +102,24 @@ def put_in_hub_cache(cache: Path, repo: str, folder: Path, revision: str = "main
     snapshot = root / "snapshots" / commit
     shutil.copytree(folder, snapshot, dirs_exist_ok=True)
     return snapshot
+
+
+def perturbed(G: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """G with its weights pushed away from init, whose zero output layers make every image flat grey."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator))
+    return G
+
+
+def save_generator_checkpoint(folder: Path, config, G: torch.nn.Module, images_seen: int = 0, **extra) -> Path:
+    """A ddgan checkpoint in `folder` holding G as both its G and its EMA (no D, no optimizers)."""
+    from ddgan import checkpoint
+
+    state = G.state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    return checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
+                                   "config": config.to_dict(), "G": state, "G_ema": state, "images_seen": images_seen,
+                                   "kimg": images_seen / 1000, **extra},
+                                  folder / checkpoint.checkpoint_name(images_seen))

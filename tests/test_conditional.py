@@ -10,16 +10,8 @@ from ddgan.cli import main
 from ddgan.data import read_image_array, write_image_array
 from ddgan.models import load_generator
 from ddgan.training_loop import run_training
+from tests.conftest import perturbed
 from tests.test_training import assert_resumes_exactly, tiny
-
-
-def perturbed(G, seed: int = 0):
-    """G with its weights pushed away from init, whose zero output layers make every image flat grey."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in G.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    return G
 
 
 @pytest.fixture(scope="module")

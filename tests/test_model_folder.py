@@ -16,7 +16,7 @@ from ddgan import checkpoint, model_folder
 from ddgan.cli import COMMANDS, PURPOSES, main
 from ddgan.config import make_config
 from ddgan.models import build_generator, load_generator
-from tests.conftest import put_in_hub_cache
+from tests.conftest import perturbed, put_in_hub_cache, save_generator_checkpoint
 
 TINY = dict(image_size=8, num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=8)
 KINDS = {
@@ -29,16 +29,7 @@ KINDS = {
 def write_run(folder, kind: str, seed: int = 0):
     """A run folder holding one checkpoint of a tiny `kind` generator with perturbed weights, and a log with an FID."""
     config = make_config("demo", **TINY, **KINDS[kind])
-    G = build_generator(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in G.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    folder.mkdir(parents=True, exist_ok=True)
-    state = G.state_dict()
-    checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": config.to_dict(),
-                            "G": state, "G_ema": state, "images_seen": 2048, "step": 64, "kimg": 2.048},
-                           folder / "ckpt-000000002048.pt")
+    save_generator_checkpoint(folder, config, perturbed(build_generator(config), seed), images_seen=2048, step=64)
     (folder / "log.jsonl").write_text(json.dumps({"kimg": 1.0, "fid": 31.5}) + "\n"
                                       + json.dumps({"kimg": 2.0, "fid": 27.25, "precision": 0.5}) + "\n")
     return folder

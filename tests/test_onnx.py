@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ddgan
-from ddgan import checkpoint, onnx_sampler, sampling
+from ddgan import onnx_sampler, sampling
 from ddgan.cli import main
 from ddgan.config import make_config
 from ddgan.data import read_image_array
@@ -20,7 +20,7 @@ from ddgan.onnx_sampler import OnnxSampler, export_onnx, onnx_inputs
 from ddgan.space import space_for
 from eval import benchmark
 from eval import sample as sample_command
-from tests.conftest import skip_or_fail
+from tests.conftest import perturbed, save_generator_checkpoint, skip_or_fail
 
 TINY = dict(num_channels_dae=8, ch_mult=[1, 2], nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=8)
 MODELS = {
@@ -43,16 +43,7 @@ def onnx_extra():
 def write_model(folder: Path, kind: str) -> Path:
     """A checkpoint of a tiny `kind` generator with perturbed weights (at init its output is flat grey)."""
     config = make_config("demo", **TINY, **MODELS[kind])
-    G = build_generator(config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in G.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    state = G.state_dict()
-    folder.mkdir(parents=True)
-    return checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-                                   "config": config.to_dict(), "G": state, "G_ema": state, "images_seen": 0,
-                                   "kimg": 0.0}, folder / "ckpt-000000000000.pt")
+    return save_generator_checkpoint(folder, config, perturbed(build_generator(config)))
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

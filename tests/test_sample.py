@@ -12,6 +12,7 @@ from ddgan.config import make_config
 from ddgan.data import read_image_array
 from ddgan.models import build_generator, load_generator
 from eval import sample as sample_command
+from tests.conftest import perturbed, save_generator_checkpoint
 
 
 def tiny_config():
@@ -21,22 +22,13 @@ def tiny_config():
 
 def tiny_generator(config, seed: int = 0):
     """A tiny generator with perturbed weights: at init its output layer is zero, so every image is flat grey."""
-    G = build_generator(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in G.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator))
-    return G.eval().requires_grad_(False)
+    return perturbed(build_generator(config), seed).eval().requires_grad_(False)
 
 
 def write_checkpoint(folder: Path, seed: int = 0) -> Path:
     """A ddgan checkpoint of the tiny generator in `folder`."""
     config = tiny_config()
-    state = tiny_generator(config, seed).state_dict()
-    folder.mkdir(parents=True, exist_ok=True)
-    return checkpoint.save_atomic({"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-                                   "config": config.to_dict(), "G": state, "G_ema": state, "images_seen": 0,
-                                   "kimg": 0.0}, folder / "ckpt-000000000000.pt")
+    return save_generator_checkpoint(folder, config, tiny_generator(config, seed))
 
 
 @pytest.fixture(scope="module")

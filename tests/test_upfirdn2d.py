@@ -194,6 +194,55 @@ def test_wrappers_match_scipy_in_either_layout(fn, up, down, padding, gain):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_low_precision_upsampling_on_the_cpu_runs_in_float32_and_rounds_once(monkeypatch, dtype, layout):
+    """The CPU's bf16/fp16 grouped transposed convolution loops over channels: it must not be called."""
+    seen = []
+    transposed = torch.nn.functional.conv_transpose2d
+    monkeypatch.setattr(torch.nn.functional, "conv_transpose2d",
+                        lambda x, *args, **kwargs: seen.append(x.dtype) or transposed(x, *args, **kwargs))
+    x32 = torch.randn(2, 8, 5, 6).to(memory_format=layout)
+    x = x32.to(dtype).requires_grad_(True)
+    f = setup_filter([1, 3, 3, 1])
+    y = upsample2d(x, f, impl="ref")
+    assert y.dtype == dtype
+    assert torch.equal(y, upsample2d(x.detach().float(), f, impl="ref").to(dtype))
+    y.square().sum().backward()
+    assert x.grad.dtype == dtype and x.grad.abs().sum() > 0
+    assert seen and set(seen) == {torch.float32}
+
+    seen.clear()  # autocast would cast a float32 input down again
+    with torch.autocast("cpu", dtype):
+        y = upsample2d(x32, f, impl="ref")
+    assert y.dtype == dtype and torch.equal(y, upsample2d(x32, f, impl="ref").to(dtype))
+    assert seen and set(seen) == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_downsampling_on_the_cpu_backpropagates_in_float32(monkeypatch, dtype):
+    """The CPU's bf16/fp16 grouped-convolution backward is slow: a gradient goes through float32; a plain
+    forward stays in the low precision, and both give the same values."""
+    seen = []
+    conv = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d",
+                        lambda x, *args, **kwargs: seen.append(x.dtype) or conv(x, *args, **kwargs))
+    x = torch.randn(2, 8, 10, 12).to(dtype)
+    f = setup_filter([1, 3, 3, 1])
+    plain = downsample2d(x, f, impl="ref")
+    assert plain.dtype == dtype and set(seen) == {dtype}
+    seen.clear()
+    x.requires_grad_(True)
+    y = downsample2d(x, f, impl="ref")
+    assert y.dtype == dtype and set(seen) == {torch.float32} and torch.equal(y, plain)
+    (grad,) = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)  # R1's double backward too
+    assert grad.dtype == dtype and grad.float().square().sum().requires_grad
+    with torch.autocast("cpu", dtype):  # autocast would cast a float32 input down again
+        seen.clear()
+        y = downsample2d(x.detach().float().requires_grad_(True), f, impl="ref")
+    assert y.dtype == dtype and set(seen) == {torch.float32}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Gradients.
 

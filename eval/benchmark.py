@@ -40,7 +40,7 @@ from ddgan.distributed import Context
 from ddgan.iteration import Trainer
 from ddgan.models import build_generator
 from ddgan.precision import autocast
-from ddgan.sampling import capture_cuda_graph
+from ddgan.sampling import capture_cuda_graph, compiled_for_sampling
 from ddgan.space import space_for
 from eval import bench_ops, roofline
 from eval.baseline import original_resampling, run_original_iteration
@@ -108,7 +108,7 @@ def sampling_pass(config: Config, device: torch.device, batch: int, amp_dtype, c
     G = build_generator(config).to(device).eval().requires_grad_(False)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     G = G.to(memory_format=memory_format)
-    net = torch.compile(G) if compile else G
+    net = compiled_for_sampling(G, device) if compile else G
     diffusion = Diffusion.from_config(config).to(device)
     space = space_for(config)
     T, image = config.num_timesteps, space.shape
@@ -162,15 +162,15 @@ def original_sampling_pass(config: Config, batch: int) -> Callable[[], torch.Ten
 
 
 def bench_sample_vs_original(config: Config, batch: int, amp_dtype, channels_last: bool, repeats: int,
-                             warmup: int) -> list[dict]:
+                             warmup: int, compile: bool = False) -> list[dict]:
     """Our sampling pass and the original's (float32, NCHW, its resampling), alternated (CPU)."""
     device = torch.device("cpu")
-    ours = sampling_pass(config, device, batch, amp_dtype, channels_last)
+    ours = sampling_pass(config, device, batch, amp_dtype, channels_last, compile)
     times = alternated({"ours": ours, "original": original_sampling_pass(config, batch)}, repeats, warmup)
     speedup = statistics.median(times["original"]) / statistics.median(times["ours"])
     return [{"baseline": None, "channels_last": channels_last, "dtype": str(amp_dtype or torch.float32).removeprefix(
                 "torch."), **sample_timings(times["ours"], batch, config), "speedup_vs_original": speedup},
-            {"baseline": "original", "channels_last": False, "dtype": "float32",
+            {"baseline": "original", "channels_last": False, "dtype": "float32", "compile": False,
              **sample_timings(times["original"], batch, config)}]
 
 
@@ -410,7 +410,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
     elif what == "sample_vs_original":
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
-        ours, original = bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup)
+        ours, original = bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup, compile)
         ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
         with original_resampling():
             their_work = sample_work(config, device, batch, None, False)

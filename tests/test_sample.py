@@ -236,3 +236,12 @@ def test_cuda_graph_replay_equals_eager(ckpt, amp):
     graph = np.concatenate(list(sampling.generate(G, config, seeds, batch=4, device="cuda", amp=amp, progress=False,
                                                   cuda_graph=True)))
     assert np.abs(eager.astype(np.int32) - graph.astype(np.int32)).max() <= 1
+
+
+def test_compiled_for_sampling_freezes_weights_on_the_cpu_only(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, options=None: seen.append(options) or model)
+    net = torch.nn.Linear(2, 2)
+    assert sampling.compiled_for_sampling(net, "cpu") is net
+    sampling.compiled_for_sampling(net, torch.device("cuda"))
+    assert seen == [{"freezing": True}, None]

@@ -287,10 +287,16 @@ def train_work(config: Config, device: torch.device, batch: int, timed_steps: ra
     return counted_work(flops, counted_batch, batch, convs)
 
 
+def measure_ceilings_first(device: torch.device, rows: Sequence[tuple[torch.dtype | None, Work, bool]]) -> None:
+    """The ceilings of rows (dtype, work, channels_last) measured before their timings (see roofline.ceilings)."""
+    for dtype, work, channels_last in rows:
+        roofline.ceilings(device, dtype or torch.float32, work.conv, channels_last)
+
+
 def with_roofline(record: dict, work: Work, device: torch.device) -> dict:
     """The record with its roofline columns, against ceilings in its dtype and layout on this device."""
     dtype = getattr(torch, record["dtype"])
-    ceilings = roofline.ceilings(device, dtype, work.conv, record["channels_last"])
+    ceilings = roofline.ceilings(device, dtype, work.conv, record["channels_last"], after_timing=True)
     return {**record, "flops_per_image": work.flops_per_image,
             **roofline.roofline_fields(work.flops_per_image, record["images_per_s"], ceilings)}
 
@@ -385,7 +391,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
 
 def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup, width,
              common, original_work=False, backend="pytorch") -> list[dict]:
-    """The records of one `bench` call; the roofline is counted and measured after the timings."""
+    """The records of one `bench` call: FLOPs counted and ceilings measured before the timings, the ceilings
+    again after them (the faster kept)."""
     timed_steps = range(warmup, warmup + repeats)  # each timed trainer starts at step 0
     if what == "ops":
         records = [{"what": "ops", **row, **common} for row in bench_ops_rows(device, repeats, warmup)]
@@ -394,44 +401,51 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
 
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
-        rows = bench_sample_onnxruntime(config, batch, amp_dtype, channels_last, repeats, warmup)
         # ONNX Runtime runs our network in float32: the same FLOPs as ours (counted from shapes, not dtypes).
         ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
         with original_resampling():
             works = [ours_work, ours_work, sample_work(config, device, batch, None, False)]
+        measure_ceilings_first(device, [(amp_dtype, ours_work, channels_last), (None, ours_work, False),
+                                        (None, works[2], False)])
+        rows = bench_sample_onnxruntime(config, batch, amp_dtype, channels_last, repeats, warmup)
         records = [with_roofline({"what": "sample", **common, "batch": batch, **row}, row_work, device)
                    for row, row_work in zip(rows, works, strict=True)]
     elif what == "sample":
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
-        result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
         work = sample_work(config, device, batch, amp_dtype, channels_last)
+        measure_ceilings_first(device, [(amp_dtype, work, channels_last)])
+        result = bench_sample(config, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats, warmup)
         records = [with_roofline({"what": "sample", **common, "batch": batch, **result}, work, device)]
     elif what == "sample_vs_original":
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
-        ours, original = bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup, compile)
         ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
         with original_resampling():
             their_work = sample_work(config, device, batch, None, False)
+        measure_ceilings_first(device, [(amp_dtype, ours_work, channels_last), (None, their_work, False)])
+        ours, original = bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup, compile)
         records = [with_roofline({"what": "sample", **common, "batch": batch, **row}, row_work, device)
                    for row, row_work in ((ours, ours_work), (original, their_work))]
     elif what == "train_vs_original":
         # Ours at --amp (auto by default); the original's iteration is always float32.
         config = bench_config(preset, width, amp=precision.amp_name(amp_dtype), channels_last=channels_last)
         batch = batch or config.batch_size
-        ours, original = bench_train_vs_original(config, batch, repeats, warmup)
         ours_work = train_work(config, device, batch, timed_steps)
         with original_resampling():
             their_work = train_work(original_config(config), device, batch, timed_steps, original_work=True)
+        ours_layout = config.channels_last if config.channels_last is not None else device.type == "cuda"
+        measure_ceilings_first(device, [(amp_dtype, ours_work, ours_layout), (None, their_work, False)])
+        ours, original = bench_train_vs_original(config, batch, repeats, warmup)
         records = [with_roofline({"what": "train", **common, "batch": batch, **row}, row_work, device)
                    for row, row_work in ((ours, ours_work), (original, their_work))]
     else:
         amp_flag = precision.amp_name(amp_dtype)
         config = bench_config(preset, width, amp=amp_flag, channels_last=channels_last, compile=bool(compile))
         batch = batch or config.batch_size
-        result = bench_train(config, device, batch, repeats, warmup, original_work)
         work = train_work(config, device, batch, timed_steps, original_work)
+        measure_ceilings_first(device, [(amp_dtype, work, channels_last)])
+        result = bench_train(config, device, batch, repeats, warmup, original_work)
         records = [with_roofline({"what": "train", **common, "batch": batch, **result}, work, device)]
     return records
 

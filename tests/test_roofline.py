@@ -80,6 +80,19 @@ def test_ceilings_are_positive_and_measured_once_per_device_and_dtype(quick_ceil
     assert len(calls) == 2  # another dtype is another ceiling
 
 
+def test_ceilings_keep_the_faster_of_before_and_after_the_timings(quick_ceilings, monkeypatch):
+    rates = iter([1.0, 3.0, 2.0, 0.5])  # a slow phase during the first matmul measurement
+    monkeypatch.setattr(roofline, "matmul_ceiling_tflops", lambda *args: next(rates))
+    assert roofline.ceilings("cpu", torch.float32, None, channels_last=False)["ceiling_matmul_tflops"] == 1.0
+    after = roofline.ceilings("cpu", torch.float32, None, channels_last=False, after_timing=True)
+    assert after["ceiling_matmul_tflops"] == 3.0
+    # measured twice now: further rows of this run reuse it
+    assert roofline.ceilings("cpu", torch.float32, None, channels_last=False, after_timing=True) == after
+    # a row measured only after its timings measures once
+    assert roofline.ceilings("cpu", torch.bfloat16, None, False, after_timing=True)["ceiling_matmul_tflops"] == 2.0
+    assert roofline.ceilings("cpu", torch.bfloat16, None, False, after_timing=True)["ceiling_matmul_tflops"] == 2.0
+
+
 def test_roofline_fields_take_the_higher_ceiling():
     fields = roofline.roofline_fields(2e9, 50.0, {"ceiling_matmul_tflops": 0.5, "ceiling_conv_tflops": 0.8,
                                                   "ceiling_conv": "c"})

@@ -132,7 +132,7 @@ class Config:
 
     amp: str | None = option("speed", "auto", "autocast dtype: bf16, fp16, none, or auto: bf16 on CUDA and for large "
                              "networks on CPUs with native bf16, else none")
-    channels_last: bool | None = option("speed", None, "NHWC memory layout; default on for CUDA")
+    channels_last: bool | None = option("speed", None, "NHWC memory layout; default on for CUDA and bf16 CPUs")
     compile: bool | None = option("speed", None, "torch.compile G; default off (not measured to pay off yet)")
     tf32: bool = option("speed", True, "TF32 matmuls and convolutions on CUDA")
 

@@ -334,7 +334,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     preset: the architecture and T to measure, with random weights (no checkpoint needed).
     batch: images per call; default 100 for sampling, the preset's per-process batch for training.
     amp: auto (default: bf16 on CUDA and for large networks on CPUs with native bf16), bf16, fp16 or none.
-    channels_last: NHWC layout; default on for CUDA.
+    channels_last: NHWC layout; default on for CUDA and for bf16 on the CPU (as sampling and training).
     compile: torch.compile the generator. cuda_graph: replay sampling as one CUDA graph (CUDA only).
     width: shrink the generator to num_channels_dae=width (for quick runs on a CPU).
     json_out: append the JSON lines to this file.
@@ -368,9 +368,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     parameters = sum(p.numel() for p in build_generator(bench_config(preset, width)).parameters()) \
         if what != "ops" and amp in (None, "auto") and device.type == "cpu" else None
     amp_dtype = precision.amp_dtype(amp, device, parameters) if what != "ops" else None
-    if channels_last is None:  # as `ddgan sample` and training choose it
-        bf16_cpu_sampling = (what == "sample_vs_original" or backend == "onnxruntime") and amp_dtype is torch.bfloat16
-        channels_last = device.type == "cuda" or bf16_cpu_sampling
+    if channels_last is None:  # as `ddgan sample` and training choose it: on CUDA, and for bf16 on the CPU
+        channels_last = device.type == "cuda" or (what != "ops" and amp_dtype is torch.bfloat16)
     channels_last = bool(channels_last)
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,

@@ -55,3 +55,16 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
         assert precision.cpu_has_native_bf16() is native
     finally:
         precision.cpu_has_native_bf16.cache_clear()
+
+
+def test_training_layout_is_nhwc_by_default_on_cuda_and_for_bf16_on_the_cpu():
+    from ddgan.iteration import default_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    config = make_config("cifar10")
+    assert config.channels_last is None
+    assert default_channels_last(config, cpu, torch.bfloat16) is True
+    assert default_channels_last(config, cpu, None) is False
+    assert default_channels_last(config, cuda, None) is True
+    assert default_channels_last(make_config("cifar10", channels_last=False), cpu, torch.bfloat16) is False
+    assert default_channels_last(make_config("demo"), cpu, torch.bfloat16) is False  # the preset's own choice

@@ -22,7 +22,10 @@ def tiny_config():
 
 def tiny_generator(config, seed: int = 0):
     """A tiny generator with perturbed weights: at init its output layer is zero, so every image is flat grey."""
-    return perturbed(build_generator(config), seed).eval().requires_grad_(False)
+    with torch.random.fork_rng():  # the same weights whatever ran before (the init draws from the global RNG)
+        torch.manual_seed(seed)
+        G = build_generator(config)
+    return perturbed(G, seed).eval().requires_grad_(False)
 
 
 def write_checkpoint(folder: Path, seed: int = 0) -> Path:

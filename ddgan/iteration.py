@@ -21,7 +21,7 @@ from ddgan.config import Config
 from ddgan.diffusion import Diffusion
 from ddgan.distributed import Context
 from ddgan.models import build_discriminator, build_generator
-from ddgan.precision import amp_dtype, autocast
+from ddgan.precision import amp_dtype, autocast, channels_last_default
 from ddgan.space import Space, space_for
 
 
@@ -30,11 +30,8 @@ class NonFiniteError(ArithmeticError):
 
 
 def default_channels_last(config: Config, device: torch.device, dtype: torch.dtype | None) -> bool:
-    """--channels_last, by default on where NHWC is faster: on CUDA, and for bf16 on the CPU (oneDNN's
-    layout: a CIFAR-10 bf16 iteration 1.08x faster, BENCHMARKS.md)."""
-    if config.channels_last is not None:
-        return config.channels_last
-    return device.type == "cuda" or (device.type == "cpu" and dtype is torch.bfloat16)
+    """--channels_last, else precision's default (a CIFAR-10 bf16 iteration on the CPU: 1.08x in NHWC)."""
+    return config.channels_last if config.channels_last is not None else channels_last_default(device, dtype)
 
 
 def cosine_lr(base: float, minimum: float, progress: float) -> float:

@@ -51,6 +51,13 @@ def amp_dtype(amp: str | None, device: torch.device | str, parameters: int | Non
     return AMP_DTYPES[amp]
 
 
+def channels_last_default(device: torch.device | str, dtype: torch.dtype | None) -> bool:
+    """NHWC where it is faster, for training and sampling alike: on CUDA, and for bf16 on the CPU (oneDNN's
+    layout; BENCHMARKS.md)."""
+    device = torch.device(device)
+    return device.type == "cuda" or (device.type == "cpu" and dtype is torch.bfloat16)
+
+
 @functools.lru_cache(maxsize=1)
 def warn_slow_bf16() -> None:
     """Warn once that bf16 is emulated on this CPU."""

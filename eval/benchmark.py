@@ -368,8 +368,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     parameters = sum(p.numel() for p in build_generator(bench_config(preset, width)).parameters()) \
         if what != "ops" and amp in (None, "auto") and device.type == "cpu" else None
     amp_dtype = precision.amp_dtype(amp, device, parameters) if what != "ops" else None
-    if channels_last is None:  # as `ddgan sample` and training choose it: on CUDA, and for bf16 on the CPU
-        channels_last = device.type == "cuda" or (what != "ops" and amp_dtype is torch.bfloat16)
+    if channels_last is None:  # as `ddgan sample` and training choose it
+        channels_last = precision.channels_last_default(device, amp_dtype)
     channels_last = bool(channels_last)
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,
@@ -433,8 +433,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         ours_work = train_work(config, device, batch, timed_steps)
         with original_resampling():
             their_work = train_work(original_config(config), device, batch, timed_steps, original_work=True)
-        ours_layout = config.channels_last if config.channels_last is not None else device.type == "cuda"
-        measure_ceilings_first(device, [(amp_dtype, ours_work, ours_layout), (None, their_work, False)])
+        measure_ceilings_first(device, [(amp_dtype, ours_work, config.channels_last), (None, their_work, False)])
         ours, original = bench_train_vs_original(config, batch, repeats, warmup)
         records = [with_roofline({"what": "train", **common, "batch": batch, **row}, row_work, device)
                    for row, row_work in ((ours, ours_work), (original, their_work))]

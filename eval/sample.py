@@ -21,7 +21,7 @@ import torch
 from ddgan import distributed
 from ddgan.data import write_image_array
 from ddgan.models import default_output, load_generator, resolve_source
-from ddgan.precision import amp_dtype, check_amp
+from ddgan.precision import amp_dtype, channels_last_default, check_amp
 from ddgan.sampling import (
     check_batch,
     compiled_for_sampling,
@@ -134,7 +134,7 @@ def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: di
 
     if channels_last is None:  # NHWC where it is faster: on CUDA, and for bf16 on the CPU (oneDNN's layout)
         parameters = sum(p.numel() for p in G.parameters())
-        channels_last = device.type == "cuda" or amp_dtype(amp, device, parameters) is torch.bfloat16
+        channels_last = channels_last_default(device, amp_dtype(amp, device, parameters))
     if channels_last:
         G = G.to(memory_format=torch.channels_last)
     if compile:

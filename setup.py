@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ddgan", "ddgan.*", "networks", "networks.*", "ops", "ops.*", "eval", "eval.*"]),
-    package_data={"ops": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
+    package_data={"ops": ["csrc/*.c", "csrc/*.cpp", "csrc/*.cu", "csrc/*.h"]},
     py_modules=["train"],
     install_requires=[
         "torch>=2.4",

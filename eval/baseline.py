@@ -1,10 +1,12 @@
 """The original implementation's CPU path, kept only as a benchmark baseline.
 
-Two parts of the original's cost are reproduced at equal numerics:
+Three parts of the original's cost are reproduced at equal numerics:
 - resampling: its `upfirdn2d_native` runs the FIR filter as one single-channel convolution over an
   (N*C, 1, H, W) view of the activations, after materialising the inserted zeros; its numbers equal
   ours, its backward is far slower on the CPU. `original_resampling()` swaps it in for `ops.upfirdn2d`'s
   reference path.
+- AdaGN: the original adds the time bias, normalises, scales, shifts and applies SiLU as five eager passes,
+  where our CPU kernel makes one; `original_ops()` swaps them in, with its resampling.
 - the iteration: its `train_ddgan.py` builds G's graph in the D step (D's fake loss backpropagates into
   G, whose gradients are then zeroed), runs the real loss and the R1 penalty as two backward passes,
   always asks for the gradient of the real x_t, and steps Adam and the EMA parameter by parameter (on
@@ -14,11 +16,12 @@ Two parts of the original's cost are reproduced at equal numerics:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
 
+import ops.adaptive_group_norm as adaptive_group_norm_module
 import ops.upfirdn2d as upfirdn2d_module
 from ddgan import losses
 
@@ -48,6 +51,35 @@ def original_resampling():
         yield
     finally:
         upfirdn2d_module._upfirdn2d_ref = saved
+
+
+def eager_adaptive_group_norm(x, num_groups: int, gamma, beta, bias, eps: float, act: str) -> torch.Tensor:
+    """AdaGN as the original computes it: each step its own eager op."""
+    if bias is not None:
+        x = x + bias[:, :, None, None]
+    y = gamma[:, :, None, None] * F.group_norm(x, num_groups, eps=eps) + beta[:, :, None, None]
+    return F.silu(y) if act == "silu" else y
+
+
+@contextmanager
+def original_adaptive_group_norm():
+    """Within the block, AdaGN runs as the original's eager ops, never our CPU kernel (same numbers, its cost)."""
+    saved = adaptive_group_norm_module._kernel_applies, adaptive_group_norm_module._adaptive_group_norm_ref
+    adaptive_group_norm_module._kernel_applies = lambda *args: False
+    adaptive_group_norm_module._adaptive_group_norm_ref = eager_adaptive_group_norm
+    try:
+        yield
+    finally:
+        adaptive_group_norm_module._kernel_applies, adaptive_group_norm_module._adaptive_group_norm_ref = saved
+
+
+@contextmanager
+def original_ops():
+    """Within the block, resampling and AdaGN run the original's way."""
+    with ExitStack() as stack:
+        stack.enter_context(original_resampling())
+        stack.enter_context(original_adaptive_group_norm())
+        yield
 
 
 @contextmanager

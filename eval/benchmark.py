@@ -43,7 +43,7 @@ from ddgan.precision import autocast
 from ddgan.sampling import capture_cuda_graph, compiled_for_sampling
 from ddgan.space import space_for
 from eval import bench_ops, roofline
-from eval.baseline import original_resampling, run_original_iteration
+from eval.baseline import original_ops, original_resampling, run_original_iteration
 
 WHAT = ("sample", "train", "ops", "train_vs_original", "sample_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
@@ -151,11 +151,11 @@ def alternated(runs: dict[str, Callable[[], object]], repeats: int, warmup: int)
 
 
 def original_sampling_pass(config: Config, batch: int) -> Callable[[], torch.Tensor]:
-    """The original's sampling pass on the CPU (float32, NCHW, its resampling) as a function to time."""
+    """The original's sampling pass on the CPU (float32, NCHW, its resampling and AdaGN) as a function to time."""
     run = sampling_pass(config, torch.device("cpu"), batch, None, False)
 
     def original():
-        with original_resampling():
+        with original_ops():
             return run()
 
     return original
@@ -209,7 +209,7 @@ def bench_train_vs_original(config: Config, batch: int, repeats: int, warmup: in
     x0 = synthetic_batch(config, batch, device)
 
     def original_iteration():
-        with original_resampling():
+        with original_ops():
             run_original_iteration(original, x0)
 
     times = alternated({"ours": lambda: ours.run_iteration(x0), "original": original_iteration}, repeats, warmup)
@@ -339,7 +339,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     width: shrink the generator to num_channels_dae=width (for quick runs on a CPU).
     json_out: append the JSON lines to this file.
     baseline: the original implementation's CPU path at equal numerics (CPU only): 'original' is its
-        resampling (one single-channel conv over N*C images) and, for --what=train, its iteration
+        resampling (one single-channel conv over N*C images), its AdaGN (eager ops) and, for --what=train, its iteration
         (G's graph built in the D step, two backward passes for real loss and R1, per-parameter Adam
         and EMA); 'original_resampling' swaps in only the resampling.
     backend: with --what=sample (CPU), `onnxruntime` alternates the sampler exported as one ONNX graph, in
@@ -376,7 +376,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
               "compile": bool(compile), "cuda_graph": bool(cuda_graph), "width": width, "repeats": repeats,
               "warmup": warmup, "baseline": baseline}
 
-    with original_resampling() if baseline else nullcontext():
+    baseline_ops = original_ops() if baseline == "original" else original_resampling() if baseline else nullcontext()
+    with baseline_ops:
         records = _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cuda_graph, repeats,
                            warmup, width, common, original_work=baseline == "original", backend=backend)
     print(format_table(records))
@@ -402,7 +403,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         batch = batch or DEFAULT_SAMPLE_BATCH
         # ONNX Runtime runs our network in float32: the same FLOPs as ours (counted from shapes, not dtypes).
         ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
-        with original_resampling():
+        with original_ops():
             works = [ours_work, ours_work, sample_work(config, device, batch, None, False)]
         measure_ceilings_first(device, [(amp_dtype, ours_work, channels_last), (None, ours_work, False),
                                         (None, works[2], False)])
@@ -420,7 +421,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         config = bench_config(preset, width)
         batch = batch or DEFAULT_SAMPLE_BATCH
         ours_work = sample_work(config, device, batch, amp_dtype, channels_last)
-        with original_resampling():
+        with original_ops():
             their_work = sample_work(config, device, batch, None, False)
         measure_ceilings_first(device, [(amp_dtype, ours_work, channels_last), (None, their_work, False)])
         ours, original = bench_sample_vs_original(config, batch, amp_dtype, channels_last, repeats, warmup, compile)
@@ -431,7 +432,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
         config = bench_config(preset, width, amp=precision.amp_name(amp_dtype), channels_last=channels_last)
         batch = batch or config.batch_size
         ours_work = train_work(config, device, batch, timed_steps)
-        with original_resampling():
+        with original_ops():
             their_work = train_work(original_config(config), device, batch, timed_steps, original_work=True)
         measure_ceilings_first(device, [(amp_dtype, ours_work, config.channels_last), (None, their_work, False)])
         ours, original = bench_train_vs_original(config, batch, repeats, warmup)

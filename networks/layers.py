@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ops.adaptive_group_norm import adaptive_group_norm
 from ops.upfirdn2d import downsample2d, setup_filter, upfirdn2d, upsample2d
 
 SQRT2 = math.sqrt(2.0)
@@ -210,10 +211,12 @@ class AdaptiveGroupNorm(nn.Module):
             # Start as the identity: gamma = 1, beta = 0.
             self.style.bias[:channels] = 1
 
-    def forward(self, x: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
-        """Normalise `x` and modulate it with (gamma, beta) = style(zemb)."""
-        gamma, beta = self.style(zemb)[:, :, None, None].chunk(2, dim=1)
-        return torch.addcmul(beta, gamma, self.norm(x))  # one pass over x instead of two: 1.03x per CPU bf16 pass
+    def forward(self, x: torch.Tensor, zemb: torch.Tensor, bias: torch.Tensor | None = None,
+                act: str = "linear") -> torch.Tensor:
+        """act(gamma * GroupNorm(x + bias) + beta) with (gamma, beta) = style(zemb); bias [B, C] or None."""
+        gamma, beta = self.style(zemb).chunk(2, dim=1)
+        # One op for the bias, the norm, the modulation and the activation: on the CPU a fused kernel.
+        return adaptive_group_norm(x, self.norm.num_groups, gamma, beta, bias=bias, eps=self.norm.eps, act=act)
 
 
 class SelfAttention(nn.Module):
@@ -275,7 +278,7 @@ class ResnetBlockBigGAN(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None, zemb: torch.Tensor) -> torch.Tensor:
         """Apply the block; `temb` is the already-activated time embedding (or None)."""
-        h = F.silu(self.norm_0(x, zemb))
+        h = self.norm_0(x, zemb, act="silu")
         if self.resample is not None:
             h = self.resample(h)
             x = self.resample(x)
@@ -288,8 +291,7 @@ class ResnetBlockBigGAN(nn.Module):
                 zemb: torch.Tensor) -> torch.Tensor:
         """The block after conv_0 and the shortcut conv, whatever resamples between them: time bias, AdaGN,
         conv_1, and the residual sum of the path h and shortcut x."""
-        if temb is not None:
-            h = h + self.dense_t(temb)[:, :, None, None]
-        h = F.silu(self.norm_1(h, zemb))
+        time_bias = self.dense_t(temb) if temb is not None else None
+        h = self.norm_1(h, zemb, bias=time_bias, act="silu")
         h = self.conv_1(self.dropout(h))
         return (x + h) / SQRT2 if self.skip_rescale else x + h

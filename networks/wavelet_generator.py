@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from networks.generator import Middle, NCSNpp, ResidualInputPyramid
 from networks.layers import ResnetBlockBigGAN, conv2d, variance_scaling_
@@ -69,7 +68,7 @@ class WaveletResnetBlock(ResnetBlockBigGAN):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None, zemb: torch.Tensor, bands: Bands) -> torch.Tensor:
         """Apply the block; a down block pushes its high bands onto `bands`, an up block pops its own."""
-        h = self.conv_0(F.silu(self.norm_0(x, zemb)))
+        h = self.conv_0(self.norm_0(x, zemb, act="silu"))
         x = self.skip(x)
         if self.up:
             lh, hl, hh = (self.conv_h(torch.cat(bands.pop(), dim=1) / 2) * 2).chunk(3, dim=1)

@@ -35,8 +35,8 @@ REFERENCE_ENV = "DDGAN_OPS_REFERENCE"
 BUILD_DIR_ENV = "DDGAN_OPS_BUILD_DIR"
 IMPLS = ("cuda", "ref")
 
-# Only CUDA tensors ever reach a compiled kernel. Tests that force the kernel path on the CPU with a
-# stand-in for the extension add "cpu" here to put the stand-in through the self-check too.
+# Only CUDA tensors ever reach a kernel of ddgan_ops (the CPU kernels' ops name their own device). Tests
+# that force the kernel path on the CPU with a stand-in for the extension add "cpu" here to check it too.
 SELF_CHECK_DEVICES = ("cuda",)
 # Largest |kernel - reference| allowed, relative to 1 + the reference's largest magnitude. A broken kernel
 # (wrong architecture, bad indexing) is off by O(1); a sound one by rounding, which the CUDA tests bound
@@ -89,8 +89,11 @@ def get_plugin(verbose: bool = False) -> ModuleType | None:
 CheckRuns = tuple[Callable[[], Sequence[torch.Tensor]], Callable[[], Sequence[torch.Tensor]]]
 
 
-def self_checked(op_name: str, x: torch.Tensor, make_runs: Callable[[torch.Tensor], CheckRuns]) -> bool:
+def self_checked(op_name: str, x: torch.Tensor, make_runs: Callable[[torch.Tensor], CheckRuns],
+                 devices: Sequence[str] | None = None) -> bool:
     """Whether op_name may run its compiled kernel on x: checked against its reference once per process.
+
+    `devices` are where the op's kernels run (default SELF_CHECK_DEVICES, the CUDA ops'); elsewhere no check.
 
     make_runs(x) gives (run_kernel, run_reference) on a small input of x's device, dtype and layout; it is
     called only the first time. Under torch.compile tracing and during CUDA graph capture an op not
@@ -101,7 +104,7 @@ def self_checked(op_name: str, x: torch.Tensor, make_runs: Callable[[torch.Tenso
     result = _self_checks.get(op_name)
     if result is not None:
         return result["ok"]
-    if x.device.type not in SELF_CHECK_DEVICES:
+    if x.device.type not in (devices or SELF_CHECK_DEVICES):
         return True
     if reference_forced() or torch.compiler.is_compiling() or _capturing(x):
         return False
@@ -198,11 +201,19 @@ def extension_name() -> str:
 
 def default_build_root() -> Path:
     """DDGAN_OPS_BUILD_DIR if set, else TORCH_EXTENSIONS_DIR, else torch_extensions' default directory."""
+    root = build_root_from_env()
+    if root is not None:
+        return root
+    cpp_extension = _import_cpp_extension()
+    return Path(cpp_extension.get_default_build_root())
+
+
+def build_root_from_env() -> Path | None:
+    """DDGAN_OPS_BUILD_DIR if set, else TORCH_EXTENSIONS_DIR if set, else None."""
     for variable in (BUILD_DIR_ENV, "TORCH_EXTENSIONS_DIR"):
         if os.environ.get(variable):
             return Path(os.environ[variable])
-    cpp_extension = _import_cpp_extension()
-    return Path(cpp_extension.get_default_build_root())
+    return None
 
 
 def source_hash() -> str:

@@ -120,6 +120,22 @@ def test_original_baseline_has_equal_numerics():
     assert ours._upfirdn2d_ref is not single_channel_upfirdn2d
 
 
+def test_original_adaptive_group_norm_is_eager_with_equal_numerics(monkeypatch):
+    import torch
+
+    from eval.baseline import original_ops
+    from ops import adaptive_group_norm as op
+
+    x, gamma, beta, bias = torch.randn(2, 8, 5, 5), torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        want = op.adaptive_group_norm(x, 2, gamma, beta, bias, act="silu")
+        monkeypatch.setattr(op, "_adaptive_group_norm_cpu", lambda *args: pytest.fail("the kernel ran"))
+        with original_ops():
+            got = op.adaptive_group_norm(x, 2, gamma, beta, bias, act="silu")
+    torch.testing.assert_close(got, want)
+    assert op._kernel_applies(x, gamma, beta, bias, "cpu") == (op.cpu_library.get_library() is not None)
+
+
 @pytest.mark.parametrize("baseline", ["original", "original_resampling"])
 def test_bench_with_original_baseline_runs(baseline):
     from eval.benchmark import bench

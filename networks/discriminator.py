@@ -121,7 +121,7 @@ class Discriminator(nn.Module):
         if self.class_temb is not None:
             temb = temb + self.class_temb(y).to(temb.dtype)
         temb = self.act(temb)
-        h = self.input_conv(torch.cat([x_t, x_next], dim=1))
+        h = self._from_images(torch.cat([x_t, x_next], dim=1))
         for block in self.blocks:
             h = block(h, temb)
         h = self.act(self.final_conv(minibatch_stddev(h, self.stddev_group, batches)))
@@ -135,6 +135,20 @@ class Discriminator(nn.Module):
                 raise ValueError("class_logits=True needs a discriminator built with class_head=True")
             return logits, self.class_head(pooled)
         return logits
+
+
+    def _from_images(self, x: torch.Tensor) -> torch.Tensor:
+        """The input conv, in float32 on the CPU under autocast.
+
+        R1's double backward runs this 1x1 conv's weight gradient as a convolution with the batch as its input
+        channels, and oneDNN's AMX bf16 matmul divides by zero choosing a blocking for it at a D batch of 256
+        (6 channels; SIGFPE kills the process, torch 2.14.1 on an Intel Xeon with AMX). In float32 oneDNN
+        takes another kernel; the conv costs 1.5 MFLOP an image at 32x32.
+        """
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.input_conv(x.float())
+        return self.input_conv(x)
 
 
 class DiscriminatorSmall(Discriminator):

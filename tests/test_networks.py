@@ -333,6 +333,21 @@ def test_discriminator_r1_double_backward():
     assert disc.blocks[0].conv_0.weight.grad is not None and disc.blocks[0].conv_0.weight.grad.abs().sum() > 0
 
 
+def test_discriminator_input_conv_is_float32_under_cpu_autocast():
+    """R1 at a D batch of 256 in bf16 crashed oneDNN (SIGFPE) in this conv's double backward: it runs float32."""
+    disc = networks.build("Discriminator_small", TINY_DISCRIMINATOR)
+    inputs = tiny_inputs("Discriminator_small", {**TINY_DISCRIMINATOR, "image_size": 32}, batch=4)
+    seen = []
+    disc.input_conv.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    x_t = inputs["x_t"].requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = disc(x_t, inputs["t"], inputs["x_next"])
+    (grad,) = torch.autograd.grad(logits.float().sum(), x_t, create_graph=True)
+    grad.square().sum().backward()
+    assert seen == [(torch.float32, torch.float32)] and logits.dtype == torch.bfloat16
+    assert disc.input_conv.weight.grad is not None and disc.input_conv.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Class-conditional networks.
 

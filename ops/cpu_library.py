@@ -140,10 +140,12 @@ def _cpu_identity() -> str:
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     """Give the library's functions their C signatures (ctypes would otherwise guess them from the arguments)."""
     pointer, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    function = library.ddgan_adaptive_group_norm
-    function.argtypes = [pointer, pointer, i32, i32, pointer, pointer, pointer, i64, i64, i64, i64,
-                         ctypes.c_float, i32, i32]
-    function.restype = i32
+    forward = library.ddgan_adaptive_group_norm
+    forward.argtypes = [pointer, pointer, i32, i32, pointer, pointer, pointer, i64, i64, i64, i64, ctypes.c_float,
+                        i32, i32, pointer, pointer]
+    backward = library.ddgan_adaptive_group_norm_backward
+    backward.argtypes = [pointer, pointer, pointer, i32, i32, *[pointer] * 8, i64, i64, i64, i64, i32, i32]
+    forward.restype = backward.restype = i32
     return library
 
 

@@ -47,6 +47,31 @@ def test_kernel_rounds_the_exact_result_once(dtype, layout, act, shape, groups, 
 
 
 @needs_library
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("act", op.ACTIVATIONS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_kernel_gradients_match_float64(dtype, layout, act, with_bias):
+    x, gamma, beta, bias = _inputs((2, 8, 17, 19), dtype, layout, seed=3, with_bias=with_bias)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+    inputs = [t.detach().requires_grad_() for t in (x, gamma, beta, bias) if t is not None]
+    y = op.AdaptiveGroupNormCpu.apply(*inputs, *([] if with_bias else [None]), 2, 1e-6, act)
+    got = torch.autograd.grad((y * dy.contiguous(memory_format=LAYOUTS[layout])).sum(), inputs)
+    exact_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    exact_y = _exact(*exact_inputs[:1], 2, *exact_inputs[1:], *([] if with_bias else [None]), act)
+    want = torch.autograd.grad((exact_y * dy.double()).sum(), exact_inputs)
+    assert got[0].is_contiguous(memory_format=LAYOUTS[layout])
+    tolerance = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: about one rounding of each gradient
+    for name, g, w in zip(["x", "gamma", "beta", "bias"], got, want, strict=False):
+        assert g.dtype == dtype
+        assert (g.double() - w).abs().max() <= tolerance * (1 + w.abs().max()), name
+    y = op.AdaptiveGroupNormCpu.apply(*inputs, *([] if with_bias else [None]), 2, 1e-6, act)
+    (grad_x,) = torch.autograd.grad((y * y).sum(), inputs[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):  # first order only, and it says so
+        grad_x.sum().backward()
+
+
+@needs_library
 def test_a_sample_is_the_same_in_any_batch_and_thread_count():
     x, gamma, beta, bias = _inputs((5, 16, 6, 6), torch.bfloat16, "nhwc")
     batch = op._adaptive_group_norm_cpu(x, 4, gamma, beta, bias, 1e-6, "silu")
@@ -73,21 +98,28 @@ def test_dispatch_runs_the_kernel_only_for_cpu_inference(monkeypatch):
     assert custom_ops.self_checked("adaptive_group_norm", x, op._self_check_runs, devices=("cpu",))
     calls = []
     kernel = op._adaptive_group_norm_cpu
-    monkeypatch.setattr(op, "_adaptive_group_norm_cpu", lambda *args: calls.append(1) or kernel(*args))
+    monkeypatch.setattr(op, "_adaptive_group_norm_cpu",
+                        lambda *args, **kwargs: calls.append(1) or kernel(*args, **kwargs))
     with torch.no_grad():
         op.adaptive_group_norm(x, 2, gamma, beta, bias, act="silu")
     assert len(calls) == 1
-    # A gradient wanted, another dtype, the reference asked for: the reference runs.
-    x_grad = x.clone().requires_grad_()
-    op.adaptive_group_norm(x_grad, 2, gamma, beta, bias, act="silu").sum().backward()
-    assert x_grad.grad is not None and x_grad.grad.abs().sum() > 0
+    # A gradient wanted of NHWC x: the kernel's autograd Function; of NCHW x: the reference (faster there).
+    functions = []
+    apply = op.AdaptiveGroupNormCpu.apply
+    monkeypatch.setattr(op.AdaptiveGroupNormCpu, "apply", lambda *args: functions.append(1) or apply(*args))
+    for layout, expected in (("nhwc", 1), ("nchw", 1)):
+        x_grad = x.clone().contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
+        op.adaptive_group_norm(x_grad, 2, gamma, beta, bias, act="silu").sum().backward()
+        assert x_grad.grad is not None and x_grad.grad.abs().sum() > 0 and len(functions) == expected
+    # Another dtype, not contiguous, the reference asked for: the reference runs.
+    calls.clear()
     with torch.no_grad():
         op.adaptive_group_norm(x.half(), 2, gamma.half(), beta.half(), bias.half())
         op.adaptive_group_norm(x, 2, gamma, beta, bias, impl="ref")
         op.adaptive_group_norm(x[:, :, :, :2], 2, gamma, beta, bias)  # not contiguous
         monkeypatch.setenv(custom_ops.REFERENCE_ENV, "1")
         op.adaptive_group_norm(x, 2, gamma, beta, bias)
-    assert len(calls) == 1
+    assert not calls
 
 
 def test_bad_arguments_are_named():

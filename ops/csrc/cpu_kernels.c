@@ -4,6 +4,7 @@
 // over each group of channels and all pixels, in one read for the statistics and one read + write for the
 // output, where PyTorch's eager path makes four passes over memory (bias add, GroupNorm, modulation, SiLU).
 //
+// Its backward reads x and dy twice and writes dx once, with the per-sample gradients of gamma, beta and bias.
 // Each sample is computed by one thread in one fixed order, so its result is the same whatever the batch
 // size and the number of threads: a seed's image does not depend on them.
 #include <math.h>
@@ -56,151 +57,348 @@ static inline float exp_vectorisable(float x) {
     return p * scale;
 }
 
-static inline float activate(float y, int act) { return act == ACT_SILU ? y / (1.0f + exp_vectorisable(-y)) : y; }
+static inline float activate(float u, int act) { return act == ACT_SILU ? u / (1.0f + exp_vectorisable(-u)) : u; }
 
-// Per-channel statistics of one sample and the per-channel (shift, scale) that normalise it:
-// y = (x + shift[c]) * scale[c] + beta[c], shift = bias - mean, scale = rstd * gamma.
-// `sum_pixels(c, shift, out)` adds sum_p (x[c, p] + shift[c])^k into out[c] for k = 1 or 2 (shift NULL: k = 1).
+// d act(u) / du: SiLU's is s (1 + u (1 - s)) with s = sigmoid(u).
+static inline float activation_slope(float u, int act) {
+    if (act != ACT_SILU) return 1.0f;
+    const float s = 1.0f / (1.0f + exp_vectorisable(-u));
+    return s * (1.0f + u * (1.0f - s));
+}
+
+// One sample's working memory, per channel c of group g. Forward: y = act((x + shift) * scale + beta) with
+// shift = bias - mean_g, scale = rstd_g * gamma. Backward: xhat = (x + shift) * rstd, du = dy * act'(u).
 typedef struct {
     int64_t channels, pixels, groups;
-    double* sums;  // [channels]
-    float* shift;  // [channels]
-    float* scale;  // [channels]
-} SampleStats;
+    double* sums;    // forward: the current pass's sums; backward: dbeta = sum_p du
+    double* sums_2;  // backward: dgamma = sum_p du * xhat
+    double* sums_3;  // backward: dbias = sum_p dx
+    float* shift;
+    float* rstd;
+    float* scale;
+    float* a;  // backward: the group's mean of gamma du, spread over its channels
+    float* b;  // backward: the group's mean of gamma du xhat
+} Sample;
 
-static void finish_stats(SampleStats* s, const float* gamma, const float* bias, int pass, float eps) {
+static int sample_alloc(Sample* s, int64_t channels, int64_t pixels, int64_t groups) {
+    const size_t doubles = (size_t)channels * sizeof(double), floats = (size_t)channels * sizeof(float);
+    *s = (Sample){channels,       pixels,         groups,         malloc(doubles), malloc(doubles), malloc(doubles),
+                  malloc(floats), malloc(floats), malloc(floats), malloc(floats),  malloc(floats)};
+    return s->sums && s->sums_2 && s->sums_3 && s->shift && s->rstd && s->scale && s->a && s->b;
+}
+
+static void sample_free(Sample* s) {
+    free(s->sums), free(s->sums_2), free(s->sums_3), free(s->shift), free(s->rstd), free(s->scale), free(s->a),
+        free(s->b);
+}
+
+// After pass 1 (sums of x) the mean, after pass 2 (sums of (x + shift)^2) the variance: shift, rstd and scale
+// per channel, and the group's mean and rstd into mean_out / rstd_out where given (for the backward).
+static void finish_stats(Sample* s, const float* gamma, const float* bias, int pass, float eps, float* mean_out,
+                         float* rstd_out) {
     const int64_t per_group = s->channels / s->groups;
     const double count = (double)per_group * (double)s->pixels;
     for (int64_t g = 0; g < s->groups; ++g) {
         double total = 0.0;
-        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += s->sums[c];
-        if (pass == 1) {  // the mean: the sums were of x alone, so add the bias's share
-            for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c)
-                total += (bias ? (double)bias[c] : 0.0) * (double)s->pixels;
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c)
+            total += s->sums[c] + (pass == 1 && bias ? (double)bias[c] * (double)s->pixels : 0.0);
+        if (pass == 1) {
             const double mean = total / count;
             for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c)
                 s->shift[c] = (float)((bias ? (double)bias[c] : 0.0) - mean);
-        } else {  // the variance, of the centred values
+            if (mean_out) mean_out[g] = (float)mean;
+        } else {
             const double rstd = 1.0 / sqrt(total / count + (double)eps);
-            for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) s->scale[c] = (float)(rstd * gamma[c]);
+            for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+                s->rstd[c] = (float)rstd;
+                s->scale[c] = (float)(rstd * gamma[c]);
+            }
+            if (rstd_out) rstd_out[g] = (float)rstd;
         }
     }
 }
 
-// One kernel per (storage type, layout): the macros keep the loads and stores inline so that loops vectorise.
-#define DEFINE_SAMPLE_KERNELS(NAME, T, LOAD, STORE)                                                           \
-    static void NAME##_channels_last(const T* x, T* out, const float* gamma, const float* beta,               \
-                                     const float* bias, SampleStats* s, float eps, int act) {                 \
-        const int64_t C = s->channels, P = s->pixels;                                                         \
-        float partial[C];                                                                                     \
-        for (int pass = 1; pass <= 2; ++pass) {                                                               \
-            memset(s->sums, 0, (size_t)C * sizeof(double));                                                   \
-            for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                        \
-                const int64_t stop = start + PIXEL_BLOCK < P ? start + PIXEL_BLOCK : P;                       \
-                memset(partial, 0, sizeof partial);                                                           \
-                for (int64_t p = start; p < stop; ++p) {                                                      \
-                    const T* row = x + p * C;                                                                 \
-                    if (pass == 1) {                                                                          \
-                        for (int64_t c = 0; c < C; ++c) partial[c] += LOAD(row[c]);                           \
-                    } else {                                                                                  \
-                        for (int64_t c = 0; c < C; ++c) {                                                     \
-                            const float d = LOAD(row[c]) + s->shift[c];                                       \
-                            partial[c] += d * d;                                                              \
-                        }                                                                                     \
-                    }                                                                                         \
-                }                                                                                             \
-                for (int64_t c = 0; c < C; ++c) s->sums[c] += partial[c];                                     \
-            }                                                                                                 \
-            finish_stats(s, gamma, bias, pass, eps);                                                          \
-        }                                                                                                     \
-        const float* shift = s->shift;                                                                        \
-        const float* scale = s->scale;                                                                        \
-        for (int64_t p = 0; p < P; ++p) {                                                                     \
-            const T* row = x + p * C;                                                                         \
-            T* out_row = out + p * C;                                                                         \
-            for (int64_t c = 0; c < C; ++c)                                                                   \
-                out_row[c] = STORE(activate(fmaf(LOAD(row[c]) + shift[c], scale[c], beta[c]), act));          \
-        }                                                                                                     \
-    }                                                                                                         \
-                                                                                                              \
-    static void NAME##_channels_first(const T* x, T* out, const float* gamma, const float* beta,              \
-                                      const float* bias, SampleStats* s, float eps, int act) {                \
-        const int64_t C = s->channels, P = s->pixels;                                                         \
-        for (int pass = 1; pass <= 2; ++pass) {                                                               \
-            for (int64_t c = 0; c < C; ++c) {                                                                 \
-                const T* plane = x + c * P;                                                                   \
-                const float shift = pass == 1 ? 0.0f : s->shift[c];                                           \
-                double total = 0.0;                                                                           \
-                for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                    \
-                    const int64_t stop = start + PIXEL_BLOCK < P ? start + PIXEL_BLOCK : P;                   \
-                    float lanes[LANES] = {0};                                                                 \
-                    int64_t p = start;                                                                        \
-                    for (; p + LANES <= stop; p += LANES)                                                     \
-                        for (int j = 0; j < LANES; ++j) {                                                     \
-                            const float d = LOAD(plane[p + j]) + shift;                                       \
-                            lanes[j] += pass == 1 ? d : d * d;                                                \
-                        }                                                                                     \
-                    for (int j = 0; p + j < stop; ++j) {                                                      \
-                        const float d = LOAD(plane[p + j]) + shift;                                           \
-                        lanes[j] += pass == 1 ? d : d * d;                                                    \
-                    }                                                                                         \
-                    for (int j = 0; j < LANES; ++j) total += lanes[j];                                        \
-                }                                                                                             \
-                s->sums[c] = total;                                                                           \
-            }                                                                                                 \
-            finish_stats(s, gamma, bias, pass, eps);                                                          \
-        }                                                                                                     \
-        for (int64_t c = 0; c < C; ++c) {                                                                     \
-            const T* plane = x + c * P;                                                                       \
-            T* out_plane = out + c * P;                                                                       \
-            const float shift = s->shift[c], scale = s->scale[c], offset = beta[c];                           \
-            for (int64_t p = 0; p < P; ++p)                                                                   \
-                out_plane[p] = STORE(activate(fmaf(LOAD(plane[p]) + shift, scale, offset), act));             \
-        }                                                                                                     \
+// The backward's shift and rstd per channel, from the forward's saved group statistics.
+static void load_stats(Sample* s, const float* bias, const float* mean, const float* rstd) {
+    const int64_t per_group = s->channels / s->groups;
+    for (int64_t c = 0; c < s->channels; ++c) {
+        s->shift[c] = (bias ? bias[c] : 0.0f) - mean[c / per_group];
+        s->rstd[c] = rstd[c / per_group];
+    }
+}
+
+// GroupNorm's backward: dx = rstd * (gamma du - a_g - xhat b_g), a_g and b_g the group's means of gamma du
+// and gamma du xhat, which dbeta and dgamma give per channel.
+static void finish_backward_terms(Sample* s, const float* gamma) {
+    const int64_t per_group = s->channels / s->groups;
+    const double count = (double)per_group * (double)s->pixels;
+    for (int64_t g = 0; g < s->groups; ++g) {
+        double a = 0.0, b = 0.0;
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+            a += gamma[c] * s->sums[c];
+            b += gamma[c] * s->sums_2[c];
+        }
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+            s->a[c] = (float)(a / count);
+            s->b[c] = (float)(b / count);
+        }
+    }
+}
+
+#define BLOCK_END(start, P) ((start) + PIXEL_BLOCK < (P) ? (start) + PIXEL_BLOCK : (P))
+
+// One set of kernels per storage type; the macros keep loads and stores inline so that loops vectorise.
+// NHWC walks pixels with a row of partial sums per channel; NCHW walks each channel's plane with LANES
+// partial sums. Partial sums are float over PIXEL_BLOCK pixels, then go into doubles.
+#define DEFINE_KERNELS(NAME, T, LOAD, STORE)                                                                      \
+    static void NAME##_forward_nhwc(const T* x, T* out, const float* gamma, const float* beta, const float* bias, \
+                                    Sample* s, float eps, int act, float* mean_out, float* rstd_out) {            \
+        const int64_t C = s->channels, P = s->pixels;                                                             \
+        float partial[C];                                                                                         \
+        for (int pass = 1; pass <= 2; ++pass) {                                                                   \
+            memset(s->sums, 0, (size_t)C * sizeof(double));                                                       \
+            for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                            \
+                memset(partial, 0, sizeof partial);                                                               \
+                for (int64_t p = start; p < BLOCK_END(start, P); ++p) {                                           \
+                    const T* row = x + p * C;                                                                     \
+                    if (pass == 1) {                                                                              \
+                        for (int64_t c = 0; c < C; ++c) partial[c] += LOAD(row[c]);                               \
+                    } else {                                                                                      \
+                        for (int64_t c = 0; c < C; ++c) {                                                         \
+                            const float d = LOAD(row[c]) + s->shift[c];                                           \
+                            partial[c] += d * d;                                                                  \
+                        }                                                                                         \
+                    }                                                                                             \
+                }                                                                                                 \
+                for (int64_t c = 0; c < C; ++c) s->sums[c] += partial[c];                                         \
+            }                                                                                                     \
+            finish_stats(s, gamma, bias, pass, eps, mean_out, rstd_out);                                          \
+        }                                                                                                         \
+        const float *shift = s->shift, *scale = s->scale;                                                         \
+        for (int64_t p = 0; p < P; ++p) {                                                                         \
+            const T* row = x + p * C;                                                                             \
+            T* out_row = out + p * C;                                                                             \
+            for (int64_t c = 0; c < C; ++c)                                                                       \
+                out_row[c] = STORE(activate(fmaf(LOAD(row[c]) + shift[c], scale[c], beta[c]), act));              \
+        }                                                                                                         \
+    }                                                                                                             \
+                                                                                                                  \
+    static void NAME##_forward_nchw(const T* x, T* out, const float* gamma, const float* beta, const float* bias, \
+                                    Sample* s, float eps, int act, float* mean_out, float* rstd_out) {            \
+        const int64_t C = s->channels, P = s->pixels;                                                             \
+        for (int pass = 1; pass <= 2; ++pass) {                                                                   \
+            for (int64_t c = 0; c < C; ++c) {                                                                     \
+                const T* plane = x + c * P;                                                                       \
+                const float shift = pass == 1 ? 0.0f : s->shift[c];                                               \
+                double total = 0.0;                                                                               \
+                for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                        \
+                    const int64_t stop = BLOCK_END(start, P);                                                     \
+                    float lanes[LANES] = {0};                                                                     \
+                    int64_t p = start;                                                                            \
+                    for (; p + LANES <= stop; p += LANES)                                                         \
+                        for (int j = 0; j < LANES; ++j) {                                                         \
+                            const float d = LOAD(plane[p + j]) + shift;                                           \
+                            lanes[j] += pass == 1 ? d : d * d;                                                    \
+                        }                                                                                         \
+                    for (int j = 0; p + j < stop; ++j) {                                                          \
+                        const float d = LOAD(plane[p + j]) + shift;                                               \
+                        lanes[j] += pass == 1 ? d : d * d;                                                        \
+                    }                                                                                             \
+                    for (int j = 0; j < LANES; ++j) total += lanes[j];                                            \
+                }                                                                                                 \
+                s->sums[c] = total;                                                                               \
+            }                                                                                                     \
+            finish_stats(s, gamma, bias, pass, eps, mean_out, rstd_out);                                          \
+        }                                                                                                         \
+        for (int64_t c = 0; c < C; ++c) {                                                                         \
+            const T* plane = x + c * P;                                                                           \
+            T* out_plane = out + c * P;                                                                           \
+            const float shift = s->shift[c], scale = s->scale[c], offset = beta[c];                               \
+            for (int64_t p = 0; p < P; ++p)                                                                       \
+                out_plane[p] = STORE(activate(fmaf(LOAD(plane[p]) + shift, scale, offset), act));                 \
+        }                                                                                                         \
+    }                                                                                                             \
+                                                                                                                  \
+    static void NAME##_backward_nhwc(const T* x, const T* dy, T* dx, const float* gamma, const float* beta,       \
+                                     Sample* s, int act) {                                                        \
+        const int64_t C = s->channels, P = s->pixels;                                                             \
+        const float *shift = s->shift, *rstd = s->rstd;                                                           \
+        float partial[C], partial_2[C];                                                                           \
+        memset(s->sums, 0, (size_t)C * sizeof(double));                                                           \
+        memset(s->sums_2, 0, (size_t)C * sizeof(double));                                                         \
+        for (int64_t start = 0; start < P; start += PIXEL_BLOCK) { /* dbeta, dgamma */                            \
+            memset(partial, 0, sizeof partial);                                                                   \
+            memset(partial_2, 0, sizeof partial_2);                                                               \
+            for (int64_t p = start; p < BLOCK_END(start, P); ++p) {                                               \
+                const T *x_row = x + p * C, *dy_row = dy + p * C;                                                 \
+                for (int64_t c = 0; c < C; ++c) {                                                                 \
+                    const float xhat = (LOAD(x_row[c]) + shift[c]) * rstd[c];                                     \
+                    const float du = LOAD(dy_row[c]) * activation_slope(fmaf(xhat, gamma[c], beta[c]), act);      \
+                    partial[c] += du;                                                                             \
+                    partial_2[c] += du * xhat;                                                                    \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int64_t c = 0; c < C; ++c) s->sums[c] += partial[c], s->sums_2[c] += partial_2[c];               \
+        }                                                                                                         \
+        finish_backward_terms(s, gamma);                                                                          \
+        const float *a = s->a, *b = s->b;                                                                         \
+        memset(s->sums_3, 0, (size_t)C * sizeof(double));                                                         \
+        for (int64_t start = 0; start < P; start += PIXEL_BLOCK) { /* dx, dbias */                                \
+            memset(partial, 0, sizeof partial);                                                                   \
+            for (int64_t p = start; p < BLOCK_END(start, P); ++p) {                                               \
+                const T *x_row = x + p * C, *dy_row = dy + p * C;                                                 \
+                T* dx_row = dx + p * C;                                                                           \
+                for (int64_t c = 0; c < C; ++c) {                                                                 \
+                    const float xhat = (LOAD(x_row[c]) + shift[c]) * rstd[c];                                     \
+                    const float du = LOAD(dy_row[c]) * activation_slope(fmaf(xhat, gamma[c], beta[c]), act);      \
+                    const float d = rstd[c] * (gamma[c] * du - a[c] - xhat * b[c]);                               \
+                    dx_row[c] = STORE(d);                                                                         \
+                    partial[c] += d;                                                                              \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int64_t c = 0; c < C; ++c) s->sums_3[c] += partial[c];                                           \
+        }                                                                                                         \
+    }                                                                                                             \
+                                                                                                                  \
+    static void NAME##_backward_nchw(const T* x, const T* dy, T* dx, const float* gamma, const float* beta,       \
+                                     Sample* s, int act) {                                                        \
+        const int64_t C = s->channels, P = s->pixels;                                                             \
+        for (int64_t c = 0; c < C; ++c) { /* dbeta, dgamma */                                                     \
+            const T *x_plane = x + c * P, *dy_plane = dy + c * P;                                                 \
+            const float shift = s->shift[c], rstd = s->rstd[c], g = gamma[c], o = beta[c];                        \
+            double total = 0.0, total_2 = 0.0;                                                                    \
+            for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                            \
+                const int64_t stop = BLOCK_END(start, P);                                                         \
+                float lanes[LANES] = {0}, lanes_2[LANES] = {0};                                                   \
+                for (int64_t p = start; p < stop; p += LANES) {                                                   \
+                    const int width = stop - p < LANES ? (int)(stop - p) : LANES;                                 \
+                    float xhat[LANES] = {0}, du[LANES] = {0};                                                     \
+                    for (int j = 0; j < width; ++j) {                                                             \
+                        xhat[j] = (LOAD(x_plane[p + j]) + shift) * rstd;                                          \
+                        du[j] = LOAD(dy_plane[p + j]);                                                            \
+                    }                                                                                             \
+                    for (int j = 0; j < LANES; ++j) {                                                             \
+                        du[j] *= activation_slope(fmaf(xhat[j], g, o), act);                                      \
+                        lanes[j] += du[j];                                                                        \
+                        lanes_2[j] += du[j] * xhat[j];                                                            \
+                    }                                                                                             \
+                }                                                                                                 \
+                for (int j = 0; j < LANES; ++j) total += lanes[j], total_2 += lanes_2[j];                         \
+            }                                                                                                     \
+            s->sums[c] = total;                                                                                   \
+            s->sums_2[c] = total_2;                                                                               \
+        }                                                                                                         \
+        finish_backward_terms(s, gamma);                                                                          \
+        for (int64_t c = 0; c < C; ++c) { /* dx, dbias */                                                         \
+            const T *x_plane = x + c * P, *dy_plane = dy + c * P;                                                 \
+            T* dx_plane = dx + c * P;                                                                             \
+            const float shift = s->shift[c], rstd = s->rstd[c], g = gamma[c], o = beta[c], a = s->a[c],          \
+                        b = s->b[c];                                                                              \
+            double total = 0.0;                                                                                   \
+            for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                            \
+                const int64_t stop = BLOCK_END(start, P);                                                         \
+                float lanes[LANES] = {0};                                                                         \
+                for (int64_t p = start; p < stop; p += LANES) {                                                   \
+                    const int width = stop - p < LANES ? (int)(stop - p) : LANES;                                 \
+                    float xhat[LANES] = {0}, d[LANES] = {0};                                                      \
+                    for (int j = 0; j < width; ++j) {                                                             \
+                        xhat[j] = (LOAD(x_plane[p + j]) + shift) * rstd;                                          \
+                        d[j] = LOAD(dy_plane[p + j]);                                                             \
+                    }                                                                                             \
+                    for (int j = 0; j < LANES; ++j) {                                                             \
+                        const float du = d[j] * activation_slope(fmaf(xhat[j], g, o), act);                       \
+                        d[j] = j < width ? rstd * (g * du - a - xhat[j] * b) : 0.0f;                              \
+                        lanes[j] += d[j];                                                                         \
+                    }                                                                                             \
+                    for (int j = 0; j < width; ++j) dx_plane[p + j] = STORE(d[j]);                                \
+                }                                                                                                 \
+                for (int j = 0; j < LANES; ++j) total += lanes[j];                                                \
+            }                                                                                                     \
+            s->sums_3[c] = total;                                                                                 \
+        }                                                                                                         \
     }
 
 #define LOAD_FLOAT(v) (v)
 #define STORE_FLOAT(v) (v)
-DEFINE_SAMPLE_KERNELS(float32, float, LOAD_FLOAT, STORE_FLOAT)
-DEFINE_SAMPLE_KERNELS(bfloat16, uint16_t, bf16_to_float, float_to_bf16)
+DEFINE_KERNELS(float32, float, LOAD_FLOAT, STORE_FLOAT)
+DEFINE_KERNELS(bfloat16, uint16_t, bf16_to_float, float_to_bf16)
+
+static int bad_shape(int64_t batch, int64_t channels, int64_t pixels, int64_t groups, int dtype, int act,
+                     int threads) {
+    return batch < 0 || channels < 1 || pixels < 1 || groups < 1 || channels % groups != 0 || threads < 1 ||
+           (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) || (act != ACT_LINEAR && act != ACT_SILU);
+}
 
 // x, out: [batch, channels, pixels] (channels_last = 0) or [batch, pixels, channels] (1), of `dtype`;
-// gamma, beta: [batch, channels] float32; bias: the same or NULL. Returns OK, BAD_ARGUMENT or OUT_OF_MEMORY.
+// gamma, beta: [batch, channels] float32; bias: the same or NULL; mean_out, rstd_out: [batch, groups] float32
+// or NULL, the statistics for the backward. Returns OK, BAD_ARGUMENT or OUT_OF_MEMORY.
 int ddgan_adaptive_group_norm(const void* x, void* out, int dtype, int channels_last, const float* gamma,
                               const float* beta, const float* bias, int64_t batch, int64_t channels,
-                              int64_t pixels, int64_t groups, float eps, int act, int threads) {
-    if (batch < 0 || channels < 1 || pixels < 1 || groups < 1 || channels % groups != 0 || threads < 1 ||
-        (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) || (act != ACT_LINEAR && act != ACT_SILU))
-        return BAD_ARGUMENT;
+                              int64_t pixels, int64_t groups, float eps, int act, int threads, float* mean_out,
+                              float* rstd_out) {
+    if (bad_shape(batch, channels, pixels, groups, dtype, act, threads)) return BAD_ARGUMENT;
     const size_t element = dtype == DTYPE_FLOAT32 ? sizeof(float) : sizeof(uint16_t);
     const int64_t sample = channels * pixels;
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
     for (int64_t n = 0; n < batch; ++n) {
-        SampleStats s = {channels, pixels, groups, malloc((size_t)channels * sizeof(double)),
-                         malloc((size_t)channels * sizeof(float)), malloc((size_t)channels * sizeof(float))};
-        if (!s.sums || !s.shift || !s.scale) {
-            failed = 1;
-        } else {
+        Sample s;
+        if (sample_alloc(&s, channels, pixels, groups)) {
             const char* x_n = (const char*)x + (size_t)(n * sample) * element;
             char* out_n = (char*)out + (size_t)(n * sample) * element;
-            const float* gamma_n = gamma + n * channels;
-            const float* beta_n = beta + n * channels;
+            const float *gamma_n = gamma + n * channels, *beta_n = beta + n * channels;
             const float* bias_n = bias ? bias + n * channels : NULL;
-            if (dtype == DTYPE_FLOAT32 && channels_last)
-                float32_channels_last((const float*)x_n, (float*)out_n, gamma_n, beta_n, bias_n, &s, eps, act);
-            else if (dtype == DTYPE_FLOAT32)
-                float32_channels_first((const float*)x_n, (float*)out_n, gamma_n, beta_n, bias_n, &s, eps, act);
-            else if (channels_last)
-                bfloat16_channels_last((const uint16_t*)x_n, (uint16_t*)out_n, gamma_n, beta_n, bias_n, &s, eps,
-                                       act);
+            float* mean_n = mean_out ? mean_out + n * groups : NULL;
+            float* rstd_n = rstd_out ? rstd_out + n * groups : NULL;
+#define FORWARD(KERNEL, T) KERNEL((const T*)x_n, (T*)out_n, gamma_n, beta_n, bias_n, &s, eps, act, mean_n, rstd_n)
+            if (dtype == DTYPE_FLOAT32)
+                channels_last ? FORWARD(float32_forward_nhwc, float) : FORWARD(float32_forward_nchw, float);
             else
-                bfloat16_channels_first((const uint16_t*)x_n, (uint16_t*)out_n, gamma_n, beta_n, bias_n, &s, eps,
-                                        act);
+                channels_last ? FORWARD(bfloat16_forward_nhwc, uint16_t) : FORWARD(bfloat16_forward_nchw, uint16_t);
+#undef FORWARD
+        } else {
+            failed = 1;
         }
-        free(s.sums);
-        free(s.shift);
-        free(s.scale);
+        sample_free(&s);
+    }
+    return failed ? OUT_OF_MEMORY : OK;
+}
+
+// The gradients of ddgan_adaptive_group_norm: dx like x from dy like x, and dgamma, dbeta, dbias [batch,
+// channels] float32 (dbias may be NULL, and is when bias is), from the forward's mean and rstd.
+int ddgan_adaptive_group_norm_backward(const void* x, const void* dy, void* dx, int dtype, int channels_last,
+                                       const float* gamma, const float* beta, const float* bias, const float* mean,
+                                       const float* rstd, float* dgamma, float* dbeta, float* dbias, int64_t batch,
+                                       int64_t channels, int64_t pixels, int64_t groups, int act, int threads) {
+    if (bad_shape(batch, channels, pixels, groups, dtype, act, threads)) return BAD_ARGUMENT;
+    const size_t element = dtype == DTYPE_FLOAT32 ? sizeof(float) : sizeof(uint16_t);
+    const int64_t sample = channels * pixels;
+    int failed = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
+    for (int64_t n = 0; n < batch; ++n) {
+        Sample s;
+        if (sample_alloc(&s, channels, pixels, groups)) {
+            const size_t offset = (size_t)(n * sample) * element;
+            const char *x_n = (const char*)x + offset, *dy_n = (const char*)dy + offset;
+            char* dx_n = (char*)dx + offset;
+            const float *gamma_n = gamma + n * channels, *beta_n = beta + n * channels;
+            load_stats(&s, bias ? bias + n * channels : NULL, mean + n * groups, rstd + n * groups);
+#define BACKWARD(KERNEL, T) KERNEL((const T*)x_n, (const T*)dy_n, (T*)dx_n, gamma_n, beta_n, &s, act)
+            if (dtype == DTYPE_FLOAT32)
+                channels_last ? BACKWARD(float32_backward_nhwc, float) : BACKWARD(float32_backward_nchw, float);
+            else
+                channels_last ? BACKWARD(bfloat16_backward_nhwc, uint16_t)
+                              : BACKWARD(bfloat16_backward_nchw, uint16_t);
+#undef BACKWARD
+            for (int64_t c = 0; c < channels; ++c) {
+                dbeta[n * channels + c] = (float)s.sums[c];
+                dgamma[n * channels + c] = (float)s.sums_2[c];
+                if (dbias) dbias[n * channels + c] = (float)s.sums_3[c];
+            }
+        } else {
+            failed = 1;
+        }
+        sample_free(&s);
     }
     return failed ? OUT_OF_MEMORY : OK;
 }

@@ -81,11 +81,13 @@ def build_library(build_root: str | os.PathLike | None = None) -> Path:
             handle, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
             os.close(handle)
             command = [compiler, *flags, *COMMON_FLAGS, str(SOURCE), "-o", partial]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode == 0:
-                os.replace(partial, library)
-                return library
-            os.unlink(partial)
+            try:
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode == 0:
+                    os.replace(partial, library)
+                    return library
+            finally:
+                Path(partial).unlink(missing_ok=True)  # gone already where it became the library
             errors.append(f"$ {' '.join(command)}\n{result.stderr.strip()}")
         raise RuntimeError("the C compiler failed:\n" + "\n".join(errors))
 

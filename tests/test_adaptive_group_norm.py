@@ -167,10 +167,12 @@ def fresh_library(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_failed_build_warns_once_and_falls_back(fresh_library, monkeypatch):
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+@pytest.mark.parametrize("compiler", ["false", "/nonexistent/cc"])  # fails; cannot even start
+def test_failed_build_warns_once_and_falls_back(fresh_library, monkeypatch, compiler):
+    monkeypatch.setenv("CC", compiler)
     with pytest.warns(RuntimeWarning, match="could not build or load the CPU kernels"):
         assert cpu_library.get_library() is None
+    assert not list(fresh_library.rglob("*.so"))  # no half-built library left behind
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cpu_library.get_library() is None

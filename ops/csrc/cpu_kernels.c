@@ -149,7 +149,8 @@ static void finish_backward_terms(Sample* s, const float* gamma) {
 
 // One set of kernels per storage type; the macros keep loads and stores inline so that loops vectorise.
 // NHWC walks pixels with a row of partial sums per channel; NCHW walks each channel's plane with LANES
-// partial sums. Partial sums are float over PIXEL_BLOCK pixels, then go into doubles.
+// partial sums. Partial sums are float over PIXEL_BLOCK pixels, then go into doubles. The backward is NHWC
+// only: in NCHW it measured slower than PyTorch's GroupNorm (BENCHMARKS.md).
 #define DEFINE_KERNELS(NAME, T, LOAD, STORE)                                                                      \
     static void NAME##_forward_nhwc(const T* x, T* out, const float* gamma, const float* beta, const float* bias, \
                                     Sample* s, float eps, int act, float* mean_out, float* rstd_out) {            \
@@ -258,64 +259,6 @@ static void finish_backward_terms(Sample* s, const float* gamma) {
             }                                                                                                     \
             for (int64_t c = 0; c < C; ++c) s->sums_3[c] += partial[c];                                           \
         }                                                                                                         \
-    }                                                                                                             \
-                                                                                                                  \
-    static void NAME##_backward_nchw(const T* x, const T* dy, T* dx, const float* gamma, const float* beta,       \
-                                     Sample* s, int act) {                                                        \
-        const int64_t C = s->channels, P = s->pixels;                                                             \
-        for (int64_t c = 0; c < C; ++c) { /* dbeta, dgamma */                                                     \
-            const T *x_plane = x + c * P, *dy_plane = dy + c * P;                                                 \
-            const float shift = s->shift[c], rstd = s->rstd[c], g = gamma[c], o = beta[c];                        \
-            double total = 0.0, total_2 = 0.0;                                                                    \
-            for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                            \
-                const int64_t stop = BLOCK_END(start, P);                                                         \
-                float lanes[LANES] = {0}, lanes_2[LANES] = {0};                                                   \
-                for (int64_t p = start; p < stop; p += LANES) {                                                   \
-                    const int width = stop - p < LANES ? (int)(stop - p) : LANES;                                 \
-                    float xhat[LANES] = {0}, du[LANES] = {0};                                                     \
-                    for (int j = 0; j < width; ++j) {                                                             \
-                        xhat[j] = (LOAD(x_plane[p + j]) + shift) * rstd;                                          \
-                        du[j] = LOAD(dy_plane[p + j]);                                                            \
-                    }                                                                                             \
-                    for (int j = 0; j < LANES; ++j) {                                                             \
-                        du[j] *= activation_slope(fmaf(xhat[j], g, o), act);                                      \
-                        lanes[j] += du[j];                                                                        \
-                        lanes_2[j] += du[j] * xhat[j];                                                            \
-                    }                                                                                             \
-                }                                                                                                 \
-                for (int j = 0; j < LANES; ++j) total += lanes[j], total_2 += lanes_2[j];                         \
-            }                                                                                                     \
-            s->sums[c] = total;                                                                                   \
-            s->sums_2[c] = total_2;                                                                               \
-        }                                                                                                         \
-        finish_backward_terms(s, gamma);                                                                          \
-        for (int64_t c = 0; c < C; ++c) { /* dx, dbias */                                                         \
-            const T *x_plane = x + c * P, *dy_plane = dy + c * P;                                                 \
-            T* dx_plane = dx + c * P;                                                                             \
-            const float shift = s->shift[c], rstd = s->rstd[c], g = gamma[c], o = beta[c], a = s->a[c],          \
-                        b = s->b[c];                                                                              \
-            double total = 0.0;                                                                                   \
-            for (int64_t start = 0; start < P; start += PIXEL_BLOCK) {                                            \
-                const int64_t stop = BLOCK_END(start, P);                                                         \
-                float lanes[LANES] = {0};                                                                         \
-                for (int64_t p = start; p < stop; p += LANES) {                                                   \
-                    const int width = stop - p < LANES ? (int)(stop - p) : LANES;                                 \
-                    float xhat[LANES] = {0}, d[LANES] = {0};                                                      \
-                    for (int j = 0; j < width; ++j) {                                                             \
-                        xhat[j] = (LOAD(x_plane[p + j]) + shift) * rstd;                                          \
-                        d[j] = LOAD(dy_plane[p + j]);                                                             \
-                    }                                                                                             \
-                    for (int j = 0; j < LANES; ++j) {                                                             \
-                        const float du = d[j] * activation_slope(fmaf(xhat[j], g, o), act);                       \
-                        d[j] = j < width ? rstd * (g * du - a - xhat[j] * b) : 0.0f;                              \
-                        lanes[j] += d[j];                                                                         \
-                    }                                                                                             \
-                    for (int j = 0; j < width; ++j) dx_plane[p + j] = STORE(d[j]);                                \
-                }                                                                                                 \
-                for (int j = 0; j < LANES; ++j) total += lanes[j];                                                \
-            }                                                                                                     \
-            s->sums_3[c] = total;                                                                                 \
-        }                                                                                                         \
     }
 
 #define LOAD_FLOAT(v) (v)
@@ -323,10 +266,61 @@ static void finish_backward_terms(Sample* s, const float* gamma) {
 DEFINE_KERNELS(float32, float, LOAD_FLOAT, STORE_FLOAT)
 DEFINE_KERNELS(bfloat16, uint16_t, bf16_to_float, float_to_bf16)
 
-static int bad_shape(int64_t batch, int64_t channels, int64_t pixels, int64_t groups, int dtype, int act,
-                     int threads) {
-    return batch < 0 || channels < 1 || pixels < 1 || groups < 1 || channels % groups != 0 || threads < 1 ||
-           (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) || (act != ACT_LINEAR && act != ACT_SILU);
+// One call of either entry point: its arguments, and each sample's share of them.
+typedef struct {
+    const char *x, *dy;  // dy: the backward's only
+    char *out;           // y, or dx
+    int dtype, channels_last, act, backward;
+    const float *gamma, *beta, *bias;  // [batch, channels]; bias may be NULL
+    float *mean, *rstd;                // [batch, groups]: the forward writes them when given, the backward reads
+    float *dgamma, *dbeta, *dbias;     // [batch, channels]: the backward's outputs (dbias NULL when bias is)
+    float eps;
+} Call;
+
+static void run_sample(const Call* k, Sample* s, int64_t n) {
+    const int64_t C = s->channels, offset = n * C * s->pixels * (k->dtype == DTYPE_FLOAT32 ? 4 : 2);
+    const char *x = k->x + offset, *dy = k->backward ? k->dy + offset : NULL;
+    char* out = k->out + offset;
+    const float *gamma = k->gamma + n * C, *beta = k->beta + n * C, *bias = k->bias ? k->bias + n * C : NULL;
+    float *mean = k->mean ? k->mean + n * s->groups : NULL, *rstd = k->rstd ? k->rstd + n * s->groups : NULL;
+    if (!k->backward) {
+#define FORWARD(KERNEL, T) KERNEL((const T*)x, (T*)out, gamma, beta, bias, s, k->eps, k->act, mean, rstd)
+        if (k->dtype == DTYPE_FLOAT32)
+            k->channels_last ? FORWARD(float32_forward_nhwc, float) : FORWARD(float32_forward_nchw, float);
+        else
+            k->channels_last ? FORWARD(bfloat16_forward_nhwc, uint16_t) : FORWARD(bfloat16_forward_nchw, uint16_t);
+#undef FORWARD
+        return;
+    }
+    load_stats(s, bias, mean, rstd);
+    if (k->dtype == DTYPE_FLOAT32)
+        float32_backward_nhwc((const float*)x, (const float*)dy, (float*)out, gamma, beta, s, k->act);
+    else
+        bfloat16_backward_nhwc((const uint16_t*)x, (const uint16_t*)dy, (uint16_t*)out, gamma, beta, s, k->act);
+    for (int64_t c = 0; c < C; ++c) {
+        k->dbeta[n * C + c] = (float)s->sums[c];
+        k->dgamma[n * C + c] = (float)s->sums_2[c];
+        if (k->dbias) k->dbias[n * C + c] = (float)s->sums_3[c];
+    }
+}
+
+// Samples in parallel, each on one thread. Returns OK, BAD_ARGUMENT or OUT_OF_MEMORY.
+static int run(const Call* k, int64_t batch, int64_t channels, int64_t pixels, int64_t groups, int threads) {
+    if (batch < 0 || channels < 1 || pixels < 1 || groups < 1 || channels % groups != 0 || threads < 1 ||
+        (k->dtype != DTYPE_FLOAT32 && k->dtype != DTYPE_BFLOAT16) || (k->act != ACT_LINEAR && k->act != ACT_SILU) ||
+        (k->backward && (!k->channels_last || !k->mean || !k->rstd)))
+        return BAD_ARGUMENT;
+    int failed = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
+    for (int64_t n = 0; n < batch; ++n) {
+        Sample s;
+        if (sample_alloc(&s, channels, pixels, groups))
+            run_sample(k, &s, n);
+        else
+            failed = 1;
+        sample_free(&s);
+    }
+    return failed ? OUT_OF_MEMORY : OK;
 }
 
 // x, out: [batch, channels, pixels] (channels_last = 0) or [batch, pixels, channels] (1), of `dtype`;
@@ -336,69 +330,19 @@ int ddgan_adaptive_group_norm(const void* x, void* out, int dtype, int channels_
                               const float* beta, const float* bias, int64_t batch, int64_t channels,
                               int64_t pixels, int64_t groups, float eps, int act, int threads, float* mean_out,
                               float* rstd_out) {
-    if (bad_shape(batch, channels, pixels, groups, dtype, act, threads)) return BAD_ARGUMENT;
-    const size_t element = dtype == DTYPE_FLOAT32 ? sizeof(float) : sizeof(uint16_t);
-    const int64_t sample = channels * pixels;
-    int failed = 0;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
-    for (int64_t n = 0; n < batch; ++n) {
-        Sample s;
-        if (sample_alloc(&s, channels, pixels, groups)) {
-            const char* x_n = (const char*)x + (size_t)(n * sample) * element;
-            char* out_n = (char*)out + (size_t)(n * sample) * element;
-            const float *gamma_n = gamma + n * channels, *beta_n = beta + n * channels;
-            const float* bias_n = bias ? bias + n * channels : NULL;
-            float* mean_n = mean_out ? mean_out + n * groups : NULL;
-            float* rstd_n = rstd_out ? rstd_out + n * groups : NULL;
-#define FORWARD(KERNEL, T) KERNEL((const T*)x_n, (T*)out_n, gamma_n, beta_n, bias_n, &s, eps, act, mean_n, rstd_n)
-            if (dtype == DTYPE_FLOAT32)
-                channels_last ? FORWARD(float32_forward_nhwc, float) : FORWARD(float32_forward_nchw, float);
-            else
-                channels_last ? FORWARD(bfloat16_forward_nhwc, uint16_t) : FORWARD(bfloat16_forward_nchw, uint16_t);
-#undef FORWARD
-        } else {
-            failed = 1;
-        }
-        sample_free(&s);
-    }
-    return failed ? OUT_OF_MEMORY : OK;
+    const Call call = {.x = x, .out = out, .dtype = dtype, .channels_last = channels_last, .act = act,
+                       .gamma = gamma, .beta = beta, .bias = bias, .mean = mean_out, .rstd = rstd_out, .eps = eps};
+    return run(&call, batch, channels, pixels, groups, threads);
 }
 
-// The gradients of ddgan_adaptive_group_norm: dx like x from dy like x, and dgamma, dbeta, dbias [batch,
-// channels] float32 (dbias may be NULL, and is when bias is), from the forward's mean and rstd.
+// The gradients of ddgan_adaptive_group_norm for NHWC x (channels_last must be 1): dx like x from dy like x,
+// and dgamma, dbeta, dbias [batch, channels] float32 (dbias NULL when bias is), from the forward's statistics.
 int ddgan_adaptive_group_norm_backward(const void* x, const void* dy, void* dx, int dtype, int channels_last,
                                        const float* gamma, const float* beta, const float* bias, const float* mean,
                                        const float* rstd, float* dgamma, float* dbeta, float* dbias, int64_t batch,
                                        int64_t channels, int64_t pixels, int64_t groups, int act, int threads) {
-    if (bad_shape(batch, channels, pixels, groups, dtype, act, threads)) return BAD_ARGUMENT;
-    const size_t element = dtype == DTYPE_FLOAT32 ? sizeof(float) : sizeof(uint16_t);
-    const int64_t sample = channels * pixels;
-    int failed = 0;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : failed)
-    for (int64_t n = 0; n < batch; ++n) {
-        Sample s;
-        if (sample_alloc(&s, channels, pixels, groups)) {
-            const size_t offset = (size_t)(n * sample) * element;
-            const char *x_n = (const char*)x + offset, *dy_n = (const char*)dy + offset;
-            char* dx_n = (char*)dx + offset;
-            const float *gamma_n = gamma + n * channels, *beta_n = beta + n * channels;
-            load_stats(&s, bias ? bias + n * channels : NULL, mean + n * groups, rstd + n * groups);
-#define BACKWARD(KERNEL, T) KERNEL((const T*)x_n, (const T*)dy_n, (T*)dx_n, gamma_n, beta_n, &s, act)
-            if (dtype == DTYPE_FLOAT32)
-                channels_last ? BACKWARD(float32_backward_nhwc, float) : BACKWARD(float32_backward_nchw, float);
-            else
-                channels_last ? BACKWARD(bfloat16_backward_nhwc, uint16_t)
-                              : BACKWARD(bfloat16_backward_nchw, uint16_t);
-#undef BACKWARD
-            for (int64_t c = 0; c < channels; ++c) {
-                dbeta[n * channels + c] = (float)s.sums[c];
-                dgamma[n * channels + c] = (float)s.sums_2[c];
-                if (dbias) dbias[n * channels + c] = (float)s.sums_3[c];
-            }
-        } else {
-            failed = 1;
-        }
-        sample_free(&s);
-    }
-    return failed ? OUT_OF_MEMORY : OK;
+    const Call call = {.x = x, .dy = dy, .out = dx, .dtype = dtype, .channels_last = channels_last, .act = act,
+                       .backward = 1, .gamma = gamma, .beta = beta, .bias = bias, .mean = (float*)mean,
+                       .rstd = (float*)rstd, .dgamma = dgamma, .dbeta = dbeta, .dbias = dbias};
+    return run(&call, batch, channels, pixels, groups, threads);
 }

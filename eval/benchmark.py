@@ -47,6 +47,9 @@ from eval.baseline import original_ops, original_resampling, run_original_iterat
 
 WHAT = ("sample", "train", "ops", "train_vs_original", "sample_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
+# train_vs_original runs the original's float32 iteration beside ours in one process: at CIFAR-10's batch of
+# 256 that does not fit 24 GiB (killed at 24.4 GB) and takes minutes an iteration on a 2-core CPU.
+DEFAULT_TRAIN_VS_ORIGINAL_BATCH = 32
 BASELINES = (None, "original", "original_resampling")
 BACKENDS = ("pytorch", "onnxruntime")
 TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "backend", "ms_median", "images_per_s",
@@ -332,7 +335,8 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     `ddgan sample` does; the original's float32, NCHW, with its resampling).
 
     preset: the architecture and T to measure, with random weights (no checkpoint needed).
-    batch: images per call; default 100 for sampling, the preset's per-process batch for training.
+    batch: images per call; default 100 for sampling, the preset's per-process batch for training, and for
+        train_vs_original that batch up to 32 (the original's iteration beside ours must fit a CPU's memory).
     amp: auto (default: bf16 on CUDA and for large networks on CPUs with native bf16), bf16, fp16 or none.
     channels_last: NHWC layout; default on for CUDA and for bf16 on the CPU (as sampling and training).
     compile: torch.compile the generator. cuda_graph: replay sampling as one CUDA graph (CUDA only).
@@ -430,7 +434,7 @@ def _measure(what, preset, device, batch, amp_dtype, channels_last, compile, cud
     elif what == "train_vs_original":
         # Ours at --amp (auto by default); the original's iteration is always float32.
         config = bench_config(preset, width, amp=precision.amp_name(amp_dtype), channels_last=channels_last)
-        batch = batch or config.batch_size
+        batch = batch or min(config.batch_size, DEFAULT_TRAIN_VS_ORIGINAL_BATCH)
         ours_work = train_work(config, device, batch, timed_steps)
         with original_ops():
             their_work = train_work(original_config(config), device, batch, timed_steps, original_work=True)

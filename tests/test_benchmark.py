@@ -229,3 +229,20 @@ def test_sample_vs_original_alternates_and_reports_the_speedup():
     assert ours["ceiling_matmul_tflops"] != original["ceiling_matmul_tflops"]  # a bf16 and a float32 ceiling
     with pytest.raises(ValueError, match="--what=sample_vs_original are the original's CPU path"):
         bench(preset="demo", what="sample_vs_original", device="meta")
+
+
+@pytest.mark.parametrize("preset, expected", [("cifar10", 32), ("demo", 16)])
+def test_train_vs_original_default_batch_fits_a_cpu(monkeypatch, preset, expected):
+    """The preset's batch, at most 32: CIFAR-10's 256 with the original's iteration beside ours needs > 24 GiB."""
+    from eval import benchmark
+
+    class Stop(Exception):
+        pass
+
+    def stop(config, device, batch, *args, **kwargs):
+        raise Stop(batch)
+
+    monkeypatch.setattr(benchmark, "train_work", stop)
+    with pytest.raises(Stop) as stopped:
+        benchmark.bench(preset=preset, what="train_vs_original", device="cpu", amp="none")
+    assert stopped.value.args == (expected,)

@@ -136,7 +136,6 @@ class Discriminator(nn.Module):
             return logits, self.class_head(pooled)
         return logits
 
-
     def _from_images(self, x: torch.Tensor) -> torch.Tensor:
         """The input conv, in float32 on the CPU under autocast.
 

@@ -96,8 +96,8 @@ def _adaptive_group_norm_cpu(x, num_groups: int, gamma, beta, bias, eps: float, 
     batch, channels, height, width = x.shape
     out = torch.empty_like(x, memory_format=_layout(x))
     gamma, beta, bias = _as_float32(gamma, beta, bias)
-    mean, rstd = (x.new_empty([batch, num_groups], dtype=torch.float32) for _ in range(2)) if statistics else (None,
-                                                                                                          None)
+    mean = x.new_empty([batch, num_groups], dtype=torch.float32) if statistics else None
+    rstd = torch.empty_like(mean) if statistics else None
     status = cpu_library.get_library().ddgan_adaptive_group_norm(
         x.data_ptr(), out.data_ptr(), KERNEL_DTYPES[x.dtype], int(custom_ops.is_channels_last(x)), _pointer(gamma),
         _pointer(beta), _pointer(bias), batch, channels, height * width, num_groups, float(eps),
@@ -113,9 +113,11 @@ class AdaptiveGroupNormCpu(torch.autograd.Function):
     def forward(ctx, x, gamma, beta, bias, num_groups: int, eps: float, act: str):
         if not custom_ops.is_channels_last(x):
             raise ValueError("the CPU kernel's gradient needs NHWC x (channels_last); NCHW takes the reference")
-        out, mean, rstd = _adaptive_group_norm_cpu(x, num_groups, gamma, beta, bias, eps, act, statistics=True)
-        ctx.save_for_backward(x, gamma, beta, bias, mean, rstd)
-        ctx.num_groups, ctx.act = num_groups, act
+        # The float32 copies the kernel reads, made once for both passes (those of float32 inputs are the inputs).
+        vectors = _as_float32(gamma, beta, bias)
+        out, mean, rstd = _adaptive_group_norm_cpu(x, num_groups, *vectors, eps, act, statistics=True)
+        ctx.save_for_backward(x, *vectors, mean, rstd)
+        ctx.num_groups, ctx.act, ctx.vector_dtype = num_groups, act, gamma.dtype
         return out
 
     @staticmethod
@@ -123,18 +125,17 @@ class AdaptiveGroupNormCpu(torch.autograd.Function):
     def backward(ctx, dy):
         x, gamma, beta, bias, mean, rstd = ctx.saved_tensors
         batch, channels, height, width = x.shape
-        dy = dy.to(x.dtype).contiguous(memory_format=_layout(x))
-        dx = torch.empty_like(x, memory_format=_layout(x))
+        dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
         dgamma, dbeta = (x.new_empty([batch, channels], dtype=torch.float32) for _ in range(2))
         dbias = torch.empty_like(dgamma) if bias is not None else None
-        gamma32, beta32, bias32 = _as_float32(gamma, beta, bias)
         status = cpu_library.get_library().ddgan_adaptive_group_norm_backward(
-            x.data_ptr(), dy.data_ptr(), dx.data_ptr(), KERNEL_DTYPES[x.dtype], int(custom_ops.is_channels_last(x)),
-            _pointer(gamma32), _pointer(beta32), _pointer(bias32), _pointer(mean), _pointer(rstd), _pointer(dgamma),
-            _pointer(dbeta), _pointer(dbias), batch, channels, height * width, ctx.num_groups,
-            ACTIVATIONS.index(ctx.act), torch.get_num_threads())
+            x.data_ptr(), dy.data_ptr(), dx.data_ptr(), KERNEL_DTYPES[x.dtype], 1, _pointer(gamma), _pointer(beta),
+            _pointer(bias), _pointer(mean), _pointer(rstd), _pointer(dgamma), _pointer(dbeta), _pointer(dbias), batch,
+            channels, height * width, ctx.num_groups, ACTIVATIONS.index(ctx.act), torch.get_num_threads())
         _check_status(status, "adaptive_group_norm's backward", x)
-        return (dx, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), dbias.to(bias.dtype) if bias is not None else None,
+        dtype = ctx.vector_dtype  # gamma, beta and bias share x's dtype (_kernel_applies)
+        return (dx, dgamma.to(dtype), dbeta.to(dtype), dbias.to(dtype) if dbias is not None else None,
                 None, None, None)
 
 
@@ -165,7 +166,7 @@ def _self_check_runs(like: torch.Tensor) -> custom_ops.CheckRuns:
     generator = torch.Generator().manual_seed(0)  # its own stream: the caller's random numbers stay as they were
     x, dy = (torch.randn([2, 8, 5, 5], generator=generator) for _ in range(2))
     gamma, beta, bias = (torch.randn([2, 8], generator=generator) for _ in range(3))
-    memory_format = torch.channels_last if custom_ops.is_channels_last(like) else torch.contiguous_format
+    memory_format = _layout(like)
     x, dy = (t.to(like.dtype).contiguous(memory_format=memory_format) for t in (x, dy))
     gamma, beta, bias = (t.to(like.dtype) for t in (gamma, beta, bias))
 

@@ -1,6 +1,8 @@
 """ddgan: Denoising Diffusion GANs (Xiao, Kreis & Vahdat, ICLR 2022)."""
 
-__version__ = "0.1.0"
+from ddgan.version import __version__
+
+__all__ = ["__version__", "from_pretrained"]
 
 
 def from_pretrained(path: str, device: str = "cpu"):
@@ -9,7 +11,7 @@ def from_pretrained(path: str, device: str = "cpu"):
     A Hub id is fetched with huggingface_hub into its cache (HF_HOME, HF_HUB_OFFLINE honoured); the folder is read
     with json and safetensors only. Sample with `ddgan.sampling.generate(G, config, seeds)`.
     """
-    from ddgan import model_folder
+    from ddgan.models import model_folder
 
     folder = model_folder.locate(path)
     if folder is None:

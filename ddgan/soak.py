@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ddgan import checkpoint
+from ddgan.models import checkpoint
 
 TINY = ["--preset=demo", "--image_size=8", "--ch_mult=[1,2]", "--num_channels_dae=8", "--nz=4", "--z_emb_dim=8",
         "--t_emb_dim=8", "--n_mlp=1", "--ngf=4", "--batch_size=8", "--workers=0", "--log_every=20", "--cond=False",
@@ -87,6 +87,6 @@ def soak(minutes: float = 30.0, kill_every: float = 180.0, outdir: str = "runs/s
 
 
 if __name__ == "__main__":
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("soak", soak)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import ops.adaptive_group_norm as adaptive_group_norm_module
 import ops.upfirdn2d as upfirdn2d_module
-from ddgan import losses
+from ddgan.diffusion import losses
 
 
 def single_channel_upfirdn2d(x, f, up, down, padding, flip_filter, gain) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """`ddgan bench --what=sample --backend=onnxruntime`: the ONNX sampler graph in ONNX Runtime against PyTorch.
 
 Three sampling passes of one batch take turns call by call (`eval.benchmark.alternated`), so that all meet
-the same machine: the whole T-step sampler exported as one ONNX graph (`ddgan.onnx_sampler`) in ONNX
+the same machine: the whole T-step sampler exported as one ONNX graph (`ddgan.export.onnx`) in ONNX
 Runtime on the CPU (float32, as many threads as PyTorch uses), our PyTorch path at --amp (as `ddgan sample`
 runs it) and the original's (float32, NCHW, its resampling). The generator has random weights; the export
 happens before the timing and is not timed. The ONNX Runtime row also says how closely its images of seeds
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddgan import onnx_sampler
 from ddgan.config import Config
+from ddgan.export import onnx as onnx_sampler
 from ddgan.models import build_generator
 from ddgan.sampling import generate
 from eval.benchmark import alternated, original_sampling_pass, sample_timings, sampling_pass

@@ -102,7 +102,7 @@ def bench_ops(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m eval.bench_ops [--device=cuda] [--repeats=5]` is `ddgan bench --what=ops ...`."""
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("bench", "eval.benchmark:bench_command", ["--what=ops", *(sys.argv[1:] if argv is None else argv)])
 

@@ -32,16 +32,16 @@ if __package__ in (None, ""):  # run as `python eval/benchmark.py`: make the rep
 
 import torch
 
-from ddgan import precision
-from ddgan.cli import prints_its_result
+from ddgan.command import prints_its_result
 from ddgan.config import Config, make_config
-from ddgan.diffusion import Diffusion
-from ddgan.distributed import Context
-from ddgan.iteration import Trainer
+from ddgan.diffusion.process import Diffusion
 from ddgan.models import build_generator
-from ddgan.precision import autocast
-from ddgan.sampling import capture_cuda_graph, compiled_for_sampling
-from ddgan.space import space_for
+from ddgan.models.space import space_for
+from ddgan.runtime import precision
+from ddgan.runtime.distributed import Context
+from ddgan.runtime.precision import autocast
+from ddgan.sampling.fast import capture_cuda_graph, compiled_for_sampling
+from ddgan.training.trainer import Trainer
 from eval import bench_ops, roofline
 from eval.baseline import original_ops, original_resampling, run_original_iteration
 
@@ -478,7 +478,7 @@ bench_command = prints_its_result(bench)  # bench prints the table and JSON line
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python eval/benchmark.py [--what=sample|train|ops] ...` is `ddgan bench ...`."""
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("bench", bench_command, argv)
 

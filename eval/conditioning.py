@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddgan import checkpoint
 from ddgan.config import Config
 from ddgan.data import open_dataset
-from ddgan.diffusion import Diffusion
-from ddgan.models import build_discriminator, build_generator
+from ddgan.diffusion.process import Diffusion
+from ddgan.models import build_discriminator, build_generator, checkpoint
+from ddgan.models.space import space_for
 from ddgan.sampling import generate, seed_noise
-from ddgan.space import kept_config, space_for
+from ddgan.spaces import kept_config
 
 
 def class_share(values: torch.Tensor) -> float:
@@ -136,6 +136,6 @@ def measure(ckpt: str, n: int = 64, block: int = 0) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from ddgan.cli import main, prints_its_result
+    from ddgan.command import prints_its_result, run_group
 
-    main(commands={"measure": prints_its_result(measure)}, name="python -m eval.conditioning")
+    run_group({"measure": prints_its_result(measure)}, "python -m eval.conditioning")

@@ -47,6 +47,6 @@ def make_data(out: str, upscale: str = "nearest", image_size: int = 16) -> str:
 
 
 if __name__ == "__main__":
-    from ddgan.cli import main
+    from ddgan.command import run_group
 
-    main(commands={"make-data": make_data}, name="python -m eval.digits")
+    run_group({"make-data": make_data}, "python -m eval.digits")

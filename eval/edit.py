@@ -22,9 +22,10 @@ from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.data.sources import IMAGE_EXTENSIONS, READ_ERRORS, ArraySource, decode_image
 from ddgan.models import default_output, load_generator, resolve_source
-from ddgan.precision import check_amp
-from ddgan.sampling import check_batch, default_device, parse_classes, parse_seeds, readable_scale, to_uint8
+from ddgan.runtime.precision import check_amp
 from ddgan.sampling import edit as edit_images
+from ddgan.sampling import parse_classes, parse_seeds, readable_scale, to_uint8
+from ddgan.sampling.generate import check_batch, default_device
 from eval.sample import check_output, output_kind, write_images
 
 
@@ -95,7 +96,7 @@ def edit(ckpt: str, input: str, start_step: int, out: str | None = None, class_=
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python eval/edit.py CKPT --input=... --start_step=k` is `ddgan edit CKPT ...`."""
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("edit", edit, argv)
 

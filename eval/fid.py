@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ddgan import distributed
-from ddgan.cli import prints_its_result
+from ddgan.command import prints_its_result
 from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
-from ddgan.files import atomic_write
 from ddgan.models import load_generator, resolve_source
-from ddgan.sampling import check_batch, generate_share, parse_classes, seed_list, to_uint8
+from ddgan.runtime import distributed
+from ddgan.runtime.files import atomic_write
+from ddgan.sampling import generate_share, parse_classes, seed_list, to_uint8
+from ddgan.sampling.generate import check_batch
 from eval.inception import (
     FeatureExtractor,
     batch_features,
@@ -484,7 +485,7 @@ fid_command.subcommands = {"make-stats": make_stats, "make_stats": make_stats}
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python eval/fid.py CKPT ...` is `ddgan fid CKPT ...` (also `make-stats DATA --out=STATS.npz`)."""
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("fid", fid_command, argv)
 

@@ -142,7 +142,7 @@ def gpu_check(out: str = "runs/gpu-check", budget_s: float = BUDGET_S, train_ste
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m eval.gpu_check --out=DIR` (what `make gpu-check` runs)."""
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("gpu-check", gpu_check, argv)
 
@@ -166,7 +166,7 @@ def check_setup(train_steps: int = TRAIN_STEPS) -> tuple[str, bool]:
 def import_problems() -> list[str]:
     """What keeps the modules of the GPU run, torch's extension builder among them, from importing."""
     problems = []
-    for module in ("ops.upfirdn2d", "ops.bias_act", "ddgan.training_loop"):
+    for module in ("ops.upfirdn2d", "ops.bias_act", "ddgan.training.loop"):
         try:
             importlib.import_module(module)
         except Exception as error:  # report every missing piece, not just the first
@@ -381,7 +381,7 @@ def train_config(out: Path):
 
 def train_demo(out: Path, steps: int) -> Record:
     """Train the demo preset for `steps` iterations on the GPU and judge its logged losses."""
-    from ddgan.training_loop import run_training
+    from ddgan.training.loop import run_training
 
     started = time.perf_counter()
     run_dir = run_training(train_config(out), max_steps=steps, device="cuda")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddgan.files import atomic_write
-from ddgan.sampling import default_device
+from ddgan.runtime.files import atomic_write
+from ddgan.sampling.generate import default_device
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception (clean, legacy_tensorflow)

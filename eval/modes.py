@@ -235,8 +235,7 @@ def sample_spread(G, config, n: int = 256, batch: int = 256, device: str = "cpu"
 
 
 if __name__ == "__main__":
-    from ddgan.cli import main, prints_its_result
+    from ddgan.command import prints_its_result, run_group
 
-    main(commands={"make-data": make_data, "count": prints_its_result(count),
-                   "accuracy": prints_its_result(accuracy), "spread": prints_its_result(spread)},
-         name="python -m eval.modes")
+    run_group({"make-data": make_data, "count": prints_its_result(count), "accuracy": prints_its_result(accuracy),
+               "spread": prints_its_result(spread)}, "python -m eval.modes")

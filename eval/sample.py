@@ -18,22 +18,14 @@ if __package__ in (None, ""):  # run as `python eval/sample.py`: make the repo r
 import numpy as np
 import torch
 
-from ddgan import distributed
 from ddgan.data import write_image_array
 from ddgan.models import default_output, load_generator, resolve_source
-from ddgan.precision import amp_dtype, channels_last_default, check_amp
-from ddgan.sampling import (
-    check_batch,
-    compiled_for_sampling,
-    generate_shared,
-    parse_classes,
-    parse_seeds,
-    readable_scale,
-    save_grid,
-    seed_list,
-    write_png,
-)
+from ddgan.runtime import distributed
+from ddgan.runtime.precision import amp_dtype, channels_last_default, check_amp
+from ddgan.sampling import generate_shared, parse_classes, parse_seeds, readable_scale, save_grid, seed_list, write_png
 from ddgan.sampling import interpolate as interpolate_images
+from ddgan.sampling.fast import compiled_for_sampling
+from ddgan.sampling.generate import check_batch
 
 MAX_GRID_IMAGES = 4096  # beyond this a single PNG gets unwieldy; use a folder or an .npz
 FILE_SUFFIXES = (".jpg", ".jpeg", ".npy", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pt", ".pth")
@@ -197,7 +189,7 @@ def write_images(batches, stems: list[str], labels: list[int] | None, names: lis
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python eval/sample.py CKPT [--out ...]` is `ddgan sample CKPT [--out ...]`."""
-    from ddgan.cli import run_command
+    from ddgan.command import run_command
 
     run_command("sample", sample, argv)
 

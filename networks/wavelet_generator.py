@@ -1,6 +1,6 @@
 """WaveDiff's frequency-aware NCSN++ generator (Phung, Dao & Tran, CVPR 2023): NCSNpp resampling by Haar wavelets.
 
-WaveDiff runs DDGAN on the wavelet tensor of an image (`ddgan.wavelet`); its generator is our NCSNpp with
+WaveDiff runs DDGAN on the wavelet tensor of an image (`ddgan.spaces.wavelet`); its generator is our NCSNpp with
 three components that work in the wavelet domain, each with a switch of the original to turn it off:
   - frequency-aware resampling (`no_use_freq`): a down block keeps the low band of a Haar transform (DWT) and
     passes the three high bands of its features to the matching up block, which puts them back through a

@@ -115,7 +115,7 @@ def perturbed(G: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def save_generator_checkpoint(folder: Path, config, G: torch.nn.Module, images_seen: int = 0, **extra) -> Path:
     """A ddgan checkpoint in `folder` holding G as both its G and its EMA (no D, no optimizers)."""
-    from ddgan import checkpoint
+    from ddgan.models import checkpoint
 
     state = G.state_dict()
     folder.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def squares(tmp_path):
 
 
 def train(data, out, **flags):
-    from ddgan.autoencoder import autoencoder
+    from ddgan.training.autoencoder import autoencoder
 
     return autoencoder(str(data), out=str(out), **{**TINY, **flags})
 
@@ -129,7 +129,7 @@ def test_resuming_with_other_architecture_flags_names_them(squares, tmp_path, se
 
 
 def test_lpips_is_off_without_its_weights(tmp_path, monkeypatch):
-    from ddgan.autoencoder import perceptual_loss
+    from ddgan.training.autoencoder import perceptual_loss
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty hub cache
     model, why = perceptual_loss(torch.device("cpu"))
@@ -137,7 +137,7 @@ def test_lpips_is_off_without_its_weights(tmp_path, monkeypatch):
 
 
 def test_from_diffusers_wraps_a_trained_folder(squares, tmp_path, seeded_single_thread):
-    from ddgan.latent import LDMAutoencoder, from_diffusers
+    from ddgan.spaces.autoencoders import LDMAutoencoder, from_diffusers
 
     out = tmp_path / "ae"
     train(squares, out, kimg=BATCH / 1000, ch_mult=[1, 2, 2])

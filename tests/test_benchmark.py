@@ -150,7 +150,7 @@ def test_original_iteration_ends_in_our_iterations_state():
     import torch
 
     from ddgan.config import make_config
-    from ddgan.iteration import Trainer
+    from ddgan.training.trainer import Trainer
     from eval.baseline import run_original_iteration
     from tests.test_training import TINY
 

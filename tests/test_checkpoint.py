@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from ddgan import checkpoint
+from ddgan.models import checkpoint
 
 
 def ours(**extra):

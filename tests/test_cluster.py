@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddgan import checkpoint
-from ddgan.training_loop import EXIT_REQUEUE, config_from_flags, run_training
+from ddgan.models import checkpoint
+from ddgan.training.loop import EXIT_REQUEUE, run_training
+from ddgan.training.start import config_from_flags
 from tests.test_reliability import TINY_FLAGS, wait_for
 from tests.test_training import free_port, tiny
 
@@ -136,7 +137,7 @@ def test_sigusr1_saves_and_exits_with_the_requeue_status(tmp_path):
 def test_checkpoint_minutes_saves_by_the_clock(tmp_path, monkeypatch):
     """Minutes since the last save decide: with a clock that advances 0.4 min per reading and
     --checkpoint_minutes=1, every third agreement point saves; the kimg schedule (off here) plays no part."""
-    from ddgan import training_loop
+    from ddgan.training import loop as training_loop
 
     readings = iter(range(10_000))
     monkeypatch.setattr(training_loop, "wall_minutes", lambda: 0.4 * next(readings))

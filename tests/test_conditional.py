@@ -9,7 +9,7 @@ from ddgan import sampling
 from ddgan.cli import main
 from ddgan.data import read_image_array, write_image_array
 from ddgan.models import load_generator
-from ddgan.training_loop import run_training
+from ddgan.training.loop import run_training
 from tests.conftest import perturbed
 from tests.test_training import assert_resumes_exactly, tiny
 
@@ -175,7 +175,7 @@ def test_exact_resume_with_the_class_loss(tmp_path):
 def test_class_loss_trains_a_class_head_on_d_that_g_answers_to(tmp_path):
     """--class_loss adds D's class head (built last: the other layers draw the same numbers) and both losses."""
     from ddgan.config import make_config
-    from ddgan.iteration import Trainer
+    from ddgan.training.trainer import Trainer
     from tests.test_training import TINY
 
     conditional = {**TINY, "cond": True, "num_classes": 4}
@@ -226,9 +226,8 @@ def as_format_1(state: dict) -> dict:
 
 
 def test_format_1_conditional_checkpoints_compute_what_they_did_and_resume(run, tmp_path):
-    from ddgan import checkpoint
-    from ddgan.models import build_discriminator
-    from ddgan.training_loop import config_from_flags
+    from ddgan.models import build_discriminator, checkpoint
+    from ddgan.training.start import config_from_flags
 
     run_dir, _, config = run
     state = checkpoint.load(run_dir)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ddgan.training_loop import run_training
+from ddgan.training.loop import run_training
 from eval.conditioning import class_share, measure, spread
 from tests.test_training import tiny
 

@@ -326,7 +326,7 @@ def test_demo_is_deterministic_and_shapes_are_big():
 
 def test_datasets_never_flip_and_one_place_decides_flips(tmp_path):
     from ddgan.config import make_config
-    from ddgan.training_loop import decide_flips
+    from ddgan.training.start import decide_flips
 
     ds = open_dataset("demo", image_size=16)
     assert ds.flippable and torch.equal(ds[5], ds[5]), "the dataset hands out images unflipped"
@@ -593,7 +593,7 @@ def test_make_loader_batches_and_resume(workers):
 def test_a_run_logs_how_many_unreadable_images_it_skipped(tmp_path):
     import json
 
-    from ddgan.training_loop import run_training
+    from ddgan.training.loop import run_training
     from tests.test_training import tiny
 
     make_folder_with_bad_images(tmp_path / "data")

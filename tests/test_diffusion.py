@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ddgan.diffusion import Diffusion
+from ddgan.diffusion.process import Diffusion
 from tests.conftest import load_fixture
 
 TABLES = ("a_s", "sigmas", "a_s_cum", "sigmas_cum", "posterior_mean_coef1", "posterior_mean_coef2",

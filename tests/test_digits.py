@@ -42,7 +42,7 @@ def test_the_digits_classifier_knows_held_out_real_digits():
 def test_accuracy_of_a_digits_model(tmp_path):
     """The short version of BENCHMARKS.md's real-digits check: a conditional run on the digits, judged by the
     digits classifier (picked by the model's class names)."""
-    from ddgan.training_loop import run_training
+    from ddgan.training.loop import run_training
     from eval.modes import accuracy
     from tests.test_training import tiny
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ddgan import checkpoint, distributed
 from ddgan.config import make_config
 from ddgan.data import read_image_array, write_image_array
 from ddgan.data.demo import DemoShapes
-from ddgan.models import load_generator
+from ddgan.models import checkpoint, load_generator
+from ddgan.runtime import distributed
 from eval import fid as fidlib
 from eval.sample import sample
 from tests.test_fid import TinyFeatures
@@ -157,7 +157,7 @@ def test_fid_of_a_conditional_model_draws_the_chosen_classes_in_turn(tmp_path):
 TRAINING_WITH_FID = """
 import sys
 from ddgan.config import make_config
-from ddgan.training_loop import run_training
+from ddgan.training.loop import run_training
 from eval.fid import training_evaluator
 from tests.test_fid import TinyFeatures
 from tests.test_training import TINY

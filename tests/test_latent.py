@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from ddgan.diffusion import Diffusion
+from ddgan.diffusion.process import Diffusion
 from tests.conftest import load_fixture, replay_sampler
 
 AUTOENCODER_CASES = ["kl_attn_tanh", "kl_f8", "vq_f4"]
@@ -36,7 +36,7 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def convert(name: str):
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = fixture(name)
     return from_ldm(case["config"], case["state_dict"]), case
@@ -93,7 +93,7 @@ def test_diffusers_own_quantizer_picks_the_same_codes():
 def test_yaml_shaped_config_converts_alike():
     import yaml
 
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = fixture("kl_f8")
     from_yaml = yaml.safe_load(yaml.safe_dump(case["config"]))
@@ -108,7 +108,7 @@ def test_yaml_shaped_config_converts_alike():
 
 
 def test_sampling_replay_matches_lddgan():
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     run = fixture("lddgan_sampling")
     settings = run["diffusion"]
@@ -145,7 +145,7 @@ def test_encode_path_matches_lddgan():
 
 
 def test_latent_diffusion_block_is_refused_with_the_block_to_pass():
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = fixture("kl_f8")
     latent_diffusion = {"target": "ldm.models.diffusion.ddpm.LatentDiffusion",
@@ -155,7 +155,7 @@ def test_latent_diffusion_block_is_refused_with_the_block_to_pass():
 
 
 def test_unknown_target_and_bad_ddconfig_are_named():
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = fixture("kl_f8")
     with pytest.raises(ValueError, match="unknown autoencoder target 'my.Autoencoder'"):
@@ -176,7 +176,7 @@ def test_unknown_target_and_bad_ddconfig_are_named():
 
 
 def test_missing_and_renamed_keys_are_named():
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = fixture("kl_attn_tanh")
     state = case["state_dict"]
@@ -193,7 +193,7 @@ def test_missing_and_renamed_keys_are_named():
 
 
 def test_wrong_shape_and_whole_checkpoint_are_named():
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = fixture("vq_f4")
     state = case["state_dict"]
@@ -219,7 +219,7 @@ def write_checkpoint(tmp_path, config: dict, state_dict: dict) -> tuple:
 
 
 def test_load_ldm_reads_a_plain_autoencoder_and_ignores_its_loss(tmp_path):
-    from ddgan.latent import load_ldm
+    from ddgan.spaces.autoencoders import load_ldm
 
     case = fixture("kl_attn_tanh")
     extra = {"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.ones(8, 3, 4, 4),
@@ -233,7 +233,7 @@ def test_load_ldm_reads_a_plain_autoencoder_and_ignores_its_loss(tmp_path):
 
 
 def test_load_ldm_takes_the_first_stage_of_a_latent_diffusion(tmp_path):
-    from ddgan.latent import load_ldm
+    from ddgan.spaces.autoencoders import load_ldm
 
     case = fixture("vq_f4")
     config = {"base_learning_rate": 2.0e-06, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
@@ -251,7 +251,7 @@ def test_load_ldm_takes_the_first_stage_of_a_latent_diffusion(tmp_path):
 
 
 def test_load_ldm_refuses_checkpoints_that_need_pickled_classes(tmp_path):
-    from ddgan.latent import load_ldm
+    from ddgan.spaces.autoencoders import load_ldm
 
     case = fixture("kl_f8")
     ckpt, config_path = write_checkpoint(tmp_path, case["config"], case["state_dict"])
@@ -262,7 +262,7 @@ def test_load_ldm_refuses_checkpoints_that_need_pickled_classes(tmp_path):
 
 
 def test_load_ldm_names_a_yaml_without_an_autoencoder(tmp_path):
-    from ddgan.latent import load_ldm
+    from ddgan.spaces.autoencoders import load_ldm
 
     case = fixture("kl_f8")
     config = {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {"unet_config": {}}}
@@ -272,7 +272,7 @@ def test_load_ldm_names_a_yaml_without_an_autoencoder(tmp_path):
 
 
 def test_attention_levels_count_from_the_config_resolution():
-    from ddgan.latent import _attention_levels
+    from ddgan.spaces.autoencoders import _attention_levels
 
     # 32 px, two levels: attention at 16 is level 1 on both sides, whatever size the input has.
     assert _attention_levels(fixture("kl_attn_tanh")["config"]["params"]["ddconfig"]) == ([False, True], [False, True])

@@ -12,7 +12,7 @@ import networks
 from ddgan.config import PRESETS, make_config
 from ddgan.data import write_image_array
 from ddgan.models import load_generator
-from ddgan.space import space_for
+from ddgan.models.space import space_for
 from tests.conftest import load_fixture
 from tests.test_space import tiny_autoencoder
 
@@ -28,7 +28,7 @@ def test_the_latent_presets_are_lddgans_recipes(dataset):
     config = make_config(PRESET_OF[dataset], autoencoder="given", latent_channels=recipe["num_channels"],
                          latent_factor=factor)
     size = recipe["current_resolution"]
-    assert config.latent_shape == (recipe["num_channels"], size, size)
+    assert config.diffused_shape == (recipe["num_channels"], size, size)
     same = ("image_size", "num_channels_dae", "num_res_blocks", "nz", "z_emb_dim", "n_mlp", "num_timesteps", "ngf",
             "num_disc_layers", "rec_loss")
     assert {k: getattr(config, k) for k in same} == {k: recipe[k] for k in same}
@@ -74,7 +74,7 @@ def test_lddgans_generator_files_load_and_decode_through_the_autoencoder(latent_
     fixture, folder = lddgan_files
     G, config = load_generator(folder / name, preset="cifar10_latent", reference_config_path=folder / "flags.json",
                                autoencoder=str(folder / "ae.ckpt"), autoencoder_config=str(folder / "ae.yaml"))
-    assert config.space == "latent" and config.latent_shape == (4, 16, 16) and config.image_size == 32
+    assert config.space == "latent" and config.diffused_shape == (4, 16, 16) and config.image_size == 32
     assert config.latent_scale == fixture["scale_factor"]
     inputs, t = fixture["inputs"], fixture["steps"][0]
     with torch.no_grad():

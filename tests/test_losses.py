@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ddgan import losses
-from ddgan.iteration import cosine_lr
+from ddgan.diffusion import losses
+from ddgan.training.trainer import cosine_lr
 
 
 def test_softplus_losses_closed_form():

@@ -12,10 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ddgan
-from ddgan import checkpoint, model_folder
 from ddgan.cli import COMMANDS, PURPOSES, main
 from ddgan.config import make_config
-from ddgan.models import build_generator, load_generator
+from ddgan.models import build_generator, checkpoint, load_generator, model_folder
 from tests.conftest import perturbed, put_in_hub_cache, save_generator_checkpoint
 
 TINY = dict(image_size=8, num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=8)

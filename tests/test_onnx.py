@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import ddgan
-from ddgan import onnx_sampler, sampling
+from ddgan import sampling
 from ddgan.cli import main
 from ddgan.config import make_config
 from ddgan.data import read_image_array
+from ddgan.export import onnx as onnx_sampler
+from ddgan.export.onnx import OnnxSampler, export_onnx, onnx_inputs
 from ddgan.models import build_generator
-from ddgan.onnx_sampler import OnnxSampler, export_onnx, onnx_inputs
-from ddgan.space import space_for
+from ddgan.models.space import space_for
 from eval import benchmark
 from eval import sample as sample_command
 from tests.conftest import perturbed, save_generator_checkpoint, skip_or_fail

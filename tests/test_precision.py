@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from ddgan import precision
 from ddgan.config import make_config
+from ddgan.runtime import precision
 
 
 @pytest.mark.parametrize(("native", "parameters", "expected"), [
@@ -58,7 +58,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
 
 
 def test_training_layout_is_nhwc_by_default_on_cuda_and_for_bf16_on_the_cpu():
-    from ddgan.iteration import default_channels_last
+    from ddgan.training.trainer import default_channels_last
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     config = make_config("cifar10")

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddgan import checkpoint, losses
-from ddgan.iteration import NonFiniteError
-from ddgan.training_loop import config_from_flags, run_training
+from ddgan.diffusion import losses
+from ddgan.models import checkpoint
+from ddgan.training.loop import run_training
+from ddgan.training.start import config_from_flags
+from ddgan.training.trainer import NonFiniteError
 from tests.test_training import TINY, tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +184,7 @@ def test_skipped_iterations_keep_the_data_position(tmp_path, monkeypatch):
     assert state["step"] == 5 and state["batches_drawn"] == 7, "two batches were drawn by skipped iterations"
     monkeypatch.undo()
 
-    from ddgan import training_loop
+    from ddgan.training import loop as training_loop
 
     starts = []
     real_make_loader = training_loop.make_loader
@@ -197,7 +199,7 @@ def test_skipped_iterations_keep_the_data_position(tmp_path, monkeypatch):
 
 
 def test_progress_bar_stops_at_the_total(tmp_path):
-    from ddgan.monitor import Monitor
+    from ddgan.training.monitor import Monitor
 
     monitor = Monitor(tmp_path, total_kimg=2.0, start_kimg=0.0)
     monitor.progress(1.0)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddgan import checkpoint, sampling
+from ddgan import sampling
 from ddgan.config import make_config
 from ddgan.data import read_image_array
-from ddgan.models import build_generator, load_generator
+from ddgan.models import build_generator, checkpoint, load_generator
 from eval import sample as sample_command
 from tests.conftest import perturbed, save_generator_checkpoint
 

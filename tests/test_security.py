@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddgan import checkpoint
 from ddgan.cli import main
-from ddgan.models import load_generator
-from ddgan.training_loop import config_from_flags
+from ddgan.models import checkpoint, load_generator
+from ddgan.training.start import config_from_flags
 from tests.test_sample import write_checkpoint
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddgan import checkpoint
 from ddgan.data import BadImageError, DemoShapes, make_loader, open_dataset
 from ddgan.data.demo import SHAPES
-from ddgan.data.shards import ShardStream
+from ddgan.data.streams import ShardStream
+from ddgan.models import checkpoint
 from tests.test_training import TINY, assert_resumes_exactly, tiny, torchrun_train
 
 webdataset = pytest.importorskip("webdataset")
@@ -263,7 +263,7 @@ def test_a_hub_dataset_offline_or_unreachable_fails_in_one_line_at_once(monkeypa
 def test_a_stream_refuses_a_latent_space_and_names_the_missing_extra(source, monkeypatch):
     from ddgan.config import make_config
     from ddgan.data import shards
-    from ddgan.space import LatentSpace
+    from ddgan.spaces import LatentSpace
 
     stream = open_dataset(source["tars"], image_size=8)
     space = LatentSpace(make_config("demo", data=source["tars"]), None, {})

@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from ddgan import checkpoint, latent_store, sampling
+from ddgan import sampling
 from ddgan.cli import main
 from ddgan.config import make_config, replace
 from ddgan.data import open_dataset, write_image_array
 from ddgan.data.demo import SHAPES, DemoShapes
-from ddgan.diffusion import Diffusion
-from ddgan.iteration import Trainer
-from ddgan.losses import reconstruction_weight
-from ddgan.models import load_generator
-from ddgan.space import LatentSpace, PixelSpace, WaveletSpace, space_for
-from ddgan.training_loop import config_from_flags, run_training
-from ddgan.wavelet import from_wavelet, to_wavelet
+from ddgan.diffusion.losses import reconstruction_weight
+from ddgan.diffusion.process import Diffusion
+from ddgan.models import checkpoint, load_generator
+from ddgan.models.space import space_for
+from ddgan.spaces import LatentSpace, PixelSpace, WaveletSpace, latent_store
+from ddgan.spaces.wavelet import from_wavelet, to_wavelet
+from ddgan.training.loop import run_training
+from ddgan.training.start import config_from_flags
+from ddgan.training.trainer import Trainer
 from tests.conftest import load_fixture
 from tests.test_training import assert_resumes_exactly, tiny
 
@@ -66,14 +68,14 @@ def latent(tmp_path, shapes, ae, **overrides):
 def test_pixel_and_wavelet_spaces_encode_and_decode_as_before():
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2
     pixel = space_for(make_config("demo", image_size=8, ch_mult=[1, 2]))
-    assert isinstance(pixel, PixelSpace) and pixel.shape == pixel.config.latent_shape == (3, 8, 8)
+    assert isinstance(pixel, PixelSpace) and pixel.shape == pixel.config.diffused_shape == (3, 8, 8)
     assert pixel.encode(images) is images and torch.equal(pixel.decode(images), images.clamp(-1, 1))
     assert pixel.saved == {}
     for order in ("bundled", "pytorch_wavelets"):
         config = make_config("demo", image_size=8, ch_mult=[1], space="wavelet", wavelet_order=order,
                              num_disc_layers=2)
         wavelet = space_for(config)
-        assert isinstance(wavelet, WaveletSpace) and wavelet.shape == config.latent_shape == (12, 4, 4)
+        assert isinstance(wavelet, WaveletSpace) and wavelet.shape == config.diffused_shape == (12, 4, 4)
         assert torch.equal(wavelet.encode(images), to_wavelet(images, order))
         w = to_wavelet(images, order)
         assert torch.equal(wavelet.decode(w), from_wavelet(w, order).clamp(-1, 1))
@@ -117,7 +119,7 @@ def test_a_latent_run_trains_resumes_exactly_samples_edits_and_measures_fid(late
     assert (saved["latent_channels"], saved["latent_factor"]) == (4, 2) and saved["latent_scale"] > 0
 
     G, loaded = load_generator(run_dir)
-    assert loaded.autoencoder == str(kept) and loaded.latent_shape == (4, 8, 8)
+    assert loaded.autoencoder == str(kept) and loaded.diffused_shape == (4, 8, 8)
     images = np.concatenate(list(sampling.generate(G, loaded, range(3), progress=False)))
     assert images.shape == (3, 16, 16, 3) and images.std() > 0
     # Sampling multiplies by the scale, decodes and clamps.
@@ -175,7 +177,7 @@ def test_the_trainer_draws_each_steps_latents_from_the_cached_posteriors(latent_
 
 def test_the_posteriors_are_encoded_once_per_autoencoder_and_data(latent_extra, shapes, autoencoder, tmp_path,
                                                                   monkeypatch, seeded_single_thread):
-    from ddgan.latent import LDMAutoencoder
+    from ddgan.spaces.autoencoders import LDMAutoencoder
 
     calls = []
     encode = LDMAutoencoder.encode
@@ -196,7 +198,7 @@ def test_the_posteriors_are_encoded_once_per_autoencoder_and_data(latent_extra, 
 def test_an_ldm_checkpoint_and_a_vq_folder_work_as_latent_spaces(latent_extra, tmp_path, seeded_single_thread):
     import yaml
 
-    from ddgan.latent import from_ldm
+    from ddgan.spaces.autoencoders import from_ldm
 
     case = load_fixture("lddgan/kl_attn_tanh.pt")
     ckpt, config_file = tmp_path / "ae.ckpt", tmp_path / "ae.yaml"

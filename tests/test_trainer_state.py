@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ddgan import losses
 from ddgan.config import make_config
-from ddgan.iteration import NonFiniteError, Trainer
+from ddgan.diffusion import losses
+from ddgan.training.trainer import NonFiniteError, Trainer
 from tests.test_training import TINY as TRAINING_TINY
 
 TINY = TRAINING_TINY | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddgan import checkpoint
 from ddgan.config import make_config
-from ddgan.iteration import Trainer
-from ddgan.models import load_generator
-from ddgan.training_loop import config_from_flags, run_training
+from ddgan.models import checkpoint, load_generator
+from ddgan.training.loop import run_training
+from ddgan.training.start import config_from_flags
+from ddgan.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0,
@@ -90,7 +90,7 @@ def test_resume_rejects_architecture_change(tmp_path):
 
 
 def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
-    from ddgan import distributed
+    from ddgan.runtime import distributed
 
     monkeypatch.setattr(distributed, "setup", lambda device=None: distributed.Context(0, 3, 0, torch.device("cpu")))
     with pytest.raises(ValueError, match="--batch_size=4 is not divisible by the 3 processes"):
@@ -117,7 +117,7 @@ DDP_CHECK = """
 import sys, torch, torch.distributed as dist
 from ddgan import distributed, losses
 from ddgan.config import make_config
-from ddgan.iteration import NonFiniteError, Trainer
+from ddgan.training.trainer import NonFiniteError, Trainer
 torch.set_num_threads(1)
 context = distributed.setup("cpu")
 config = make_config("demo", **eval(sys.argv[1]))

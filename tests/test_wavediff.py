@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import networks
-from ddgan.diffusion import Diffusion
-from ddgan.wavelet import ORDERS, from_wavelet, to_wavelet
+from ddgan.diffusion.process import Diffusion
+from ddgan.spaces.wavelet import ORDERS, from_wavelet, to_wavelet
 from networks.discriminator import DiscriminatorLarge, DiscriminatorSmall
 from networks.wavelet_generator import WaveletResnetBlock, patchify, unpatchify
 from ops.haar import dwt, idwt, lowpass
@@ -17,7 +17,7 @@ NETWORK_CASES = ["wavelet_generator_cifar10_tiny", "ncsnpp_generator_cifar10_tin
                  "wavelet_generator_ablation_tiny", "wavelet_generator_no_fbn_tiny", "wavelet_generator_no_freq_tiny",
                  "wavelet_generator_no_residual_tiny", "wavelet_generator_patch2_tiny",
                  "wavelet_discriminator_small_tiny", "wavelet_discriminator_large_tiny"]
-# The fixtures' names of the two Haar implementations -> ddgan.wavelet's orders.
+# The fixtures' names of the two Haar implementations -> ddgan.spaces.wavelet's orders.
 ORDER_OF = {"DWT_IDWT": "bundled", "pytorch_wavelets": "pytorch_wavelets"}
 SWITCHES = ("no_use_fbn", "no_use_freq", "no_use_residual")
 # A small wavelet generator in our config names (image_size and num_channels in wavelet space).

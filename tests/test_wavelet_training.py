@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import networks
-from ddgan import checkpoint, sampling
+from ddgan import sampling
 from ddgan.cli import main
 from ddgan.config import make_config
-from ddgan.iteration import Trainer
-from ddgan.models import build_generator, load_generator, looks_like_wavediff
-from ddgan.wavelet import from_wavelet, to_wavelet
+from ddgan.models import build_generator, checkpoint, load_generator, looks_like_wavediff
+from ddgan.spaces.wavelet import from_wavelet, to_wavelet
+from ddgan.training.trainer import Trainer
 from tests.test_training import assert_resumes_exactly, tiny
 
 WAVELET = dict(space="wavelet", net_type="wavelet", rec_loss=True, image_size=16, ch_mult=[1, 2], num_disc_layers=3)
@@ -18,7 +18,7 @@ WAVELET = dict(space="wavelet", net_type="wavelet", rec_loss=True, image_size=16
 
 def test_a_tiny_wavelet_run_trains_resumes_exactly_and_samples(tmp_path, capsys):
     config = tiny("demo", tmp_path / "a", kimg=0.024, snapshot_kimg=0.008, lazy_reg=2, **WAVELET)
-    assert config.latent_shape == (12, 8, 8) and config.generator_kind == "WaveletNCSNpp"
+    assert config.diffused_shape == (12, 8, 8) and config.generator_kind == "WaveletNCSNpp"
     whole = assert_resumes_exactly(config, stop_after=3, total_steps=6)
     assert '"loss/rec"' in (whole / "log.jsonl").read_text()
     out = tmp_path / "s.npz"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddgan.files import atomic_write
+from ddgan.runtime.files import atomic_write
 
 CHANNEL_COUNTS = (1, 3)
 

@@ -2,17 +2,17 @@
 
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ddgan.data.arrays import read_image_array, read_labels
 from ddgan.data.demo import SHAPES, DemoShapes
-from ddgan.data.shards import ShardStream, is_sharded, open_sharded
+from ddgan.data.images import check_image_args, fit_image, pixels_to_tensor
+from ddgan.data.shards import is_sharded, open_sharded
 from ddgan.data.sources import (
     READ_ERRORS,
     ArraySource,
@@ -27,6 +27,7 @@ from ddgan.data.sources import (
     lmdb_location,
     source_labels,
 )
+from ddgan.data.streams import ShardStream
 
 DATASET_NAMES = ("demo", "cifar10", "stackmnist")
 
@@ -123,30 +124,6 @@ class ImageDataset(Dataset):
         return fit_image(image, self.image_size, self.num_channels, warn_small)
 
 
-def fit_image(image: Image.Image | np.ndarray, size: int, num_channels: int,
-              warn_small: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Convert channels, resize the shorter side to `size`, center-crop: uint8 (H, W[, C]).
-
-    `warn_small(width, height)` is told of an image smaller than `size`, which is upscaled.
-    """
-    if isinstance(image, np.ndarray):
-        if image.shape == (size, size, num_channels):
-            return image
-        image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    image = to_channels(image, num_channels)
-    if min(image.size) < size and warn_small is not None:
-        warn_small(*image.size)
-    if image.size != (size, size):
-        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
-    return np.asarray(image)
-
-
-def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 pixels (H, W[, C]) as the float32 tensor (C, H, W) in [-1, 1] the diffusion trains on."""
-    tensor = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 127.5 - 1)
-    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
-
-
 def missing_labels_message(source: ImageSource) -> str:
     """Why a source cannot give class labels, and where labels come from."""
     unclassified = getattr(source, "unclassified", None)
@@ -156,24 +133,6 @@ def missing_labels_message(source: ImageSource) -> str:
                 "(<data>/<class>/<image>; the sub-folders' sorted names are the classes)")
     return (f"--cond=True needs class labels, and {source.name} has none; labels come from cifar10, demo, an image "
             "folder or .zip with one sub-folder per class, or a .npz with an int array `y` beside `x`")
-
-
-def to_channels(image: Image.Image, num_channels: int) -> Image.Image:
-    """Convert any PIL mode (grayscale, palette, RGBA, 16-bit...) to 'L' for 1 channel or 'RGB' for 3."""
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        # 16-bit PNGs decode to these modes, and convert() would clip them at 255; rescale to 8 bits instead.
-        pixels = (np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255)
-        image = Image.fromarray(pixels.astype(np.uint8))
-    mode = "L" if num_channels == 1 else "RGB"
-    return image if image.mode == mode else image.convert(mode)
-
-
-def check_image_args(image_size: int, num_channels: int) -> None:
-    """Reject resolutions and channel counts the pipeline cannot produce."""
-    if not isinstance(image_size, int | np.integer) or image_size < 1:
-        raise ValueError(f"image_size={image_size!r}: expected a positive integer (pixels per side)")
-    if num_channels not in (1, 3):
-        raise ValueError(f"num_channels={num_channels!r}: expected 1 (grayscale) or 3 (RGB)")
 
 
 def default_data_root() -> Path:

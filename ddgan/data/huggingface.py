@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddgan import hub
-from ddgan.data.shards import Record, ShardReadError, is_url, require
 from ddgan.data.sources import decode_image
+from ddgan.data.streams import Record, ShardReadError, is_url, require
+from ddgan.runtime import hub
 
 IMAGE_COLUMN_NAMES = ("image", "img", "picture", "jpg", "png", "webp", "jpeg")
 LABEL_COLUMN_NAMES = ("label", "labels", "cls", "class", "target", "y")

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddgan import hub
 from ddgan.data import ImageDataset
-from ddgan.files import atomic_write, fsync_folder
-from ddgan.latent import LDMAutoencoder, from_diffusers, load_ldm
+from ddgan.runtime import hub
+from ddgan.runtime.files import atomic_write, fsync_folder
+from ddgan.spaces.autoencoders import LDMAutoencoder, from_diffusers, load_ldm
 
 RUN_FOLDER = "autoencoder"  # RUN/autoencoder/
 INFO_FILE = "ddgan_latent.json"

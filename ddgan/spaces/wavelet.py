@@ -6,14 +6,20 @@ the tensor. Its recipes use two Haar implementations that disagree on which deta
 model is tied to its `order`:
   - "bundled": WaveDiff's own DWT_IDWT layers (celeba_256, celeba_1024), LH = (a - b + c - d) / 2;
   - "pytorch_wavelets": the pytorch_wavelets package (cifar10, stl10, celeba_512, lsun), with LH and HL swapped.
-`ops.haar` gives the formulas. `ddgan.space.WaveletSpace` is the space a wavelet model diffuses.
+`ops.haar` gives the formulas. `WaveletSpace` (below) is the space a wavelet model diffuses.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
+from ddgan.spaces.base import Space
 from ops.haar import dwt, idwt
+
+if TYPE_CHECKING:
+    from ddgan.config import Config
 
 ORDERS = ("bundled", "pytorch_wavelets")
 
@@ -50,3 +56,33 @@ def from_wavelet(w: torch.Tensor, order: str) -> torch.Tensor:
         lh, hl = hl, lh
     return idwt(ll, lh, hl, hh)
 
+
+class WaveletSpace(Space):
+    """WaveDiff's one-level Haar tensor cat(LL, LH, HL, HH) / 2, bands in the config's `wavelet_order`."""
+
+    name = "wavelet"
+    takes_wavelet_generator = True
+    original_code = "WaveDiff"
+
+    @staticmethod
+    def config_problem(config: Config) -> str:
+        if config.image_size % 2:
+            return f"--image_size={config.image_size} must be even in wavelet space (the Haar transform halves it)"
+        return ""
+
+    @staticmethod
+    def shape_of(config: Config) -> tuple[int, int, int]:
+        return 4 * config.num_channels, config.image_size // 2, config.image_size // 2
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return to_wavelet(images, self.config.wavelet_order)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return from_wavelet(x.float(), self.config.wavelet_order).clamp(-1, 1)
+
+    @property
+    def saved(self) -> dict:
+        return {"wavelet_order": self.config.wavelet_order}
+
+    def describe(self) -> str:
+        return f"wavelet space ({self.config.wavelet_order} bands)"

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddgan import __version__, checkpoint
 from ddgan.config import PRESETS
 from ddgan.data import ImageDataset, describe_dataset, make_loader, open_dataset
-from ddgan.files import atomic_write, fsync_folder
-from ddgan.monitor import Monitor
+from ddgan.models import checkpoint
+from ddgan.runtime.files import atomic_write, fsync_folder
 from ddgan.sampling import grid_image, readable_scale, to_uint8, write_png
-from ddgan.training_loop import StopRequest
+from ddgan.training.monitor import Monitor
+from ddgan.training.skeleton import Every, train
+from ddgan.version import __version__
 
 STATE_FILE = "autoencoder-state.pt"
 SUMMARY_FILE = "ddgan_autoencoder.json"
@@ -263,6 +264,24 @@ def positive(name: str, value, kind: type = int) -> int | float:
     return kind(value)
 
 
+def check_flags(image_size, num_channels, ch_mult, kimg, lr, batch_size, kl_weight, snapshot_kimg,
+                workers) -> tuple:
+    """(image_size, ch_mult, kimg, lr, batch_size) as their types, or ValueError naming the flag at fault."""
+    if image_size is not None:
+        image_size = positive("image_size", image_size)
+    if num_channels not in (None, 1, 3):
+        raise ValueError(f"--num_channels={num_channels!r}: expected 1 (grayscale) or 3 (RGB)")
+    if isinstance(ch_mult, int | str) or not ch_mult:
+        raise ValueError(f"--ch_mult={ch_mult!r}: expected a list of positive integers, as --ch_mult='[1,2]'")
+    ch_mult = tuple(positive("ch_mult", m) for m in ch_mult)
+    kimg, lr = positive("kimg", kimg, float), positive("lr", lr, float)
+    batch_size = positive("batch_size", batch_size)
+    if not isinstance(kl_weight, int | float) or kl_weight < 0 or not isinstance(snapshot_kimg, int | float) \
+            or snapshot_kimg < 0 or not isinstance(workers, int) or workers < 0:
+        raise ValueError("--kl_weight, --snapshot_kimg (0: at the end only) and --workers must be numbers >= 0")
+    return image_size, ch_mult, kimg, lr, batch_size
+
+
 def autoencoder(data: str, *, out: str, image_size: int | None = None, num_channels: int | None = None, ch: int = 32,
                 ch_mult: tuple[int, ...] = (1, 2), num_res_blocks: int = 1, latent_channels: int = 4,
                 attention: bool = False, norm_groups: int = 32, kimg: float = 50.0, batch_size: int = 32,
@@ -280,18 +299,8 @@ def autoencoder(data: str, *, out: str, image_size: int | None = None, num_chann
     reconstructions below), tensorboard/, log.jsonl and autoencoder-state.pt. Rerunning on a folder that holds
     a state continues it exactly (--resume=True insists on one); Ctrl-C saves first."""
     out = Path(out).expanduser()
-    if image_size is not None:
-        image_size = positive("image_size", image_size)
-    if num_channels not in (None, 1, 3):
-        raise ValueError(f"--num_channels={num_channels!r}: expected 1 (grayscale) or 3 (RGB)")
-    if isinstance(ch_mult, int | str) or not ch_mult:
-        raise ValueError(f"--ch_mult={ch_mult!r}: expected a list of positive integers, as --ch_mult='[1,2]'")
-    ch_mult = tuple(positive("ch_mult", m) for m in ch_mult)
-    kimg, lr = positive("kimg", kimg, float), positive("lr", lr, float)
-    batch_size = positive("batch_size", batch_size)
-    if not isinstance(kl_weight, int | float) or kl_weight < 0 or not isinstance(snapshot_kimg, int | float) \
-            or snapshot_kimg < 0 or not isinstance(workers, int) or workers < 0:
-        raise ValueError("--kl_weight, --snapshot_kimg (0: at the end only) and --workers must be numbers >= 0")
+    image_size, ch_mult, kimg, lr, batch_size = check_flags(image_size, num_channels, ch_mult, kimg, lr, batch_size,
+                                                            kl_weight, snapshot_kimg, workers)
     dataset = open_images(data, image_size, num_channels, download)
     architecture = Architecture(dataset.image_size, dataset.num_channels, positive("ch", ch), ch_mult,
                                 positive("num_res_blocks", num_res_blocks),
@@ -360,33 +369,32 @@ def autoencoder(data: str, *, out: str, image_size: int | None = None, num_chann
         return summary
 
     total_images = math.ceil(round(kimg * 1000, 6))
-    every = max(1, round(snapshot_kimg * 1000)) if snapshot_kimg > 0 else math.inf
     if trainer.images_seen >= total_images:
         monitor.message(f"already trained for {trainer.images_seen / 1000:.3f} kimg; raise --kimg to go on")
     batches = make_loader(dataset, batch_size, seed=int(seed), workers=workers, start_index=trainer.images_seen)
-    with StopRequest() as stop:
-        try:
-            while trainer.images_seen < total_images and not stop.requested:
-                before = trainer.images_seen
-                terms = trainer.train_step(next(batches))
-                kimg_now = trainer.images_seen / 1000
-                if trainer.step % LOG_EVERY == 0 or trainer.images_seen >= total_images:
-                    values = monitor.scalars(kimg_now, trainer.step, {**terms, "lr": lr})
-                    if not math.isfinite(values["loss/total"]):
-                        raise FloatingPointError(f"the loss is not finite at step {trainer.step}; the last snapshot "
-                                                 f"in {out} stands: resume from it with a lower --lr")
-                monitor.progress(kimg_now)
-                if trainer.images_seen // every > before // every and trainer.images_seen < total_images:
-                    snapshot(f"{trainer.images_seen:09d}")  # the last step's is the final snapshot below
-            if stop.requested:
-                monitor.message(f"stop requested at {trainer.images_seen / 1000:.3f} kimg: saving; run the same "
-                                "command again to continue")
-            summary = snapshot("final")
-            monitor.message(f"L1 {summary['l1']:.4f} on {summary['l1_images']} images, latent std "
-                            f"{summary['latent_std']:.4f} (scaling_factor {summary['scaling_factor']:.4f})\n"
-                            f"diffusers folder: {out} (AutoencoderKL.from_pretrained)\n"
-                            f"reconstructions: {out / 'reconstructions-final.png'}\n"
-                            f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
-        finally:
-            monitor.close()
+
+    def step() -> bool:
+        terms = trainer.train_step(next(batches))
+        if trainer.step % LOG_EVERY == 0 or trainer.images_seen >= total_images:
+            values = monitor.scalars(trainer.images_seen / 1000, trainer.step, {**terms, "lr": lr})
+            if not math.isfinite(values["loss/total"]):
+                raise FloatingPointError(f"the loss is not finite at step {trainer.step}; the last snapshot "
+                                         f"in {out} stands: resume from it with a lower --lr")
+        return True
+
+    def finish(stopped: bool) -> None:
+        if stopped:
+            monitor.message(f"stop requested at {trainer.images_seen / 1000:.3f} kimg: saving; run the same "
+                            "command again to continue")
+        summary = snapshot("final")
+        monitor.message(f"L1 {summary['l1']:.4f} on {summary['l1_images']} images, latent std "
+                        f"{summary['latent_std']:.4f} (scaling_factor {summary['scaling_factor']:.4f})\n"
+                        f"diffusers folder: {out} (AutoencoderKL.from_pretrained)\n"
+                        f"reconstructions: {out / 'reconstructions-final.png'}\n"
+                        f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+
+    # The last step's snapshot is the final one.
+    every = Every(max(1, round(snapshot_kimg * 1000)) if snapshot_kimg > 0 else 0,
+                  lambda: snapshot(f"{trainer.images_seen:09d}"), at_the_end=False)
+    train(step, lambda: trainer.images_seen, total_images, monitor, [every], lambda stop: stop.requested, finish)
     return str(out)

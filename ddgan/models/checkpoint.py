@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ddgan.files import atomic_write, temporary_pattern
+from ddgan.runtime.files import atomic_write, temporary_pattern
 
 FORMAT = "ddgan-checkpoint"
 VERSION = 2  # bump with a migration in MIGRATIONS when the layout changes
@@ -32,7 +32,7 @@ def checkpoint_name(images_seen: int) -> str:
 
 
 def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """torch.save `obj` to `path` atomically (see ddgan.files.atomic_write): a crash leaves the old file."""
+    """torch.save `obj` to `path` atomically (see ddgan.runtime.files.atomic_write): a crash leaves the old file."""
     path = Path(path)
     try:
         return atomic_write(path, lambda f: torch.save(obj, f))

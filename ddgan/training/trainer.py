@@ -5,7 +5,7 @@ An iteration follows the paper: a D step on a real pair (x_t, x_{t+1}) ~ q with 
 fresh t and pairs with the non-saturating loss; then the EMA of G. The learning rates follow a cosine in
 images seen, so the schedule does not depend on the number of processes. An iteration whose loss is not
 finite raises NonFiniteError and leaves the networks, optimizers, EMA and counters as they were. The run
-around it (folder, data, checkpoints, signals) is `ddgan.training_loop`.
+around it (folder, data, checkpoints, signals) is `ddgan.training.loop`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import math
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ddgan import distributed, losses
 from ddgan.config import Config
-from ddgan.diffusion import Diffusion
-from ddgan.distributed import Context
+from ddgan.diffusion import losses
+from ddgan.diffusion.process import Diffusion
 from ddgan.models import build_discriminator, build_generator
-from ddgan.precision import amp_dtype, autocast, channels_last_default
-from ddgan.space import Space, space_for
+from ddgan.models.space import space_for
+from ddgan.runtime import distributed
+from ddgan.runtime.distributed import Context
+from ddgan.runtime.precision import amp_dtype, autocast, channels_last_default
+from ddgan.spaces import Space
 
 
 class NonFiniteError(ArithmeticError):
@@ -79,7 +81,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             # Without time conditioning the blocks' time projections get no gradient.
             self.G_train = DistributedDataParallel(self.G, device_ids=ids, broadcast_buffers=False,
-                                                   find_unused_parameters=not config.conditional)
+                                                   find_unused_parameters=not config.time_conditioning)
             self.D_train = DistributedDataParallel(self.D, device_ids=ids, broadcast_buffers=False)
         # D is never compiled: R1 needs its double backward, which compiled graphs do not support.
         self.G_forward = self.G
@@ -147,15 +149,31 @@ class Trainer:
         changes nothing but the random stream and the data position (`batches_drawn`): D's step is undone
         when G's loss turns out non-finite.
         """
-        c = self.config
         self.batches_drawn += 1
         x0 = self.prepare_batch(x0)
         labels = () if y is None else (y.to(self.device, non_blocking=True),)
         progress = self.set_learning_rates()
         stats = {}
-        classify = {"class_logits": True} if c.class_loss > 0 and labels else {}
+        undo_D_step, d_scalars = self.d_step(x0, labels, stats, check_finite)
+        loss_G = self.g_step(x0, labels, progress, stats, undo_D_step)
+        self.scaler.update()
+        self.update_ema()
+        self.step += 1
+        self.images_seen += x0.shape[0] * self.context.world_size
+        real_logits, fake_logits = d_scalars.pop("logits/D_real"), d_scalars.pop("logits/D_fake")
+        stats.update({**d_scalars, "loss/G": loss_G, "logits/D_real": real_logits, "logits/D_fake": fake_logits})
+        return stats
 
-        # D step: real pairs (+ R1) and fake pairs from the current G, judged in one pass of D.
+    def _classify(self, labels: tuple) -> dict:
+        """D's keyword asking for class logits too, when the run trains with the class loss."""
+        return {"class_logits": True} if self.config.class_loss > 0 and labels else {}
+
+    def d_step(self, x0: torch.Tensor, labels: tuple, stats: dict,
+               check_finite: bool) -> tuple[StepUndo | None, dict]:
+        """D's step: real pairs (+ R1) and fake pairs from the current G, judged in one pass of D. Adds its
+        penalties to `stats`; returns what undoes the step (with check_finite, else None) and its losses."""
+        c = self.config
+        classify = self._classify(labels)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         t, x_t, x_next = self._random_pairs(x0)
@@ -182,13 +200,22 @@ class Trainer:
             stats["loss/r1"] = r1.detach()
         self.scaler.scale(loss).backward()
         loss_D = loss_real.detach() + loss_fake.detach()
-        before_D_step = None
+        undo = None
         if check_finite:
             self._check_finite("D loss", loss_D)
-            before_D_step = StepUndo(self.D, self.opt_D, self.scaler)
+            undo = StepUndo(self.D, self.opt_D, self.scaler)
         self.scaler.step(self.opt_D)
+        return undo, {"loss/D": loss_D, "loss/D_real": loss_real.detach(), "loss/D_fake": loss_fake.detach(),
+                      "logits/D_real": real_logits.detach().float().mean(),
+                      "logits/D_fake": fake_logits.detach().float().mean()}
 
-        # G step: fresh t and pairs; D is only read, so its plain module is used (no DDP sync).
+    def g_step(self, x0: torch.Tensor, labels: tuple, progress: float, stats: dict,
+               undo_D_step: StepUndo | None) -> torch.Tensor:
+        """G's step on fresh t and pairs; D is only read, so its plain module is used (no DDP sync). A non-finite
+        loss undoes D's step (`undo_D_step`, given when the iteration checks) and raises NonFiniteError. Adds
+        its extra terms to `stats`; returns G's loss."""
+        c = self.config
+        classify = self._classify(labels)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         t, _, x_next = self._random_pairs(x0)
@@ -206,20 +233,10 @@ class Trainer:
             stats["loss/rec"] = rec.detach()
             loss_G = loss_G + losses.reconstruction_weight(c.rec_loss_schedule, progress, c.rec_loss_weight) * rec
         self.scaler.scale(loss_G).backward()
-        if check_finite:
-            self._check_finite("G loss", loss_G.detach(), before_raising=before_D_step.undo)
+        if undo_D_step is not None:
+            self._check_finite("G loss", loss_G.detach(), before_raising=undo_D_step.undo)
         self.scaler.step(self.opt_G)
-        self.scaler.update()
-        self.update_ema()
-
-        self.step += 1
-        self.images_seen += x0.shape[0] * self.context.world_size
-        stats.update({
-            "loss/D": loss_D, "loss/D_real": loss_real.detach(), "loss/D_fake": loss_fake.detach(),
-            "loss/G": loss_G.detach(), "logits/D_real": real_logits.detach().float().mean(),
-            "logits/D_fake": fake_logits.detach().float().mean(),
-        })
-        return stats
+        return loss_G.detach()
 
     def _check_finite(self, quantity: str, value: torch.Tensor, before_raising=None) -> None:
         """Raise NonFiniteError on every rank when `value` is NaN or infinite on any (so all skip alike)."""

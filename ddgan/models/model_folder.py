@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from ddgan import __version__, hub
 from ddgan.config import Config
-from ddgan.space import kept_config
+from ddgan.models.space import space_for
+from ddgan.runtime import hub
+from ddgan.spaces import kept_config, space_class
+from ddgan.version import __version__
 
 FORMAT = "ddgan-model"
 VERSION = 1
@@ -77,9 +79,7 @@ def model_config(config: Config) -> dict:
     """The Config fields a model folder keeps (the machine-local ones left out); a latent model's autoencoder is
     the folder's own `autoencoder/`."""
     values = {k: v for k, v in config.to_dict().items() if k not in LOCAL_FIELDS}
-    if config.space == "latent":
-        values["autoencoder"] = "autoencoder"
-    return values
+    return space_class(config.space).model_folder_fields(values)
 
 
 def read(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
@@ -92,10 +92,7 @@ def read(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple
     folder = Path(folder).expanduser()
     about = read_about(folder)
     config = kept_config(Config.from_dict(about["config"], f"{folder / CONFIG_FILE}"), folder)
-    if config.space == "latent":
-        from ddgan.space import space_for
-
-        config = space_for(config).config  # checks that the kept autoencoder fits
+    config = space_for(config).config  # a latent model's: checks that the kept autoencoder fits
     weights_file = folder / WEIGHTS_FILE
     if not weights_file.is_file():
         raise ModelFolderError(f"{folder} has no {WEIGHTS_FILE}; export the model again (`ddgan export RUN "
@@ -159,10 +156,7 @@ def write(generator: torch.nn.Module, config: Config, out: str | os.PathLike, dt
     try:
         weights = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in generator.state_dict().items()}
         save_file(weights, staging / WEIGHTS_FILE, metadata={"format": FORMAT, "dtype": dtype})
-        if config.space == "latent":
-            from ddgan.space import space_for
-
-            space_for(config).save(staging)
+        space_for(config).save(staging)  # what the space keeps besides the networks (a latent one's autoencoder)
         about = {"format": FORMAT, "format_version": VERSION, "ddgan_version": __version__,
                  "generator": config.generator_kind, "weights": {"dtype": dtype, "generator": "ema"},
                  "config": model_config(config), "trained": trained or {}}

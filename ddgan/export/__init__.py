@@ -1,8 +1,8 @@
 """`ddgan export`: a trained generator as a model folder with its model card, or the whole sampler as ONNX.
 
-`ddgan export RUN --out=DIR` writes the folder that `ddgan.model_folder` reads (and every command that takes
+`ddgan export RUN --out=DIR` writes the folder that `ddgan.models.model_folder` reads (and every command that takes
 a checkpoint, and `ddgan.from_pretrained`); `--format=onnx --out=sampler.onnx` writes the T-step sampler as
-one ONNX graph (`ddgan.onnx_sampler`), whose inputs for given seeds `onnx_inputs` returns.
+one ONNX graph (`ddgan.export.onnx`), whose inputs for given seeds `onnx_inputs` returns.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddgan import checkpoint, model_folder
 from ddgan.config import Config
-from ddgan.model_folder import DTYPES
+from ddgan.models import checkpoint, model_folder
+from ddgan.models.model_folder import DTYPES
 from ddgan.sampling import generate, grid_image, grid_layout, readable_scale, write_png
 
 FORMATS = ("folder", "onnx")
@@ -26,7 +26,7 @@ FORMATS = ("folder", "onnx")
 def __getattr__(name: str):
     """`ddgan.export.onnx_inputs`: the ONNX sampler's inputs for seeds, imported when first asked for."""
     if name == "onnx_inputs":
-        from ddgan.onnx_sampler import onnx_inputs
+        from ddgan.export.onnx import onnx_inputs
 
         return onnx_inputs
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -73,7 +73,7 @@ def export(ckpt: str, out: str, format: str = "folder", dtype: str = "float32", 
         raise ValueError(f"{ckpt}: cannot export: the generator's weights are not finite ({', '.join(bad[:4])}); "
                          "export an earlier checkpoint of the run")
     if format == "onnx":
-        from ddgan.onnx_sampler import export_onnx
+        from ddgan.export.onnx import export_onnx
 
         path = export_onnx(G, config, target, opset=opset)
         print(path)

@@ -33,10 +33,11 @@ import torch
 from torch import nn
 
 from ddgan.config import Config
-from ddgan.diffusion import Diffusion
-from ddgan.files import atomic_write
+from ddgan.diffusion.process import Diffusion
+from ddgan.models.space import space_for
+from ddgan.runtime.files import atomic_write
 from ddgan.sampling import class_labels, parse_classes, parse_seeds, seed_noise, to_uint8
-from ddgan.space import Space, space_for
+from ddgan.spaces import Space
 
 INPUT_NAMES = ("x_T", "z", "noise", "labels")
 OUTPUT_NAME = "images"
@@ -88,10 +89,7 @@ def _traceable_generator(G: nn.Module) -> nn.Module:
 
 def _decoding_space(config: Config, space: Space | None) -> Space:
     """The space whose decode ends the graph; a latent one's autoencoder must be traceable on the CPU."""
-    space = space or space_for(config)
-    if space.name == "latent":
-        space.autoencoder.to("cpu").float()
-    return space
+    return (space or space_for(config)).for_export()
 
 
 def _example_inputs(config: Config) -> tuple[torch.Tensor, ...]:
@@ -118,9 +116,7 @@ def export_onnx(G: nn.Module, config: Config, path: str | os.PathLike, opset: in
         raise FileNotFoundError(f"--out={str(path)!r}: the folder {str(path.parent)!r} does not exist")
     graph = SamplerGraph(_traceable_generator(G), config, _decoding_space(config, space)).eval()
     inputs = _example_inputs(config)
-    # diffusers' decoder branches on batch >= 64 to call .contiguous() (a no-op here), which torch.export refuses
-    # to trace for every batch; traced below 64, the graph is the same one at any batch.
-    batch = torch.export.Dim("batch", min=1, max=63 if config.space == "latent" else None)
+    batch = torch.export.Dim("batch", min=1, max=graph.space.onnx_batch_limit)
     try:
         # torch.export itself, not torch.onnx's fallbacks: those would fix the batch size rather than fail.
         program = torch.export.export(graph, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs), strict=False)

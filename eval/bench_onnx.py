@@ -1,6 +1,6 @@
 """`ddgan bench --what=sample --backend=onnxruntime`: the ONNX sampler graph in ONNX Runtime against PyTorch.
 
-Three sampling passes of one batch take turns call by call (`eval.benchmark.alternated`), so that all meet
+Three sampling passes of one batch take turns call by call (`eval.timing.alternated`), so that all meet
 the same machine: the whole T-step sampler exported as one ONNX graph (`ddgan.export.onnx`) in ONNX
 Runtime on the CPU (float32, as many threads as PyTorch uses), our PyTorch path at --amp (as `ddgan sample`
 runs it) and the original's (float32, NCHW, its resampling). The generator has random weights; the export
@@ -24,7 +24,7 @@ from ddgan.config import Config
 from ddgan.export import onnx as onnx_sampler
 from ddgan.models import build_generator
 from ddgan.sampling import generate
-from eval.benchmark import alternated, original_sampling_pass, sample_timings, sampling_pass
+from eval.timing import alternated, original_sampling_pass, sample_timings, sampling_pass
 
 
 def onnxruntime_pass(config: Config, batch: int, folder: Path) -> tuple[Callable[[], object], dict]:

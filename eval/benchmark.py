@@ -18,12 +18,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import platform
-import resource
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -34,16 +31,22 @@ import torch
 
 from ddgan.command import prints_its_result
 from ddgan.config import Config, make_config
-from ddgan.diffusion.process import Diffusion
 from ddgan.models import build_generator
 from ddgan.models.space import space_for
 from ddgan.runtime import precision
-from ddgan.runtime.distributed import Context
-from ddgan.runtime.precision import autocast
-from ddgan.sampling.fast import capture_cuda_graph, compiled_for_sampling
+from ddgan.runtime.distributed import Context, default_device
 from ddgan.training.trainer import Trainer
-from eval import bench_ops, roofline
+from eval import ops_timing, roofline
 from eval.baseline import original_ops, original_resampling, run_original_iteration
+from eval.timing import (
+    alternated,
+    device_name,
+    original_sampling_pass,
+    peak_memory_mb,
+    sample_timings,
+    sampling_pass,
+    time_calls,
+)
 
 WHAT = ("sample", "train", "ops", "train_vs_original", "sample_vs_original")
 DEFAULT_SAMPLE_BATCH = 100
@@ -60,41 +63,6 @@ TABLE_COLUMNS = ("what", "preset", "batch", "T", "dtype", "baseline", "backend",
 FLOP_COUNT_BATCH = 2
 
 
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def time_calls(run: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Seconds per call of `run` over `repeats` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        run()
-    roofline.synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        roofline.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: allocated on the GPU since the timing began, or the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
 
 def bench_config(preset: str, width: int | None, **overrides) -> Config:
     """The preset's config, optionally with a narrower generator (num_channels_dae = width)."""
@@ -105,27 +73,6 @@ def bench_config(preset: str, width: int | None, **overrides) -> Config:
     return space_for(make_config(preset, **overrides)).config  # a latent space's shape comes from its autoencoder
 
 
-def sampling_pass(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool,
-                  compile: bool = False, cuda_graph: bool = False) -> Callable[[], torch.Tensor]:
-    """One T-step sampling pass of a batch with a randomly initialised generator, as a function to time."""
-    G = build_generator(config).to(device).eval().requires_grad_(False)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    G = G.to(memory_format=memory_format)
-    net = compiled_for_sampling(G, device) if compile else G
-    diffusion = Diffusion.from_config(config).to(device)
-    space = space_for(config)
-    T, image = config.num_timesteps, space.shape
-    x_T = torch.randn(batch, *image, device=device).contiguous(memory_format=memory_format)
-    latents = torch.randn(T, batch, config.nz, device=device)
-    noises = torch.randn(T, batch, *image, device=device)
-
-    def run():
-        # Inside a CUDA graph autocast may not cache casted weights across the capture boundary.
-        with torch.no_grad(), autocast(device, amp_dtype, cache_enabled=not cuda_graph):
-            return space.decode(diffusion.sample(net, x_T, config.nz, latents=latents, noises=noises))
-
-    return capture_cuda_graph(run).replay if cuda_graph else run
-
 
 def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, channels_last: bool, compile: bool,
                  cuda_graph: bool, repeats: int, warmup: int) -> dict:
@@ -134,34 +81,6 @@ def bench_sample(config: Config, device: torch.device, batch: int, amp_dtype, ch
     times = time_calls(run, device, repeats, warmup)
     return {**sample_timings(times, batch, config), "peak_mem_mb": peak_memory_mb(device)}
 
-
-def sample_timings(times: Sequence[float], batch: int, config: Config) -> dict:
-    """Throughput and per-pass times of timed sampling passes (seconds each)."""
-    return {"images_per_s": batch * len(times) / sum(times), "ms_median": 1000 * statistics.median(times),
-            "ms_mean": 1000 * statistics.fmean(times), "T": config.num_timesteps}
-
-
-def alternated(runs: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each run, the runs taking turns call by call so that all meet the same machine."""
-    times = {name: [] for name in runs}
-    for index in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-def original_sampling_pass(config: Config, batch: int) -> Callable[[], torch.Tensor]:
-    """The original's sampling pass on the CPU (float32, NCHW, its resampling and AdaGN) as a function to time."""
-    run = sampling_pass(config, torch.device("cpu"), batch, None, False)
-
-    def original():
-        with original_ops():
-            return run()
-
-    return original
 
 
 def bench_sample_vs_original(config: Config, batch: int, amp_dtype, channels_last: bool, repeats: int,
@@ -305,13 +224,13 @@ def with_roofline(record: dict, work: Work, device: torch.device) -> dict:
 
 
 def bench_ops_rows(device: torch.device, repeats: int, warmup: int) -> list[dict]:
-    """The custom ops' measurements from eval.bench_ops, each with its roofline in float32 (NCHW).
+    """The custom ops' measurements from eval.ops_timing, each with its roofline in float32 (NCHW).
 
     An op's FLOPs per call (`flops_per_call`, forward + backward) are those of its reference; the rate
     is that of its fastest measured implementation. There is no network here, so the ceiling is the
     matmul's.
     """
-    rows = bench_ops.bench_ops(device=device, repeats=repeats, warmup=warmup)
+    rows = ops_timing.bench_ops(device=device, repeats=repeats, warmup=warmup)
     ceilings = roofline.ceilings(device, torch.float32, None, channels_last=False)
     fastest_ms = (min(row[key] for key in ("ref_ms", "cuda_ms") if key in row) for row in rows)
     return [{**row, **roofline.roofline_fields(row["flops_per_call"], 1000 / ms, ceilings)}
@@ -356,7 +275,7 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     check_count("warmup", warmup, 0)
     if batch is not None:
         check_count("batch", batch, 1)
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     if baseline not in BASELINES:
         raise ValueError(f"--baseline must be one of {', '.join(BASELINES[1:])} or left out, got {baseline!r}")
     if (baseline or what.endswith("_vs_original")) and device.type != "cpu":
@@ -369,11 +288,11 @@ def bench(preset: str = "cifar10", what: str = "sample", device=None, batch: int
     if cuda_graph and (device.type != "cuda" or what != "sample"):
         raise ValueError("--cuda_graph applies to --what=sample on a CUDA device only")
     # The ops are timed in float32; --amp=auto (the default) depends on the generator's size on a CPU.
-    parameters = sum(p.numel() for p in build_generator(bench_config(preset, width)).parameters()) \
+    generator = build_generator(bench_config(preset, width)) \
         if what != "ops" and amp in (None, "auto") and device.type == "cpu" else None
-    amp_dtype = precision.amp_dtype(amp, device, parameters) if what != "ops" else None
-    if channels_last is None:  # as `ddgan sample` and training choose it
-        channels_last = precision.channels_last_default(device, amp_dtype)
+    # As `ddgan sample` and training choose them; the ops are timed in float32.
+    amp_dtype, channels_last = precision.run_precision(amp if what != "ops" else "none", device, generator,
+                                                       channels_last)
     channels_last = bool(channels_last)
     common = {"preset": preset, "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "dtype": str(amp_dtype or torch.float32).removeprefix("torch."), "channels_last": channels_last,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ddgan.config import Config
 from ddgan.data import open_dataset
+from ddgan.data.images import from_uint8
 from ddgan.diffusion.process import Diffusion
 from ddgan.models import build_discriminator, build_generator, checkpoint
 from ddgan.models.space import space_for
@@ -70,7 +71,7 @@ def generator_shares(G: torch.nn.Module, config: Config, n: int, real: tuple) ->
         images.append(torch.from_numpy(np.concatenate(list(
             generate(G, config, seeds, batch=n, labels=label, progress=False)))).float())
     x, y = real
-    ratios = [spread(images[k] / 127.5 - 1) / spread(x[y == k]) for k in range(config.num_classes)]
+    ratios = [spread(from_uint8(images[k])) / spread(x[y == k]) for k in range(config.num_classes)]
     return {"class_share_style": round(class_share(torch.stack(styles)), 4),
             "class_share_first": round(class_share(torch.stack(firsts)), 4),
             "class_share_image": round(class_share(torch.stack(images)), 4),

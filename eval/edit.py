@@ -22,10 +22,11 @@ from ddgan.config import Config
 from ddgan.data import ImageDataset, open_dataset
 from ddgan.data.sources import IMAGE_EXTENSIONS, READ_ERRORS, ArraySource, decode_image
 from ddgan.models import default_output, load_generator, resolve_source
+from ddgan.runtime.distributed import default_device
 from ddgan.runtime.precision import check_amp
 from ddgan.sampling import edit as edit_images
 from ddgan.sampling import parse_classes, parse_seeds, readable_scale, to_uint8
-from ddgan.sampling.generate import check_batch, default_device
+from ddgan.sampling.generate import check_batch
 from eval.sample import check_output, output_kind, write_images
 
 
@@ -67,9 +68,9 @@ def edit(ckpt: str, input: str, start_step: int, out: str | None = None, class_=
     check_amp(amp)
     source = resolve_source(ckpt)
     out_path = Path(out).expanduser() if out is not None else default_output(ckpt, source, f"edit-k{start_step}")
-    kind = output_kind(out_path)
+    kind = output_kind(out if out is not None else out_path)
     check_output(out_path, kind, overwrite)
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,
                                autoencoder=autoencoder, autoencoder_config=autoencoder_config)
     dataset = open_inputs(input, config)

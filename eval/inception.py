@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddgan.runtime.distributed import default_device
 from ddgan.runtime.files import atomic_write
-from ddgan.sampling.generate import default_device
 
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 INCEPTION_FILE = "inception-2015-12-05.pt"  # clean-fid's TorchScript Inception (clean, legacy_tensorflow)
@@ -119,7 +119,7 @@ def inception_extractor(mode: str = "clean", device=None, inception: str | os.Pa
                         allow_download: bool = True) -> FeatureExtractor:
     """clean-fid's Inception feature extractor for `mode`, with its weights found (or fetched) first."""
     check_mode(mode)
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     find = pytorch_fid_path if mode == "legacy_pytorch" else inception_path
     return load_extractor(mode, device, find(inception, allow_download))
 

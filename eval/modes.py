@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ddgan.data import DemoShapes, write_image_array
 from ddgan.data.demo import LUMA, SHAPES
+from ddgan.data.images import from_uint8
 from eval import digits
 
 NUM_SHAPES = len(SHAPES)
@@ -88,7 +89,7 @@ def fit_classifier(x: torch.Tensor, y: torch.Tensor, train: int, num_classes: in
 def train_classifier(image_size: int, steps: int = 400, seed: int = 1) -> tuple[SmallCNN, float]:
     """Fit the shape classifier on fresh single shapes; returns it and its held-out accuracy."""
     data = DemoShapes(image_size, num_channels=1, size=6000, seed=seed)
-    x = data.images.float() / 127.5 - 1
+    x = from_uint8(data.images)
     y = torch.tensor([SHAPES.index(s) for s in data.shapes])
     return fit_classifier(x, y, 5000, NUM_SHAPES, steps, seed)
 
@@ -103,8 +104,8 @@ def train_digits_classifier(image_size: int, steps: int = 3000, seed: int = 1) -
     sets = [digits.digit_images(upscale, image_size) for upscale in digits.UPSCALINGS]
     order = np.random.default_rng(0).permutation(len(sets[0][1]))
     train, held_out = order[:-digits.HELD_OUT], order[-digits.HELD_OUT:]
-    x = torch.cat([torch.from_numpy(images[part]) for part in (train, held_out)
-                   for images, _ in sets]).float().permute(0, 3, 1, 2) / 127.5 - 1
+    x = from_uint8(torch.cat([torch.from_numpy(images[part]) for part in (train, held_out)
+                              for images, _ in sets]).permute(0, 3, 1, 2))
     y = torch.cat([torch.from_numpy(labels[part]) for part in (train, held_out) for _, labels in sets])
     return fit_classifier(x, y, len(train) * len(sets), len(digits.CLASSES), steps, seed, shift=1)
 
@@ -115,12 +116,12 @@ def classify(images: np.ndarray, classifier: SmallCNN) -> np.ndarray:
     if x.shape[1] == 3:  # the demo's grayscale images are the luma of its RGB ones
         x = torch.einsum("nchw,c->nhw", x, torch.from_numpy(LUMA))[:, None]
     with torch.no_grad():
-        return classifier(x / 127.5 - 1).argmax(1).numpy()
+        return classifier(from_uint8(x)).argmax(1).numpy()
 
 
 def mode_histogram(images: np.ndarray, classifier: SmallCNN) -> np.ndarray:
     """Counts of the 64 modes among uint8 [N, H, W, 3] images."""
-    x = torch.from_numpy(images).float().permute(0, 3, 1, 2) / 127.5 - 1
+    x = from_uint8(torch.from_numpy(images).permute(0, 3, 1, 2))
     with torch.no_grad():
         labels = classifier(x.reshape(-1, 1, *x.shape[2:])).argmax(1).reshape(-1, 3).numpy()
     modes = labels[:, 0] * NUM_SHAPES**2 + labels[:, 1] * NUM_SHAPES + labels[:, 2]

@@ -21,27 +21,29 @@ import torch
 from ddgan.data import write_image_array
 from ddgan.models import default_output, load_generator, resolve_source
 from ddgan.runtime import distributed
-from ddgan.runtime.precision import amp_dtype, channels_last_default, check_amp
+from ddgan.runtime.precision import check_amp, run_precision
 from ddgan.sampling import generate_shared, parse_classes, parse_seeds, readable_scale, save_grid, seed_list, write_png
 from ddgan.sampling import interpolate as interpolate_images
 from ddgan.sampling.fast import compiled_for_sampling
 from ddgan.sampling.generate import check_batch
 
 MAX_GRID_IMAGES = 4096  # beyond this a single PNG gets unwieldy; use a folder or an .npz
-FILE_SUFFIXES = (".jpg", ".jpeg", ".npy", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pt", ".pth")
 
 
-def output_kind(out: Path) -> str:
-    """'grid', 'npz' or 'folder', from the form of --out."""
-    suffix = out.suffix.lower()
+def output_kind(out: str | Path) -> str:
+    """'grid', 'npz' or 'folder', from the form of --out: *.png, *.npz, or a folder: a name without an extension,
+    an existing folder, or any path ending in / (so that x.v2/ can name one)."""
+    text = str(out)
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
     if suffix == ".png":
         return "grid"
     if suffix == ".npz":
         return "npz"
-    if suffix in FILE_SUFFIXES:
-        raise ValueError(f"--out={str(out)!r}: write a grid as *.png, an array as *.npz, or name a folder for "
-                         "one PNG per seed")
-    return "folder"
+    if not suffix or text.endswith(("/", "\\")) or path.is_dir():
+        return "folder"
+    raise ValueError(f"--out={text!r}: {suffix} is not written here; write a grid as *.png, an array as *.npz, or "
+                     f"name a folder for one PNG per seed (without an extension, or ending in /: --out={text}/)")
 
 
 def check_output(out: Path, kind: str, overwrite: bool) -> None:
@@ -103,7 +105,7 @@ def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: di
             autoencoder_config=None) -> str:
     source = resolve_source(ckpt)
     out_path = Path(out).expanduser() if out is not None else default_output(ckpt, source, "samples")
-    kind = output_kind(out_path)
+    kind = output_kind(out if out is not None else out_path)
     device = context.device
     G, config = load_generator(source, ema=ema, device=device, preset=preset, reference_config_path=reference_config,
                                autoencoder=autoencoder, autoencoder_config=autoencoder_config)
@@ -124,9 +126,7 @@ def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: di
                          f"(at most {MAX_GRID_IMAGES}); write a folder or an .npz instead")
     check_output(out_path, kind, overwrite)
 
-    if channels_last is None:  # NHWC where it is faster: on CUDA, and for bf16 on the CPU (oneDNN's layout)
-        parameters = sum(p.numel() for p in G.parameters())
-        channels_last = channels_last_default(device, amp_dtype(amp, device, parameters))
+    _, channels_last = run_precision(amp, device, G, channels_last)  # NHWC on CUDA and for bf16 on the CPU
     if channels_last:
         G = G.to(memory_format=torch.channels_last)
     if compile:

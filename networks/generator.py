@@ -1,12 +1,15 @@
 """NCSN++ generator of Denoising Diffusion GANs: x'_0 = G(x_t, t, z), or G(x_t, t, z, y) for a class y.
 
-A U-Net (Song et al., 2021) of BigGAN-style residual blocks whose group norms are modulated by a latent
+A U-Net (Song et al., 2021) of BigGAN-style residual blocks whose group norms are modulated by a noise
 code z through a mapping network (adaptive group norm, AdaGN), as in Xiao, Kreis & Vahdat (2022). A
 class-conditional network also feeds an embedding of the label to the mapping network, as conditional
 StyleGAN2-ADA does (Karras et al., 2020), so every AdaGN layer sees the class, and adds a second one to
 the time embedding, as ADM does (Dhariwal & Nichol, 2021), so every residual block gets a class bias.
 Numbers and initialisation follow the original implementation; `networks.reference` converts weights
 to and from its flat `all_modules` layout.
+
+One file of about 470 lines on purpose: the blocks and the U-Net that wires them read top to bottom as the
+paper's architecture; the wavelet variant (`networks.wavelet_generator`) builds on these classes.
 """
 
 from __future__ import annotations
@@ -69,10 +72,10 @@ class MappingNetwork(nn.Module):
         first.in_features += self.nz
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Map latents [B, nz] (and class indices y [B], when conditional) to style vectors [B, z_emb_dim]."""
+        """Map codes z [B, nz] (and class indices y [B], when conditional) to style vectors [B, z_emb_dim]."""
         h = normalize_2nd_moment(z)
         if self.class_embed is not None:
-            # Normalised like z, so that the label and the latent enter the first layer on an equal footing.
+            # Normalised like z, so that the label and z enter the first layer on an equal footing.
             h = torch.cat([h, normalize_2nd_moment(self.class_embed(y))], dim=1)
         for layer in self.layers:
             h = F.silu(layer(h))

@@ -94,18 +94,8 @@ def build_library(build_root: str | os.PathLike | None = None) -> Path:
 
 def built_library(build_root: str | os.PathLike | None = None, compiler: str | None = None) -> Path:
     """Where this machine's build of the current source lives (or will)."""
-    root = Path(build_root or default_build_root())
+    root = Path(build_root or custom_ops.default_build_root())
     return root / f"ddgan_cpu_{source_hash(compiler or find_compiler())[:16]}" / LIBRARY_NAME
-
-
-def default_build_root() -> Path:
-    """The CUDA extension's build root where an environment variable names one, else ~/.cache/torch_extensions.
-
-    Not torch's own default: finding it imports torch.utils.cpp_extension, which logs a warning about CUDA
-    on every machine without it.
-    """
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return custom_ops.build_root_from_env() or cache / "torch_extensions"
 
 
 def find_compiler() -> str:
@@ -127,16 +117,21 @@ def source_hash(compiler: str) -> str:
     return digest.hexdigest()
 
 
-def _cpu_identity() -> str:
-    """The CPU's architecture and instruction-set flags: what -march=native compiles for."""
-    identity = platform.machine()
+def cpuinfo_value(*keys: str) -> str | None:
+    """The value of the first line of /proc/cpuinfo that starts with one of `keys`; None if there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):  # x86, ARM
-                return identity + ":" + line.split(":", 1)[1].strip()
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return identity + ":" + platform.processor()
+    return None
+
+
+def _cpu_identity() -> str:
+    """The CPU's architecture and instruction-set flags: what -march=native compiles for."""
+    flags = cpuinfo_value("flags", "Features")  # x86, ARM
+    return platform.machine() + ":" + (flags if flags is not None else platform.processor())
 
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:

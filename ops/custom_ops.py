@@ -200,12 +200,11 @@ def extension_name() -> str:
 
 
 def default_build_root() -> Path:
-    """DDGAN_OPS_BUILD_DIR if set, else TORCH_EXTENSIONS_DIR, else torch_extensions' default directory."""
-    root = build_root_from_env()
-    if root is not None:
-        return root
-    cpp_extension = _import_cpp_extension()
-    return Path(cpp_extension.get_default_build_root())
+    """DDGAN_OPS_BUILD_DIR if set, else TORCH_EXTENSIONS_DIR, else torch_extensions' default directory
+    ($XDG_CACHE_HOME or ~/.cache, then torch_extensions), found without importing torch.utils.cpp_extension, which
+    logs a warning about CUDA on every machine without it."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return build_root_from_env() or cache / "torch_extensions"
 
 
 def build_root_from_env() -> Path | None:

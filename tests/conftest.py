@@ -68,7 +68,7 @@ def replay_sampler(run: dict, diffusion) -> dict:
             xs.append(x)
         # The library's sampler, fed the same draws by step index, takes the same path.
         by_step = lambda draws: torch.stack([draws[steps.index(t)] for t in range(len(steps))])  # noqa: E731
-        sampled = diffusion.sample(net, inputs["x_T"], gen["config"]["nz"], latents=by_step(inputs["z"]),
+        sampled = diffusion.sample(net, inputs["x_T"], gen["config"]["nz"], zs=by_step(inputs["z"]),
                                    noises=by_step(inputs["noise"]))
     return {"trace": torch.stack(xs), "x0_pred": torch.stack(preds), "final": x, "sampled": sampled}
 
@@ -123,3 +123,13 @@ def save_generator_checkpoint(folder: Path, config, G: torch.nn.Module, images_s
                                    "config": config.to_dict(), "G": state, "G_ema": state, "images_seen": images_seen,
                                    "kimg": images_seen / 1000, **extra},
                                   folder / checkpoint.checkpoint_name(images_seen))
+
+
+@pytest.fixture
+def quick_ceilings(monkeypatch):
+    """Roofline ceilings measured on a small matmul for a few milliseconds each, and none kept from other tests."""
+    from eval import roofline
+
+    monkeypatch.setattr(roofline, "MATMUL_SIZES", {"cpu": 128})
+    monkeypatch.setattr(roofline, "MIN_SECONDS", 0.01)
+    monkeypatch.setattr(roofline, "_ceiling_cache", {})

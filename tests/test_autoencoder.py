@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ddgan.data import write_image_array
-from tests.test_cli import run as run_cli
+from tests.helpers import run_cli
 
 BATCH = 8
 TINY = {"kimg": 4 * BATCH / 1000, "batch_size": BATCH}  # four steps

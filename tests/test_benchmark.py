@@ -5,7 +5,6 @@ import json
 import pytest
 
 from eval import benchmark
-from tests.test_roofline import quick_ceilings  # noqa: F401  (the fixture, used by every test here)
 
 pytestmark = pytest.mark.usefixtures("quick_ceilings")
 
@@ -55,13 +54,13 @@ def test_train_benchmark():
 
 
 def test_ops_rows_get_the_common_fields(monkeypatch, capsys):
-    from eval import bench_ops
+    from eval import ops_timing
 
     def fake(device, repeats, warmup):
         return [{"op": "upsample2d", "shape": [8, 64, 32, 32], "device": str(device), "repeats": repeats,
                  "ref_ms": 1.5, "flops_per_call": 3_000_000}]
 
-    monkeypatch.setattr(bench_ops, "bench_ops", fake)
+    monkeypatch.setattr(ops_timing, "bench_ops", fake)
     (record,) = benchmark.bench(what="ops", device="cpu", repeats=2)
     assert record["op"] == "upsample2d" and record["ref_ms"] == 1.5 and record["repeats"] == 2
     assert record["device_type"] == "cpu" and record["device"] != "cpu" and record["torch"]
@@ -73,9 +72,9 @@ def test_ops_rows_get_the_common_fields(monkeypatch, capsys):
 
 
 def test_ops_count_their_reference_flops():
-    from eval import bench_ops
+    from eval import ops_timing
 
-    up, down, act = bench_ops.bench_ops("cpu", repeats=1, warmup=0, shapes=[(1, 2, 4, 4)])
+    up, down, act = ops_timing.bench_ops("cpu", repeats=1, warmup=0, shapes=[(1, 2, 4, 4)])
     # upsample: each input pixel of each channel meets the 16 taps of the 4x4 FIR once (a transposed
     # depthwise conv skips the inserted zeros), in the forward and again in the input's gradient
     assert up["flops_per_call"] == 2 * (2 * 2 * 16 * 4 * 4)
@@ -152,7 +151,7 @@ def test_original_iteration_ends_in_our_iterations_state():
     from ddgan.config import make_config
     from ddgan.training.trainer import Trainer
     from eval.baseline import run_original_iteration
-    from tests.test_training import TINY
+    from tests.helpers import TINY
 
     config = make_config("demo", **TINY, image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2, r1_gamma=1.0,
                          channels_last=False)

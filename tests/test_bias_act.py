@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from ops.bias_act import ACTIVATIONS, bias_act
+from tests.helpers import SELU_ALPHA, SELU_SCALE, value_and_two_derivatives
+from tests.helpers import EmulatedBiasActPlugin as _EmulatedPlugin
 
 SQRT2 = math.sqrt(2)
-SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
 
 # Each activation written out from its textbook formula, with its documented default gain.
 FORMULAS = {
@@ -135,46 +136,6 @@ def test_bad_input():
 # The CUDA path's autograd Functions, run on the CPU against an emulated kernel.
 
 
-def _derivatives(act_id: int, z: torch.Tensor, alpha: float):
-    """act(z), act'(z), act''(z) as the CUDA kernel evaluates them (ids as in ACTIVATIONS)."""
-    one, zero, pos = torch.ones_like(z), torch.zeros_like(z), z > 0
-    s, e = torch.sigmoid(z), torch.exp(z)
-    if act_id == 2:
-        return torch.where(pos, z, zero), torch.where(pos, one, zero), zero
-    if act_id == 3:
-        return torch.where(pos, z, alpha * z), torch.where(pos, one, alpha * one), zero
-    if act_id == 4:
-        t = torch.tanh(z)
-        return t, 1 - t * t, -2 * t * (1 - t * t)
-    if act_id == 5:
-        return s, s * (1 - s), s * (1 - s) * (1 - 2 * s)
-    if act_id == 6:
-        return torch.where(pos, z, e - 1), torch.where(pos, one, e), torch.where(z < 0, e, zero)
-    if act_id == 7:
-        neg = SELU_SCALE * SELU_ALPHA * e
-        return (torch.where(pos, SELU_SCALE * z, neg - SELU_SCALE * SELU_ALPHA),
-                torch.where(pos, SELU_SCALE * one, neg), torch.where(z < 0, neg, zero))
-    if act_id == 8:
-        return torch.log1p(e), s, s * (1 - s)
-    if act_id == 9:
-        return z * s, s + z * s * (1 - s), s * (1 - s) * (2 + z * (1 - 2 * s))
-    return z, one, zero
-
-
-class _EmulatedPlugin:
-    @staticmethod
-    def bias_act(x, b, dy, grad, dim, act, alpha, gain, clamp):
-        """Stand-in for the compiled bias_act kernel: value (grad=0) or dy times a derivative."""
-        x = x.detach()
-        z = x + b.detach().reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b.numel() else x
-        value, first, second = _derivatives(act, z, alpha)
-        y = value * gain
-        if grad == 0:
-            return y.clamp(-clamp, clamp) if clamp >= 0 else y
-        bound = torch.tensor(clamp, dtype=x.dtype)  # compared in the storage type, strictly, as torch.clamp does
-        inside = (y > -bound) & (y < bound) if clamp >= 0 else torch.ones_like(y, dtype=torch.bool)
-        return torch.where(inside, dy.detach() * gain * (first if grad == 1 else second), 0.0)
-
 
 @pytest.mark.parametrize("act", sorted(FORMULAS))
 @pytest.mark.parametrize("clamp", [None, 0.9])
@@ -192,15 +153,6 @@ def test_cuda_functions_with_emulated_kernel(monkeypatch, act, clamp):
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
-
-def value_and_two_derivatives(fn, x: torch.Tensor) -> list[torch.Tensor]:
-    """fn(x), d fn/dx and d2 fn/dx2 (summed over elements), zeros where autograd has no path."""
-    x = x.detach().clone().requires_grad_()
-    y = fn(x)
-    (first,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    # a piecewise-linear first derivative may not depend on x differentiably at all
-    (second,) = torch.autograd.grad(first.sum(), x, allow_unused=True) if first.requires_grad else (None,)
-    return [y, first, second if second is not None else torch.zeros_like(x)]
 
 
 @pytest.mark.parametrize("act,x,clamp", [("elu", 0.0, None), ("selu", 0.0, None), ("tanh", 0.5, 1.3 * math.tanh(0.5)),

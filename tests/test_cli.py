@@ -4,19 +4,9 @@ from dataclasses import fields
 
 import pytest
 
-from ddgan.cli import COMMANDS, main
+from ddgan.cli import COMMANDS
 from ddgan.config import GROUPS, Config
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `ddgan ARGV`."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exited:
-        code = exited.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.helpers import run_cli as run
 
 
 @pytest.mark.parametrize(("argv", "wrong", "right"), [

@@ -12,8 +12,7 @@ import torch
 from ddgan.models import checkpoint
 from ddgan.training.loop import EXIT_REQUEUE, run_training
 from ddgan.training.start import config_from_flags
-from tests.test_reliability import TINY_FLAGS, wait_for
-from tests.test_training import free_port, tiny
+from tests.helpers import TINY_FLAGS, free_port, tiny, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")

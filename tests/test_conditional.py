@@ -11,7 +11,7 @@ from ddgan.data import read_image_array, write_image_array
 from ddgan.models import load_generator
 from ddgan.training.loop import run_training
 from tests.conftest import perturbed
-from tests.test_training import assert_resumes_exactly, tiny
+from tests.helpers import assert_resumes_exactly, tiny
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_interpolation_ends_at_the_two_seeds_images(run):
 def test_slerp_stays_on_the_sphere():
     a, b = torch.randn(1000, dtype=torch.float64), torch.randn(1000, dtype=torch.float64)
     b = b / b.norm() * a.norm()
-    middle = sampling.slerp(a, b, 0.5)
+    middle = sampling.seeds.slerp(a, b, 0.5)
     assert torch.isclose(middle.norm(), a.norm()) and not torch.isclose((a + b).norm() / 2, a.norm())
 
 
@@ -131,7 +131,7 @@ def test_sample_command_draws_every_class_by_default(run, tmp_path):
 
 
 def test_class_on_an_unconditional_checkpoint(tmp_path, capsys):
-    from tests.test_sample import write_checkpoint
+    from tests.helpers import write_checkpoint
 
     ckpt = write_checkpoint(tmp_path / "run")
     with pytest.raises(SystemExit):
@@ -176,7 +176,7 @@ def test_class_loss_trains_a_class_head_on_d_that_g_answers_to(tmp_path):
     """--class_loss adds D's class head (built last: the other layers draw the same numbers) and both losses."""
     from ddgan.config import make_config
     from ddgan.training.trainer import Trainer
-    from tests.test_training import TINY
+    from tests.helpers import TINY
 
     conditional = {**TINY, "cond": True, "num_classes": 4}
     with_head = make_config("demo", **conditional, class_loss=1.0)

@@ -7,7 +7,7 @@ import torch
 
 from ddgan.training.loop import run_training
 from eval.conditioning import class_share, measure, spread
-from tests.test_training import tiny
+from tests.helpers import tiny
 
 
 def test_class_share_is_one_when_only_the_class_matters_and_zero_when_only_the_seed_does():

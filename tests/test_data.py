@@ -594,7 +594,7 @@ def test_a_run_logs_how_many_unreadable_images_it_skipped(tmp_path):
     import json
 
     from ddgan.training.loop import run_training
-    from tests.test_training import tiny
+    from tests.helpers import tiny
 
     make_folder_with_bad_images(tmp_path / "data")
     config = tiny("demo", tmp_path, data=str(tmp_path / "data"), image_size=8, ch_mult=[1, 2], batch_size=4,

@@ -182,11 +182,11 @@ def test_precomputed_noise_equals_generator_draws():
     net = RecordingNet()
     x_T = torch.randn(2, 1, 4, 4)
     g = torch.Generator().manual_seed(3)
-    latents, noises = [], []
+    zs, noises = [], []
     for _ in range(2):  # the sampler draws z, then the posterior noise, at each step from T-1 down
-        latents.append(torch.randn(2, 5, generator=g))
+        zs.append(torch.randn(2, 5, generator=g))
         noises.append(torch.randn(2, 1, 4, 4, generator=g))
     by_step = lambda draws: torch.stack(draws[::-1])
-    a = d.sample(net, x_T, nz=5, latents=by_step(latents), noises=by_step(noises))
+    a = d.sample(net, x_T, nz=5, zs=by_step(zs), noises=by_step(noises))
     b = d.sample(net, x_T, nz=5, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)

@@ -44,7 +44,7 @@ def test_accuracy_of_a_digits_model(tmp_path):
     digits classifier (picked by the model's class names)."""
     from ddgan.training.loop import run_training
     from eval.modes import accuracy
-    from tests.test_training import tiny
+    from tests.helpers import tiny
 
     data = digits.make_data(str(tmp_path / "digits.npz"), upscale="nearest", image_size=8)
     run_dir = run_training(tiny("demo", tmp_path / "runs", data=data, cond=True, num_channels=1, hflip=False,

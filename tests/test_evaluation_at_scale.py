@@ -17,9 +17,7 @@ from ddgan.models import checkpoint, load_generator
 from ddgan.runtime import distributed
 from eval import fid as fidlib
 from eval.sample import sample
-from tests.test_fid import TinyFeatures
-from tests.test_sample import tiny_generator, write_checkpoint
-from tests.test_training import REPO, free_port
+from tests.helpers import REPO, TinyFeatures, free_port, tiny_generator, write_checkpoint
 
 
 @pytest.mark.parametrize("count, batch", [(7, 2), (1, 4), (12, 3), (5, 5)])
@@ -47,10 +45,10 @@ def write_conditional_checkpoint(folder: Path) -> Path:
 TWO_PROCESSES = """
 import json, os, sys
 from pathlib import Path
-from ddgan import distributed
+from ddgan.runtime import distributed
 from ddgan.cli import main
 from eval import fid as fidlib
-from tests.test_fid import TinyFeatures
+from tests.helpers import TinyFeatures
 
 folder, ckpt, conditional, reference = Path(sys.argv[1]), *sys.argv[2:5]
 context = distributed.setup("cpu")  # the commands join this group and leave it to us
@@ -159,8 +157,8 @@ import sys
 from ddgan.config import make_config
 from ddgan.training.loop import run_training
 from eval.fid import training_evaluator
-from tests.test_fid import TinyFeatures
-from tests.test_training import TINY
+from tests.helpers import TinyFeatures
+from tests.helpers import TINY
 
 config = make_config("demo", **TINY, data="demo", image_size=8, ch_mult=[1, 2], batch_size=4, kimg=0.008,
                      fid_every=0.004, fid_samples=10, fid_stats=sys.argv[2], fid_prdc=True, outdir=sys.argv[1])

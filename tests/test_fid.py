@@ -13,26 +13,11 @@ from ddgan.data import read_image_array, write_image_array
 from ddgan.data.demo import DemoShapes
 from ddgan.models import load_generator
 from eval import fid as fidlib
-from eval import inception
+from eval import fid_stats, inception
 from eval.inception import batch_features
 from eval.manifold import manifold_metrics, seeded_subset
 from eval.sample import sample
-from tests.test_sample import write_checkpoint
-
-
-class TinyFeatures(torch.nn.Module):
-    """A fixed random strided conv and average pooling: 24-dim features of 299x299 images in [0, 255]."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 24, kernel_size=23, stride=23).requires_grad_(False)
-        with torch.no_grad():
-            generator = torch.Generator().manual_seed(1)  # the same extractor in every process
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=generator))
-            self.conv.bias.copy_(0.1 * torch.randn(self.conv.bias.shape, generator=generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x / 255 - 0.5)).mean((2, 3))
+from tests.helpers import TinyFeatures, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +195,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.delenv("DDGAN_INCEPTION", raising=False)
     monkeypatch.setattr(inception, "download", refuse)
     monkeypatch.setattr(inception, "cleanfid_inception_folder", lambda: tmp_path / "inception")
-    monkeypatch.setattr(fidlib, "cleanfid_stats_folder", lambda: tmp_path / "stats")
+    monkeypatch.setattr(fid_stats, "cleanfid_stats_folder", lambda: tmp_path / "stats")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     return calls
 
@@ -244,7 +229,7 @@ def test_missing_named_stats(offline, tmp_path):
     with pytest.raises(inception.MissingFileError) as error:
         fidlib.reference_stats("cifar10", "clean", 32, "train")
     assert "cifar10_clean_train_32.npz" in str(error.value) and str(tmp_path / "stats") in str(error.value)
-    assert offline == [f"{fidlib.STATS_URL}/cifar10_clean_train_32.npz"]
+    assert offline == [f"{fid_stats.STATS_URL}/cifar10_clean_train_32.npz"]
 
 
 def test_fid_command_reports_missing_inception(offline, run, stats, capsys):

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import gpu_check
-from tests.test_roofline import quick_ceilings  # noqa: F401  (a fixture)
+from eval import gpu_check, gpu_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +149,7 @@ def fake_records():
 
 
 def test_report_files(tmp_path):
-    markdown, jsonl = gpu_check.write_report(fake_records(), tmp_path / "out")
+    markdown, jsonl = gpu_report.write_report(fake_records(), tmp_path / "out")
     assert (markdown.name, jsonl.name) == ("gpu-check.md", "gpu-check.jsonl")
     entries = [json.loads(line) for line in jsonl.read_text().splitlines()]  # strict JSON: no NaN or Infinity
     assert [e["name"] for e in entries] == [r["name"] for r in fake_records()]
@@ -166,7 +165,7 @@ def test_report_files(tmp_path):
     assert "| cifar10 sample 100, bf16 | 12.5 | 8000 |  | 2048 | 2.50x | fp32 eager |" in text
     assert "| cifar10 sample 100, bf16 | bfloat16 | 56.4 | 8000 | 451.2 | 752 (752, 601.5) | 60.0% |" in text
     assert text.count("raised RuntimeError") == 1  # listed among the checks, not among the measurements
-    gpu_check.write_report(fake_records()[:2], tmp_path / "out")
+    gpu_report.write_report(fake_records()[:2], tmp_path / "out")
     assert len(jsonl.read_text().splitlines()) == 2 and "PASS" in markdown.read_text()  # replaced, not appended
 
 
@@ -187,15 +186,15 @@ def test_bench_rows_carry_their_roofline_into_the_report(monkeypatch):
     for r in records:
         assert r["flops_per_image"] > 0 and r["tflops"] > 0 and r["percent_of_ceiling"] > 0
         assert r["ceiling_tflops"] == max(r["ceiling_matmul_tflops"], r["ceiling_conv_tflops"])
-    text = gpu_check.markdown_report(records)
+    text = gpu_report.markdown_report(records)
     roofline = text[text.index("## Roofline"):].splitlines()
     assert roofline[4].startswith("| row | dtype | GFLOP/image | images/s | TFLOP/s | ceiling TFLOP/s (matmul, conv) |")
     sample = records[0]
     assert roofline[6] == (f"| demo sample | float32 | {sample['flops_per_image'] / 1e9:.4g} | "
-                           f"{gpu_check._cell(sample['images_per_s'])} | {gpu_check._cell(sample['tflops'])} | "
-                           f"{gpu_check._cell(sample['ceiling_tflops'])} "
-                           f"({gpu_check._cell(sample['ceiling_matmul_tflops'])}, "
-                           f"{gpu_check._cell(sample['ceiling_conv_tflops'])}) | "
+                           f"{gpu_report._cell(sample['images_per_s'])} | {gpu_report._cell(sample['tflops'])} | "
+                           f"{gpu_report._cell(sample['ceiling_tflops'])} "
+                           f"({gpu_report._cell(sample['ceiling_matmul_tflops'])}, "
+                           f"{gpu_report._cell(sample['ceiling_conv_tflops'])}) | "
                            f"{sample['percent_of_ceiling']:.1f}% |")
 
 

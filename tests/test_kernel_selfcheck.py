@@ -8,8 +8,8 @@ import torch
 from ops import custom_ops
 from ops.bias_act import bias_act
 from ops.upfirdn2d import setup_filter, upsample2d
-from tests.test_bias_act import _EmulatedPlugin as _EmulatedBiasAct
-from tests.test_upfirdn2d import _emulated_kernel as _emulated_upfirdn2d
+from tests.helpers import EmulatedBiasActPlugin as _EmulatedBiasAct
+from tests.helpers import emulated_upfirdn2d_kernel as _emulated_upfirdn2d
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 

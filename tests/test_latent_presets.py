@@ -14,7 +14,7 @@ from ddgan.data import write_image_array
 from ddgan.models import load_generator
 from ddgan.models.space import space_for
 from tests.conftest import load_fixture
-from tests.test_space import tiny_autoencoder
+from tests.helpers import tiny_autoencoder
 
 # run.sh's dataset names against ours.
 PRESET_OF = {"cifar10": "cifar10_latent", "celeba_256": "celeba256_latent", "lsun": "lsun256_latent"}

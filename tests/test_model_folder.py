@@ -76,17 +76,20 @@ def test_reading_a_folder_needs_no_pickle(exported, monkeypatch):
     assert not G.training and config.image_size == 8
 
 
-def test_the_card_has_the_hubs_front_matter_and_the_commands(exported):
+def test_the_card_has_the_hubs_front_matter_and_the_commands(exported, monkeypatch):
     _, folder = exported
     card = (folder / "README.md").read_text()
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert "library_name: ddgan" in front and "pipeline_tag: unconditional-image-generation" in front
     assert "license:" not in front
-    assert f"ddgan sample {folder} --seeds=0-15" in body and "ddgan.from_pretrained(" in body
+    # The usage names the folder by its own name, never by the exporting machine's path.
+    assert f"ddgan sample {folder.name} --seeds=0-15" in body and "ddgan.from_pretrained(" in body
+    assert str(folder.parent) not in card and f"OWNER/{folder.name}" in body
     assert "fid 27.250, precision 0.500" in body and "![samples](samples.png)" in body
     # The card's Python runs as written, and its folder can be shared (not owner-only, as mkdtemp makes it).
     code = body.split("```python\n")[1].split("```")[0]
     scope = {}
+    monkeypatch.chdir(folder.parent)  # beside the folder, as the card says
     exec(code, scope)
     assert scope["images"].shape == (16, 8, 8, 3) and scope["images"].dtype == np.uint8
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in [folder, *folder.iterdir()])

@@ -52,7 +52,7 @@ def test_demo_shapes_vary_visibly_within_a_class():
 
 def test_the_demo_command_reports_the_within_class_spread(tmp_path, capsys):
     from ddgan.cli import main
-    from tests.test_training import TINY
+    from tests.helpers import TINY
 
     flags = [f"--{k}={v}" for k, v in TINY.items() if k != "cond"]
     main(["demo", f"--outdir={tmp_path}", "--image_size=8", "--ch_mult=[1,2]", "--kimg=0.032", *flags])

@@ -14,6 +14,7 @@ from ddgan.config import make_config, validate
 from networks.discriminator import minibatch_stddev
 from networks.layers import conv2d, variance_scaling_
 from tests.conftest import load_fixture
+from tests.helpers import assert_same_state
 
 FIXTURE_CASES = ["generator_cifar10_tiny", "generator_celeba256_tiny", "generator_fourier_tiny",
                  "discriminator_small_tiny", "discriminator_large_tiny"]
@@ -91,13 +92,6 @@ def test_reference_layout_round_trip(name):
 # ---------------------------------------------------------------------------------------------------------
 # Our layout <-> reference layout.
 
-
-def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    """Equal keys and bit-identical tensors."""
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 @pytest.mark.parametrize("variant", list(TINY_GENERATORS))

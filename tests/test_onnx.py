@@ -113,9 +113,9 @@ def test_inputs_follow_the_seeds_and_classes_as_sample_does():
     config = make_config("demo", **TINY, **MODELS["conditional"])
     inputs = onnx_inputs(config, [7, 3], labels="square,cross")
     assert inputs["labels"].tolist() == [1, 1, 3, 3]
-    x_T, latents, noises = sampling.seed_noise([7, 3, 7, 3], config)
+    x_T, zs, noises = sampling.seed_noise([7, 3, 7, 3], config)
     np.testing.assert_array_equal(inputs["x_T"], x_T.numpy())
-    np.testing.assert_array_equal(inputs["z"], latents.transpose(0, 1).numpy())  # batch first
+    np.testing.assert_array_equal(inputs["z"], zs.transpose(0, 1).numpy())  # batch first
     np.testing.assert_array_equal(inputs["noise"], noises.transpose(0, 1).numpy())
     with pytest.raises(ValueError, match="not one of this model's 4 classes"):
         onnx_inputs(config, 2, labels="hexagon")
@@ -157,7 +157,7 @@ def test_what_cannot_be_exported_is_refused_with_the_reason(tmp_path):
 
 def test_a_latent_model_exports_with_its_decoder(tmp_path, latent_extra):
     """LDDGAN's space: the diffusers decoder is part of the graph, at any batch (also above 63, see export_onnx)."""
-    from tests.test_space import tiny_autoencoder
+    from tests.helpers import tiny_autoencoder
 
     autoencoder = tiny_autoencoder(tmp_path / "autoencoder")
     space = space_for(make_config("demo", **TINY, cond=False, image_size=16, space="latent",

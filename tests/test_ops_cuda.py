@@ -8,7 +8,7 @@ import torch
 from ops import custom_ops
 from ops.bias_act import ACTIVATIONS, bias_act
 from ops.upfirdn2d import downsample2d, setup_filter, upfirdn2d, upsample2d
-from tests.test_bias_act import value_and_two_derivatives
+from tests.helpers import value_and_two_derivatives
 
 
 def _plugin_or_skip():

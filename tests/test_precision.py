@@ -7,6 +7,7 @@ import torch
 
 from ddgan.config import make_config
 from ddgan.runtime import precision
+from ops import cpu_library
 
 
 @pytest.mark.parametrize(("native", "parameters", "expected"), [
@@ -49,7 +50,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
         def read_text(self):
             return f"processor : 0\nflags : {flags}\n"
 
-    monkeypatch.setattr(precision, "Path", FakePath)
+    monkeypatch.setattr(cpu_library, "Path", FakePath)  # where /proc/cpuinfo is read
     precision.cpu_has_native_bf16.cache_clear()
     try:
         assert precision.cpu_has_native_bf16() is native
@@ -57,14 +58,17 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
         precision.cpu_has_native_bf16.cache_clear()
 
 
-def test_training_layout_is_nhwc_by_default_on_cuda_and_for_bf16_on_the_cpu():
-    from ddgan.training.trainer import default_channels_last
+def test_training_layout_is_nhwc_by_default_on_cuda_and_for_bf16_on_the_cpu(monkeypatch):
+    from ddgan.runtime.precision import run_precision
 
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # no slow-bf16 warning on any CPU
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     config = make_config("cifar10")
     assert config.channels_last is None
-    assert default_channels_last(config, cpu, torch.bfloat16) is True
-    assert default_channels_last(config, cpu, None) is False
-    assert default_channels_last(config, cuda, None) is True
-    assert default_channels_last(make_config("cifar10", channels_last=False), cpu, torch.bfloat16) is False
-    assert default_channels_last(make_config("demo"), cpu, torch.bfloat16) is False  # the preset's own choice
+    assert run_precision("bf16", cpu, channels_last=config.channels_last) == (torch.bfloat16, True)
+    assert run_precision("none", cpu, channels_last=config.channels_last) == (None, False)
+    assert run_precision("none", cuda, channels_last=config.channels_last) == (None, True)
+    assert run_precision("bf16", cpu, channels_last=make_config("cifar10", channels_last=False).channels_last)[1] \
+        is False
+    # The demo preset's own choice.
+    assert run_precision("bf16", cpu, channels_last=make_config("demo").channels_last)[1] is False

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,9 @@ from ddgan.models import checkpoint
 from ddgan.training.loop import run_training
 from ddgan.training.start import config_from_flags
 from ddgan.training.trainer import NonFiniteError
-from tests.test_training import TINY, tiny
+from tests.helpers import TINY_FLAGS, tiny, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_FLAGS = [f"--{k}={v}" for k, v in TINY.items()] + ["--preset=demo", "--data=demo", "--image_size=8",
-                                                         "--ch_mult=[1,2]", "--batch_size=4"]
 
 
 def start_training(tmp_path, *flags) -> subprocess.Popen:
@@ -27,17 +24,6 @@ def start_training(tmp_path, *flags) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ddgan.cli", "train", *TINY_FLAGS, f"--outdir={tmp_path}", *flags]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-
-def wait_for(condition, proc, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early with {proc.returncode}:\n{proc.stdout.read()}")
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("timed out waiting for training to get going")
 
 
 def run_dir_of(tmp_path) -> Path:
@@ -83,7 +69,7 @@ SLOW_SAVE = """
 import sys, time
 from pathlib import Path
 import torch
-from ddgan import checkpoint
+from ddgan.models import checkpoint
 target, marker = Path(sys.argv[1]), Path(sys.argv[2])
 
 class Stall:
@@ -159,7 +145,7 @@ def test_skip_nonfinite_tolerates_a_few(tmp_path, monkeypatch):
 
 
 def test_sigterm_under_torchrun_stops_every_rank(tmp_path):
-    from tests.test_training import free_port
+    from tests.helpers import free_port
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",

@@ -7,14 +7,6 @@ from torch import nn
 from eval import benchmark, roofline
 
 
-@pytest.fixture
-def quick_ceilings(monkeypatch):
-    """Ceilings measured on a small matmul for a few milliseconds each, and none kept from other tests."""
-    monkeypatch.setattr(roofline, "MATMUL_SIZES", {"cpu": 128})
-    monkeypatch.setattr(roofline, "MIN_SECONDS", 0.01)
-    monkeypatch.setattr(roofline, "_ceiling_cache", {})
-
-
 def conv_flops(n, c_in, c_out, k, h_out, w_out):
     return 2 * c_in * c_out * k * k * h_out * w_out * n
 

@@ -8,30 +8,10 @@ import torch
 from PIL import Image
 
 from ddgan import sampling
-from ddgan.config import make_config
 from ddgan.data import read_image_array
-from ddgan.models import build_generator, checkpoint, load_generator
+from ddgan.models import checkpoint, load_generator
 from eval import sample as sample_command
-from tests.conftest import perturbed, save_generator_checkpoint
-
-
-def tiny_config():
-    return make_config("demo", cond=False, image_size=8, num_channels_dae=8, ch_mult=[1, 2], nz=4, z_emb_dim=8,
-                       t_emb_dim=8, n_mlp=1, ngf=8)
-
-
-def tiny_generator(config, seed: int = 0):
-    """A tiny generator with perturbed weights: at init its output layer is zero, so every image is flat grey."""
-    with torch.random.fork_rng():  # the same weights whatever ran before (the init draws from the global RNG)
-        torch.manual_seed(seed)
-        G = build_generator(config)
-    return perturbed(G, seed).eval().requires_grad_(False)
-
-
-def write_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """A ddgan checkpoint of the tiny generator in `folder`."""
-    config = tiny_config()
-    return save_generator_checkpoint(folder, config, tiny_generator(config, seed))
+from tests.helpers import tiny_config, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +58,12 @@ def test_seed_list_n_and_seeds():
 
 def test_seed_noise_depends_on_its_seed_only():
     config = tiny_config()
-    x_T, latents, noises = sampling.seed_noise([3, 1, 4], config)
+    x_T, zs, noises = sampling.seed_noise([3, 1, 4], config)
     T = config.num_timesteps
-    assert x_T.shape == (3, 3, 8, 8) and latents.shape == (T, 3, 4) and noises.shape == (T, 3, 3, 8, 8)
+    assert x_T.shape == (3, 3, 8, 8) and zs.shape == (T, 3, 4) and noises.shape == (T, 3, 3, 8, 8)
     alone = sampling.seed_noise([1], config)
     torch.testing.assert_close(alone[0][0], x_T[1], rtol=0, atol=0)
-    torch.testing.assert_close(alone[1][:, 0], latents[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(alone[1][:, 0], zs[:, 1], rtol=0, atol=0)
     torch.testing.assert_close(alone[2][:, 0], noises[:, 1], rtol=0, atol=0)
     assert not torch.equal(x_T[0], x_T[1]) and not torch.equal(noises[0, 0], noises[1, 0])
     assert abs(float(x_T.std()) - 1) < 0.2
@@ -117,10 +97,10 @@ def test_prefetched_keeps_order_and_draws_ahead():
         time.sleep(0.01 * (3 - chunk % 3))  # later chunks finish first
         return chunk * 10, threading.current_thread().name
 
-    results = list(sampling.prefetched(range(7), draw, depth=3))
+    results = list(sampling.fast.prefetched(range(7), draw, depth=3))
     assert [value for value, _ in results] == [0, 10, 20, 30, 40, 50, 60]
     assert all(name != threading.main_thread().name for _, name in results)
-    assert list(sampling.prefetched(range(3), lambda c: c + 1, depth=0)) == [1, 2, 3]
+    assert list(sampling.fast.prefetched(range(3), lambda c: c + 1, depth=0)) == [1, 2, 3]
 
 
 def test_same_images_for_any_split_or_order(ckpt, reference):
@@ -198,6 +178,15 @@ def test_bad_out_suffix(ckpt, tmp_path):
         sample_command.sample(str(ckpt), out=str(tmp_path / "x.jpg"))
 
 
+def test_an_out_with_an_unknown_extension_is_refused_and_a_slash_makes_it_a_folder(ckpt, tmp_path):
+    """A mistyped extension once wrote a folder of PNGs named x.jpg2; now it is an error naming what is written."""
+    with pytest.raises(ValueError, match=r"\.jpg2 is not written here.*\*\.png.*\*\.npz.*x\.jpg2/"):
+        sample_command.sample(str(ckpt), out=str(tmp_path / "x.jpg2"), n=1, device="cpu")
+    assert not (tmp_path / "x.jpg2").exists()
+    sample_command.sample(str(ckpt), out=f"{tmp_path / 'x.jpg2'}/", seeds="3", device="cpu")
+    assert sorted(p.name for p in (tmp_path / "x.jpg2").iterdir()) == ["000003.png"]
+
+
 def test_not_a_checkpoint(tmp_path, capsys):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
@@ -245,6 +234,6 @@ def test_compiled_for_sampling_freezes_weights_on_the_cpu_only(monkeypatch):
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, options=None: seen.append(options) or model)
     net = torch.nn.Linear(2, 2)
-    assert sampling.compiled_for_sampling(net, "cpu") is net
-    sampling.compiled_for_sampling(net, torch.device("cuda"))
+    assert sampling.fast.compiled_for_sampling(net, "cpu") is net
+    sampling.fast.compiled_for_sampling(net, torch.device("cuda"))
     assert seen == [{"freezing": True}, None]

@@ -9,7 +9,7 @@ import torch
 from ddgan.cli import main
 from ddgan.models import checkpoint, load_generator
 from ddgan.training.start import config_from_flags
-from tests.test_sample import write_checkpoint
+from tests.helpers import write_checkpoint
 
 
 class CreatesFile:

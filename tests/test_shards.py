@@ -14,7 +14,7 @@ from ddgan.data import BadImageError, DemoShapes, make_loader, open_dataset
 from ddgan.data.demo import SHAPES
 from ddgan.data.streams import ShardStream
 from ddgan.models import checkpoint
-from tests.test_training import TINY, assert_resumes_exactly, tiny, torchrun_train
+from tests.helpers import TINY, assert_resumes_exactly, tiny, torchrun_train
 
 webdataset = pytest.importorskip("webdataset")
 datasets = pytest.importorskip("datasets")

@@ -23,21 +23,7 @@ from ddgan.training.loop import run_training
 from ddgan.training.start import config_from_flags
 from ddgan.training.trainer import Trainer
 from tests.conftest import load_fixture
-from tests.test_training import assert_resumes_exactly, tiny
-
-
-def tiny_autoencoder(folder, seed: int = 0, levels: int = 2, in_channels: int = 3):
-    """A random diffusers AutoencoderKL of width 8 (f = 2 ** (levels - 1), 4 latent channels), saved to `folder`."""
-    import diffusers
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = diffusers.AutoencoderKL(
-            in_channels=in_channels, out_channels=in_channels, down_block_types=["DownEncoderBlock2D"] * levels,
-            up_block_types=["UpDecoderBlock2D"] * levels, block_out_channels=[8] * levels, layers_per_block=1,
-            latent_channels=4, norm_num_groups=8, mid_block_add_attention=False)
-    model.save_pretrained(folder)
-    return folder
+from tests.helpers import assert_resumes_exactly, tiny, tiny_autoencoder
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +91,7 @@ def test_a_latent_run_trains_resumes_exactly_samples_edits_and_measures_fid(late
                                                                            tmp_path, capsys, seeded_single_thread):
     from eval import fid as fidlib
     from eval.sample import sample
-    from tests.test_fid import TinyFeatures
+    from tests.helpers import TinyFeatures
 
     config = latent(tmp_path, shapes, autoencoder, kimg=0.016, snapshot_kimg=0.008)
     run_dir = assert_resumes_exactly(config, stop_after=2, total_steps=4)
@@ -123,9 +109,9 @@ def test_a_latent_run_trains_resumes_exactly_samples_edits_and_measures_fid(late
     images = np.concatenate(list(sampling.generate(G, loaded, range(3), progress=False)))
     assert images.shape == (3, 16, 16, 3) and images.std() > 0
     # Sampling multiplies by the scale, decodes and clamps.
-    x_T, latents, noises = sampling.seed_noise(range(3), loaded)
+    x_T, zs, noises = sampling.seed_noise(range(3), loaded)
     with torch.no_grad():
-        x = Diffusion.from_config(loaded).sample(G, x_T, loaded.nz, latents=latents, noises=noises)
+        x = Diffusion.from_config(loaded).sample(G, x_T, loaded.nz, zs=zs, noises=noises)
     space = space_for(loaded)
     assert isinstance(space, LatentSpace)
     with torch.no_grad():
@@ -303,7 +289,7 @@ def test_a_latent_run_resumed_with_another_autoencoder_is_refused(latent_extra, 
 
 def test_a_conditional_latent_run_trains_under_torchrun(latent_extra, shapes, autoencoder, tmp_path):
     """Two gloo processes: rank 0 encodes the posteriors once, both draw from them, one run folder results."""
-    from tests.test_training import TINY, torchrun_train
+    from tests.helpers import TINY, torchrun_train
 
     flags = [f"--{k}={v}" for k, v in TINY.items()] + [
         "--preset=demo", f"--data={shapes}", "--image_size=16", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.008",

@@ -6,7 +6,7 @@ import torch
 from ddgan.config import make_config
 from ddgan.diffusion import losses
 from ddgan.training.trainer import NonFiniteError, Trainer
-from tests.test_training import TINY as TRAINING_TINY
+from tests.helpers import TINY as TRAINING_TINY
 
 TINY = TRAINING_TINY | dict(image_size=8, ch_mult=[1, 2], batch_size=4, lazy_reg=2)
 X0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1

@@ -2,36 +2,17 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from ddgan.config import make_config
 from ddgan.models import checkpoint, load_generator
 from ddgan.training.loop import run_training
 from ddgan.training.start import config_from_flags
 from ddgan.training.trainer import Trainer
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0,
-            log_every=1, snapshot_kimg=0.0, sample_kimg=0.0, grid_images=4, cond=False)
-
-
-def tiny(preset: str, tmp_path, **overrides):
-    """The preset's architecture shape at a width that trains in a second on the CPU."""
-    shape = {
-        "cifar10": dict(image_size=16, ch_mult=[1, 2, 2], attn_resolutions=[8]),
-        "stackmnist": dict(image_size=16, ch_mult=[1, 2, 2], attn_resolutions=[8]),
-        "celeba256": dict(image_size=256, ch_mult=[1, 1, 2, 2, 4, 4], attn_resolutions=[16], num_res_blocks=1),
-        "lsun256": dict(image_size=256, ch_mult=[1, 1, 2, 2, 4, 4], attn_resolutions=[16], num_res_blocks=1),
-        "demo": dict(image_size=8, ch_mult=[1, 2]),
-    }[preset]
-    values = dict(TINY, data="demo", batch_size=4, kimg=0.008, outdir=str(tmp_path), **shape)
-    return make_config(preset, **{**values, **overrides})
+from tests.helpers import REPO, TINY, assert_resumes_exactly, free_port, tiny, torchrun_train
 
 
 def flat(module):
@@ -61,20 +42,6 @@ def test_short_run_per_preset_shape(preset, tmp_path):
     assert list((run_dir / "tensorboard").iterdir())
 
 
-def assert_resumes_exactly(config, stop_after: int, total_steps: int) -> Path:
-    """A run stopped after `stop_after` steps and resumed ends in the very weights of an uninterrupted one,
-    whose run folder is returned."""
-    whole = run_training(config)
-    half = run_training(config, max_steps=stop_after)  # stops early, as an interrupted run would
-    assert checkpoint.load(half)["step"] == stop_after
-    run_training(config_from_flags(resume=str(half)))
-    a, b = checkpoint.load(whole), checkpoint.load(half)
-    assert a["step"] == b["step"] == total_steps
-    for net in ("G", "D", "G_ema"):
-        for key, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs after resume"
-    return whole
-
 
 def test_exact_resume(tmp_path):
     config = tiny("demo", tmp_path / "a", kimg=0.040, snapshot_kimg=0.016, lazy_reg=3, hflip=True)
@@ -97,25 +64,11 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
         run_training(tiny("demo", tmp_path))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun_train(*flags: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node=2 train.py FLAGS` on the CPU (gloo, one thread each); a non-zero exit fails."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(REPO / "train.py"), *flags]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
 
 DDP_CHECK = """
 import sys, torch, torch.distributed as dist
-from ddgan import distributed, losses
+from ddgan.diffusion import losses
+from ddgan.runtime import distributed
 from ddgan.config import make_config
 from ddgan.training.trainer import NonFiniteError, Trainer
 torch.set_num_threads(1)

@@ -1,6 +1,5 @@
 """Reference upfirdn2d against scipy.signal (an independent implementation), plus gradients and errors."""
 
-import functools
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import torch
 
 from ops import custom_ops
 from ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+from tests.helpers import emulated_upfirdn2d_kernel as _emulated_kernel
 
 # Asymmetric taps, so that a flipped filter gives a different answer.
 TAPS_1D = [np.array([1.0, 2.0, 5.0, -1.0]), np.array([0.5, -2.0, 3.0]), np.arange(1.0, 10.0)]
@@ -345,37 +345,6 @@ def test_bad_tensors():
 # ---------------------------------------------------------------------------------------------------------
 # The CUDA path's autograd Function, run on the CPU against an emulated kernel.
 
-
-@functools.cache
-def _kernel_matrix(in_h, in_w, taps_bytes, f_h, f_w, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip):
-    """The CUDA kernel's loop, run once per configuration to record the linear map it applies."""
-    taps = np.frombuffer(taps_bytes).reshape(f_h, f_w)
-    out_h = (in_h * upy + pady0 + pady1 - f_h) // downy + 1
-    out_w = (in_w * upx + padx0 + padx1 - f_w) // downx + 1
-    matrix = np.zeros((out_h, out_w, in_h, in_w))
-    for oy in range(out_h):
-        for ox in range(out_w):
-            # Per output sample, visit only the taps that land on real (not inserted) input samples.
-            base_y, base_x = oy * downy - pady0, ox * downx - padx0
-            for ky in range(-base_y % upy, f_h, upy):
-                iy = (base_y + ky) // upy
-                if not 0 <= iy < in_h:
-                    continue
-                for kx in range(-base_x % upx, f_w, upx):
-                    ix = (base_x + kx) // upx
-                    if 0 <= ix < in_w:
-                        fy, fx = (ky, kx) if flip else (f_h - 1 - ky, f_w - 1 - kx)
-                        matrix[oy, ox, iy, ix] += taps[fy, fx]
-    return matrix
-
-
-def _emulated_kernel(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain):
-    """Stand-in for the compiled upfirdn2d kernel on the CPU (float64 numpy)."""
-    taps = f.detach().double().contiguous().numpy()
-    matrix = _kernel_matrix(*x.shape[2:], taps.tobytes(), *taps.shape, upx, upy, downx, downy,
-                            padx0, padx1, pady0, pady1, flip_filter)
-    y = np.einsum("yxhw,nchw->ncyx", matrix, x.detach().double().numpy()) * gain
-    return torch.from_numpy(y).to(x.dtype)
 
 
 class _EmulatedPlugin:

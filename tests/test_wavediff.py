@@ -12,6 +12,7 @@ from networks.discriminator import DiscriminatorLarge, DiscriminatorSmall
 from networks.wavelet_generator import WaveletResnetBlock, patchify, unpatchify
 from ops.haar import dwt, idwt, lowpass
 from tests.conftest import load_fixture, replay_sampler
+from tests.helpers import assert_same_state
 
 NETWORK_CASES = ["wavelet_generator_cifar10_tiny", "ncsnpp_generator_cifar10_tiny", "wavelet_generator_celeba256_tiny",
                  "wavelet_generator_ablation_tiny", "wavelet_generator_no_fbn_tiny", "wavelet_generator_no_freq_tiny",
@@ -49,13 +50,6 @@ def tiny_inputs(config: dict, batch: int = 2, seed: int = 0) -> tuple[torch.Tens
     size = config["image_size"]
     return (torch.randn(batch, config["num_channels"], size, size, generator=gen),
             torch.randint(0, 4, (batch,), generator=gen), torch.randn(batch, config["nz"], generator=gen))
-
-
-def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 # ---------------------------------------------------------------------------------------------------------

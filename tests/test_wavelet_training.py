@@ -11,7 +11,7 @@ from ddgan.config import make_config
 from ddgan.models import build_generator, checkpoint, load_generator, looks_like_wavediff
 from ddgan.spaces.wavelet import from_wavelet, to_wavelet
 from ddgan.training.trainer import Trainer
-from tests.test_training import assert_resumes_exactly, tiny
+from tests.helpers import assert_resumes_exactly, tiny
 
 WAVELET = dict(space="wavelet", net_type="wavelet", rec_loss=True, image_size=16, ch_mult=[1, 2], num_disc_layers=3)
 
@@ -36,9 +36,9 @@ def test_sampling_ends_in_pixel_space_through_the_inverse_transform(tmp_path):
         for p in G.parameters():
             p.add_(0.3 * torch.randn_like(p))
     images = np.concatenate(list(sampling.generate(G, config, [0, 1], progress=False)))
-    x_T, latents, noises = sampling.seed_noise([0, 1], config)
+    x_T, zs, noises = sampling.seed_noise([0, 1], config)
     diffusion = __import__("ddgan.diffusion", fromlist=["Diffusion"]).Diffusion.from_config(config)
-    x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises)
+    x = diffusion.sample(G, x_T, config.nz, zs=zs, noises=noises)
     expected = sampling.to_uint8(from_wavelet(x, "bundled").clamp(-1, 1)).permute(0, 2, 3, 1).numpy()
     assert x_T.shape == (2, 12, 8, 8) and np.array_equal(images, expected)
 
@@ -56,7 +56,7 @@ def test_the_trainer_diffuses_wavelet_tensors_of_flipped_images(tmp_path):
     (dict(space="wavelet", image_size=9, ch_mult=[1]), "--image_size=9 must be even in wavelet space"),
     (dict(space="wavelet", image_size=8, ch_mult=[1], patch_size=3), "--patch_size=3 must divide the 4 px"),
     (dict(space="wavelet", wavelet_order="haar"), "--wavelet_order must be one of bundled, pytorch_wavelets"),
-    (dict(net_type="wavelet"), "--net_type=wavelet works on wavelet tensors or latents: add --space=wavelet"),
+    (dict(net_type="wavelet"), "--net_type=wavelet works on wavelet tensors or zs: add --space=wavelet"),
     (dict(space="planck"), "--space must be pixel or wavelet"),
     (dict(num_disc_layers=5), "--num_disc_layers=5: the Discriminator_small has 4 down blocks"),
     (dict(space="wavelet", image_size=8, ch_mult=[1]), "halves the 4 px it sees 3 times"),

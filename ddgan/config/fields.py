@@ -103,7 +103,7 @@ class Config:
     fourier_scale: float = option("generator", 16.0, "std of the random Fourier features (fourier embedding)")
     not_use_tanh: bool = option("generator", False, "leave G's output unbounded (no final tanh)")
     centered: bool = option("generator", True, "data in [-1, 1] (False: G maps [0, 1] inputs to [-1, 1] first)")
-    nz: int = option("generator", 100, "dimension of the latent z")
+    nz: int = option("generator", 100, "dimension of the noise code z")
     z_emb_dim: int = option("generator", 256, "width of the mapping network's output that drives AdaGN")
     n_mlp: int = option("generator", 4, "hidden layers of the mapping network (the released CIFAR-10 model has 4)")
     net_type: str = option("generator", "normal", "normal (NCSN++) or wavelet (WaveDiff's frequency-aware NCSN++)")

@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ddgan.data.images import from_uint8
+
 SHAPES = ("circle", "square", "triangle", "cross")
 
 # (background, foreground) pairs. One scheme only: with several colours a GAN trained for a few CPU
@@ -53,7 +55,7 @@ class DemoShapes(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index].float() / 127.5 - 1
+        return from_uint8(self.images[index])
 
 
 def render_shapes(kinds: np.ndarray, schemes: np.ndarray, centers: np.ndarray, radii: np.ndarray,

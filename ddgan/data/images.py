@@ -29,7 +29,7 @@ def fit_image(image: Image.Image | np.ndarray, size: int, num_channels: int,
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 pixels (H, W[, C]) as the float32 tensor (C, H, W) in [-1, 1] the diffusion trains on."""
-    tensor = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 127.5 - 1)
+    tensor = from_uint8(torch.from_numpy(np.asarray(pixels, dtype=np.float32)))
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
@@ -49,3 +49,8 @@ def check_image_args(image_size: int, num_channels: int) -> None:
         raise ValueError(f"image_size={image_size!r}: expected a positive integer (pixels per side)")
     if num_channels not in (1, 3):
         raise ValueError(f"num_channels={num_channels!r}: expected 1 (grayscale) or 3 (RGB)")
+
+
+def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel values 0..255 as floats in [-1, 1] (u / 127.5 - 1, which `ddgan.sampling.to_uint8` inverts exactly)."""
+    return pixels.float() / 127.5 - 1

@@ -177,11 +177,11 @@ class Diffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, net: Callable, x_T: torch.Tensor, nz: int, generator: Generators = None,
-               latents: torch.Tensor | None = None, noises: torch.Tensor | None = None,
+               zs: torch.Tensor | None = None, noises: torch.Tensor | None = None,
                labels: torch.Tensor | None = None, start_step: int | None = None) -> torch.Tensor:
         """Run the denoising steps from x_T: x'_0 = G(x_{t+1}, t, z[, y]) with fresh z, then x_t ~ posterior.
 
-        `latents` [T, B, nz] and `noises` [T, B, C, H, W], indexed by step t, replace the draws from
+        `zs` [T, B, nz] and `noises` [T, B, C, H, W], indexed by step t, replace the draws from
         `generator` when given (precomputed noise makes each image a function of its own seed). `labels`
         [B] are the classes of a conditional G. With `start_step=k` the input is x_k instead of x_T and
         only the k remaining steps run (editing: diffuse an image to step k, then denoise it).
@@ -192,7 +192,7 @@ class Diffusion(nn.Module):
         x = x_T
         for step in reversed(range(start_step)):
             t = torch.full((x.shape[0],), step, dtype=torch.int64, device=x.device)
-            z = latents[step] if latents is not None else randn((x.shape[0], nz), generator, x.device, x.dtype)
+            z = zs[step] if zs is not None else randn((x.shape[0], nz), generator, x.device, x.dtype)
             x0_pred = net(x, t, z) if labels is None else net(x, t, z, labels)
             noise = noises[step] if noises is not None else None
             x = self.posterior_sample(x0_pred.to(x.dtype), x, t, generator=generator, noise=noise)

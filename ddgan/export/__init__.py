@@ -19,6 +19,7 @@ from ddgan.config import Config
 from ddgan.models import checkpoint, model_folder
 from ddgan.models.model_folder import DTYPES
 from ddgan.sampling import generate, grid_image, grid_layout, readable_scale, write_png
+from ddgan.spaces import space_class
 
 FORMATS = ("folder", "onnx")
 
@@ -81,7 +82,7 @@ def export(ckpt: str, out: str, format: str = "folder", dtype: str = "float32", 
     trained = training_record(ckpt)
     written = model_folder.write(
         G, config, target, dtype=dtype, trained=trained, overwrite=overwrite,
-        extras=lambda staging: write_card(staging, G, config, trained, license, grid_images, target))
+        extras=lambda staging: write_card(staging, G, config, trained, license, grid_images, target.name))
     print(written)
     return str(written)
 
@@ -113,7 +114,7 @@ def training_record(ckpt: str) -> dict:
 
 
 def write_card(folder: Path, G: torch.nn.Module, config: Config, trained: dict, license: str | None,
-               grid_images: int, published_at: Path) -> None:
+               grid_images: int, folder_name: str) -> None:
     """README.md (the Hub's model card: YAML front matter, then what the model is and how to sample it) and the
     sample grid it shows."""
     seeds, labels, columns = grid_layout(config, grid_images)
@@ -121,19 +122,20 @@ def write_card(folder: Path, G: torch.nn.Module, config: Config, trained: dict, 
                                           labels=labels)))
     write_png(grid_image(images, columns or math.ceil(math.sqrt(len(seeds))), readable_scale(config.image_size)),
               folder / model_folder.GRID_FILE)
-    (folder / model_folder.CARD_FILE).write_text(card_text(config, trained, license, published_at), encoding="utf-8")
+    (folder / model_folder.CARD_FILE).write_text(card_text(config, trained, license, folder_name), encoding="utf-8")
 
 
-def card_text(config: Config, trained: dict, license: str | None, published_at: Path) -> str:
-    """The model card's Markdown."""
+def card_text(config: Config, trained: dict, license: str | None, folder_name: str) -> str:
+    """The model card's Markdown; its usage names the folder by its own name (never a path of the exporting
+    machine) or by a Hub id placeholder."""
     tags = ["ddgan", "denoising-diffusion-gan", "gan", "diffusion"]
-    tags += {"wavelet": ["wavediff"], "latent": ["lddgan", "latent-diffusion"]}.get(config.space, [])
+    space = space_class(config.space)
+    tags += list(space.card_tags)
     tags += ["class-conditional"] if config.num_classes else []
     front = ["---", "library_name: ddgan", "pipeline_tag: unconditional-image-generation", "tags:"]
     front += [f"- {tag}" for tag in tags] + ([f"license: {license}"] if license else []) + ["---", ""]
-    where = shlex.quote(str(published_at))
-    kind = {"pixel": "pixels", "wavelet": "WaveDiff's Haar wavelet tensors",
-            "latent": "an autoencoder's latents (LDDGAN; the decoder is in autoencoder/)"}[config.space]
+    where = shlex.quote(folder_name)
+    kind = space.diffuses
     lines = [f"# DDGAN: {config.preset}, {config.image_size} px", "",
              f"A Denoising Diffusion GAN (Xiao, Kreis & Vahdat, ICLR 2022) that draws {config.image_size}x"
              f"{config.image_size} images with {config.num_channels} channel(s) in T = {config.num_timesteps} "
@@ -159,11 +161,12 @@ def card_text(config: Config, trained: dict, license: str | None, published_at: 
         lines.append("- no FID was logged during training (train with --fid_every to record one)")
     lines += ["", "## Samples", "", f"![samples]({model_folder.GRID_FILE})", "",
               "Seeds 0 and up" + (", one row per class." if config.num_classes else "."), "",
-              "## Use", "", "With the ddgan package installed:", "", "```bash",
+              "## Use", "", f"With the ddgan package installed, beside the folder `{folder_name}` (or with its Hub id "
+              f"`OWNER/{folder_name}` in its place once it is uploaded):", "", "```bash",
               f"ddgan sample {where} --seeds=0-15 --out=samples.png",
               f"ddgan export {where} --format=onnx --out=sampler.onnx   # deploy with ONNX Runtime", "```", "",
               "```python", "import ddgan", "from ddgan.sampling import generate", "",
-              f"G, config = ddgan.from_pretrained({str(published_at)!r})  # or 'owner/name' on the Hub",
+              f"G, config = ddgan.from_pretrained({folder_name!r})  # or 'OWNER/{folder_name}' on the Hub",
               (f"images = next(generate(G, config, range(16), labels={(config.class_names or ['0'])[0]!r}))"
                "  # uint8 [16, H, W, C]" if config.num_classes else
                "images = next(generate(G, config, range(16)))  # uint8 [16, H, W, C]"), "```", ""]

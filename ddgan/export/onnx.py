@@ -5,7 +5,7 @@ returns finished images, so that a model can be deployed where there is no PyTor
 server, from C++/C#/Java, or onnxruntime-web). The graph's inputs and output (N is dynamic):
 
     x_T     float32 [N, C, H, W]     the initial noise, in the space the networks see (pixels, wavelets, latents)
-    z       float32 [N, T, nz]       the latent code of every step; z[:, t] is step t's (t = T-1 runs first)
+    z       float32 [N, T, nz]       the code z of every step; z[:, t] is step t's (t = T-1 runs first)
     noise   float32 [N, T, C, H, W]  the posterior noise of every step (step 0's is unused: it adds none)
     labels  int64   [N]              class indices, a class-conditional model only
     images  uint8   [N, H', W', C']  the images, as `ddgan sample` writes them (a wavelet model's inverse
@@ -75,7 +75,7 @@ class SamplerGraph(nn.Module):
     def forward(self, x_T: torch.Tensor, z: torch.Tensor, noise: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         # Batch-first inputs are what a deployment draws; Diffusion.sample indexes its noise by step first.
-        x = self.diffusion.sample(self.G, x_T, self.config.nz, latents=z.transpose(0, 1),
+        x = self.diffusion.sample(self.G, x_T, self.config.nz, zs=z.transpose(0, 1),
                                   noises=noise.transpose(0, 1), labels=labels)
         return to_uint8(self.space.decode(x)).permute(0, 2, 3, 1)
 
@@ -94,8 +94,8 @@ def _decoding_space(config: Config, space: Space | None) -> Space:
 
 def _example_inputs(config: Config) -> tuple[torch.Tensor, ...]:
     """Inputs of EXAMPLE_BATCH images to trace the graph with."""
-    x_T, latents, noises = seed_noise(range(EXAMPLE_BATCH), config)
-    inputs = (x_T, latents.transpose(0, 1).contiguous(), noises.transpose(0, 1).contiguous())
+    x_T, zs, noises = seed_noise(range(EXAMPLE_BATCH), config)
+    inputs = (x_T, zs.transpose(0, 1).contiguous(), noises.transpose(0, 1).contiguous())
     return inputs + ((torch.zeros(EXAMPLE_BATCH, dtype=torch.int64),) if config.num_classes else ())
 
 
@@ -151,8 +151,8 @@ def onnx_inputs(config: Config, seeds: int | str | Sequence[int], labels=None) -
         seeds = seeds * len(classes)
     else:
         class_labels(config, labels, len(seeds))  # refuses labels for an unconditional model, as ddgan sample
-    x_T, latents, noises = seed_noise(seeds, config)
-    inputs = {"x_T": x_T.numpy(), "z": latents.transpose(0, 1).contiguous().numpy(),
+    x_T, zs, noises = seed_noise(seeds, config)
+    inputs = {"x_T": x_T.numpy(), "z": zs.transpose(0, 1).contiguous().numpy(),
               "noise": noises.transpose(0, 1).contiguous().numpy()}
     if per_image is not None:
         inputs["labels"] = np.asarray(per_image, dtype=np.int64)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ddgan.config import Config
+from ddgan.models.build import build_generator
 from ddgan.models.space import space_for
 from ddgan.runtime import hub
 from ddgan.spaces import kept_config, space_class
@@ -86,8 +87,6 @@ def read(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple
     """(G in eval mode on `device`, its Config) from a model folder; json and safetensors only."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from ddgan.models import build_generator
 
     folder = Path(folder).expanduser()
     about = read_about(folder)

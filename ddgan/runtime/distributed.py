@@ -191,3 +191,10 @@ def main_only(function, context: Context):
     if error is not None:
         raise error
     return result
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """The device asked for, else CUDA when there is a GPU, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
+
+from networks import count_parameters
+from ops.cpu_library import cpuinfo_value
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 AMP_CHOICES = ("auto", *AMP_DTYPES)
@@ -30,10 +32,7 @@ def check_amp(amp: str | None) -> None:
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as /proc/cpuinfo reports it."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = (cpuinfo_value("flags", "Features") or "").split()  # x86, ARM
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
@@ -78,3 +77,11 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None, cache_enable
     if dtype is None:
         return nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def run_precision(amp: str | None, device: torch.device | str, network: torch.nn.Module | None = None,
+                  channels_last: bool | None = None) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, NHWC) to run `network` on `device` under --amp: the dtype for the network's size (auto
+    keeps small networks in float32 on a CPU), NHWC where it is faster unless `channels_last` decides."""
+    dtype = amp_dtype(amp, device, None if network is None else count_parameters(network))
+    return dtype, channels_last_default(device, dtype) if channels_last is None else channels_last

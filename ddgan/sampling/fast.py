@@ -45,14 +45,14 @@ class GraphedSampler:
     zeros (images do not interact in G, so padding rows change nothing) and cut back after the replay.
     """
 
-    def __init__(self, G, diffusion: Diffusion, nz: int, x_T, latents, noises, labels, dtype: torch.dtype | None):
-        self.inputs = [x_T.clone(), latents.clone(), noises.clone()] + ([] if labels is None else [labels.clone()])
+    def __init__(self, G, diffusion: Diffusion, nz: int, x_T, zs, noises, labels, dtype: torch.dtype | None):
+        self.inputs = [x_T.clone(), zs.clone(), noises.clone()] + ([] if labels is None else [labels.clone()])
         self.batch_dims = (0, 1, 1, 0)[:len(self.inputs)]
 
         def run():
             with torch.no_grad(), autocast("cuda", dtype, cache_enabled=False):
-                x_T, latents, noises, *labels = self.inputs
-                self.output = diffusion.sample(G, x_T, nz, latents=latents, noises=noises,
+                x_T, zs, noises, *labels = self.inputs
+                self.output = diffusion.sample(G, x_T, nz, zs=zs, noises=noises,
                                                labels=labels[0] if labels else None)
 
         self.graph = capture_cuda_graph(run)

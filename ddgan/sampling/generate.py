@@ -14,7 +14,7 @@ from ddgan.config import Config
 from ddgan.diffusion.process import Diffusion
 from ddgan.models.space import space_for
 from ddgan.runtime import distributed
-from ddgan.runtime.precision import amp_dtype, autocast
+from ddgan.runtime.precision import autocast, run_precision
 from ddgan.sampling.fast import GraphedSampler, prefetched
 from ddgan.sampling.images import to_uint8
 from ddgan.sampling.seeds import as_seed, class_labels, interpolation_noise, parse_seeds, seed_vectors, split_noise
@@ -96,7 +96,7 @@ def edit(G: torch.nn.Module, config: Config, images: torch.Tensor, seeds: Sequen
     """Add noise, then denoise (SDEdit): diffuse images [N, C, H, W] in [-1, 1] to step k, run the k steps left.
 
     Image i is encoded into the model's space, diffused with seed i's x_T draw, x_k = a_k x_0 + sigma_k eps,
-    and denoised with seed i's latents and noises; k = T starts from eps itself (the input is ignored: plain
+    and denoised with seed i's codes z and noises; k = T starts from eps itself (the input is ignored: plain
     sampling of the seed), k = 1 keeps most of the input. Yields uint8 (B, H, W, C) arrays in order.
     """
     check_batch(batch)
@@ -127,7 +127,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
                     space: Space | None) -> Iterator[np.ndarray]:
     """The batch loop behind generate, interpolate and edit: draw(chunk) gives each batch's noise rows."""
     space = space or space_for(config)
-    dtype = amp_dtype(amp, device, sum(p.numel() for p in G.parameters()))
+    dtype, _ = run_precision(amp, device, G)
     if cuda_graph and device.type != "cuda":
         raise ValueError("--cuda_graph needs a CUDA device")
     diffusion = Diffusion.from_config(config).to(device)
@@ -135,7 +135,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
     graphed = None
     for chunk, rows in tqdm(zip(chunks, prefetched(chunks, draw, prefetch), strict=True), total=len(chunks),
                             desc="sampling", unit="batch", disable=not progress or len(chunks) <= 1, file=sys.stderr):
-        x_T, latents, noises = split_noise(rows.to(device, non_blocking=True), config)
+        x_T, zs, noises = split_noise(rows.to(device, non_blocking=True), config)
         y = labels[chunk.start:chunk.stop].to(device) if labels is not None else None
         if inputs is not None and start_step < config.num_timesteps:
             x0 = space.encode(inputs[chunk.start:chunk.stop].to(device=device, dtype=x_T.dtype))
@@ -144,11 +144,11 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
         x_T = x_T.contiguous(memory_format=memory_format)
         if cuda_graph:
             # Recorded at the first batch's size; only the last batch can be smaller, and it is padded.
-            graphed = graphed or GraphedSampler(G, diffusion, config.nz, x_T, latents, noises, y, dtype)
-            x = graphed(x_T, latents, noises, *([] if y is None else [y]))
+            graphed = graphed or GraphedSampler(G, diffusion, config.nz, x_T, zs, noises, y, dtype)
+            x = graphed(x_T, zs, noises, *([] if y is None else [y]))
         else:
             with torch.no_grad(), autocast(device, dtype):
-                x = diffusion.sample(G, x_T, config.nz, latents=latents, noises=noises, labels=y,
+                x = diffusion.sample(G, x_T, config.nz, zs=zs, noises=noises, labels=y,
                                      start_step=start_step)
         yield to_uint8(space.decode(x)).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -157,8 +157,3 @@ def check_batch(batch) -> None:
     """Raise ValueError unless --batch is a positive integer."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"--batch must be an integer >= 1 (images per forward pass), got {batch!r}")
-
-
-def default_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -74,7 +74,7 @@ def as_seed(value) -> int:
 
 
 def noise_sizes(config: Config) -> tuple[int, int]:
-    """(numbers in one x_t, numbers one seed draws): x_T, then T latents, then T noise tensors."""
+    """(numbers in one x_t, numbers one seed draws): x_T, then T codes z, then T noise tensors."""
     pixels = math.prod(config.diffused_shape)  # of the tensor the networks see: pixels, wavelets or latents
     return pixels, pixels + config.num_timesteps * (config.nz + pixels)
 
@@ -89,21 +89,21 @@ def seed_vectors(seeds: Sequence[int], config: Config, pin_memory: bool = False)
 
 
 def split_noise(rows: torch.Tensor, config: Config):
-    """Cut seed vectors into (x_T [B,C,H,W], latents [T,B,nz], noises [T,B,C,H,W]), indexed by step t.
+    """Cut seed vectors into (x_T [B,C,H,W], zs [T,B,nz] (every step's z), noises [T,B,C,H,W]), indexed by step t.
 
     A row is laid out as x_T, then z_0 .. z_{T-1}, then the posterior noise of steps 0 .. T-1.
     """
     pixels, _ = noise_sizes(config)
     batch, steps, nz = rows.shape[0], config.num_timesteps, config.nz
     image = config.diffused_shape
-    x_T, latents, noises = rows.split([pixels, steps * nz, steps * pixels], dim=1)
-    latents = latents.reshape(batch, steps, nz).transpose(0, 1).contiguous()
+    x_T, zs, noises = rows.split([pixels, steps * nz, steps * pixels], dim=1)
+    zs = zs.reshape(batch, steps, nz).transpose(0, 1).contiguous()
     noises = noises.reshape(batch, steps, *image).transpose(0, 1).contiguous()
-    return x_T.reshape(batch, *image), latents, noises
+    return x_T.reshape(batch, *image), zs, noises
 
 
 def seed_noise(seeds: Sequence[int], config: Config):
-    """(x_T, latents, noises) for these seeds on the CPU; image i depends on seeds[i] only."""
+    """(x_T, zs, noises) for these seeds on the CPU; image i depends on seeds[i] only."""
     return split_noise(seed_vectors(seeds, config), config)
 
 

@@ -26,6 +26,8 @@ class Space:
     """What every space shares: training items are images, mirrored where the step's draw says so."""
 
     name = ""
+    card_tags: tuple[str, ...] = ()  # a model card's tags for models of this space
+    diffuses = "pixels"  # what a model card says the model diffuses
     opens_autoencoder = False  # whether the space needs --autoencoder (and refuses it otherwise)
     takes_wavelet_generator = False  # whether --net_type=wavelet can run on its tensors
     original_code = "DDGAN"  # whose code trained the original checkpoints of this space (their weight layout)

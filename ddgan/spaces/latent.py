@@ -28,6 +28,8 @@ class LatentSpace(Space):
     """An autoencoder's latents over `latent_scale`, as LDDGAN: x_0 = z / scale, images = decode(x * scale)."""
 
     name = "latent"
+    card_tags = ("lddgan", "latent-diffusion")
+    diffuses = "an autoencoder's latents (LDDGAN; the decoder is in autoencoder/)"
     opens_autoencoder = True
     # The wavelet network resamples its own features by Haar transforms, so it also runs on latents.
     takes_wavelet_generator = True

@@ -61,6 +61,8 @@ class WaveletSpace(Space):
     """WaveDiff's one-level Haar tensor cat(LL, LH, HL, HH) / 2, bands in the config's `wavelet_order`."""
 
     name = "wavelet"
+    card_tags = ("wavediff",)
+    diffuses = "WaveDiff's Haar wavelet tensors"
     takes_wavelet_generator = True
     original_code = "WaveDiff"
 

@@ -24,11 +24,13 @@ import torch
 from ddgan.config import PRESETS
 from ddgan.data import ImageDataset, describe_dataset, make_loader, open_dataset
 from ddgan.models import checkpoint
+from ddgan.runtime.distributed import default_device
 from ddgan.runtime.files import atomic_write, fsync_folder
 from ddgan.sampling import grid_image, readable_scale, to_uint8, write_png
 from ddgan.training.monitor import Monitor
 from ddgan.training.skeleton import Every, train
 from ddgan.version import __version__
+from networks import count_parameters
 
 STATE_FILE = "autoencoder-state.pt"
 SUMMARY_FILE = "ddgan_autoencoder.json"
@@ -264,6 +266,69 @@ def positive(name: str, value, kind: type = int) -> int | float:
     return kind(value)
 
 
+def announce(monitor: Monitor, out: Path, dataset: ImageDataset, trainer: AutoencoderTrainer,
+             architecture: Architecture, device: torch.device, lpips_off: str, saved: dict | None,
+             settings: dict) -> None:
+    """The run log's opening lines: the folder, data, model, and what a resumed run changed."""
+    monitor.message(f"autoencoder folder {out}\ndata: {describe_dataset(dataset)}\n"
+                    f"{count_parameters(trainer.model) / 1e6:.2f} M parameters; latents "
+                    f"{architecture.latent_channels}x{architecture.image_size // architecture.factor}x"
+                    f"{architecture.image_size // architecture.factor} (f={architecture.factor}) on {device}")
+    if lpips_off:
+        monitor.message(f"LPIPS is off: {lpips_off}; the loss is L1 + KL")
+    if saved is not None:
+        monitor.message(f"resumed from {out / STATE_FILE} at {trainer.images_seen / 1000:.3f} kimg")
+        for name, value in settings.items():
+            if saved["settings"].get(name) != value:
+                monitor.message(f"note: --{name} is {value!r} now, {saved['settings'].get(name)!r} in the state; "
+                                "the run goes on with the new value, so it will not repeat an uninterrupted run")
+
+
+@dataclass
+class SnapshotWriter:
+    """Writes a snapshot of an autoencoder run into its folder (diffusers files, summary, reconstructions, state)."""
+
+    trainer: AutoencoderTrainer
+    out: Path
+    probe: torch.Tensor  # the fixed images measured and shown at every snapshot
+    seed: int
+    architecture: Architecture
+    data: str
+    dataset: str  # the data's description
+    settings: dict
+    monitor: Monitor
+
+    def snapshot(self, name: str) -> dict:
+        """Write the diffusers folder, the summary, a reconstruction grid and the state; the summary."""
+        trainer, out, architecture, probe = self.trainer, self.out, self.architecture, self.probe
+        if not all(torch.isfinite(p).all() for p in trainer.model.parameters()):
+            raise FloatingPointError(f"the weights are not finite at step {trainer.step}; the last snapshot in {out} "
+                                     "stands: resume from it with a lower --lr")
+        l1, std, reconstructions = measure(trainer.model, probe, self.seed)
+        trainer.model.register_to_config(scaling_factor=1 / std)
+        write_diffusers_folder(trainer.model, out)
+        f = architecture.factor
+        summary = {"trained_by": "ddgan autoencoder", "ddgan_version": __version__, "data": self.data,
+                   "dataset": self.dataset, "kimg": trainer.images_seen / 1000, "steps": trainer.step,
+                   "l1": l1, "l1_images": len(probe), "latent_std": std, "scaling_factor": 1 / std,
+                   "latent_shape": [architecture.latent_channels, architecture.image_size // f,
+                                    architecture.image_size // f],
+                   "downsampling_factor": f, "architecture": asdict(architecture), "training": self.settings}
+        write_json(out / SUMMARY_FILE, summary)
+        shown = torch.cat([probe[:GRID_IMAGES], reconstructions[:GRID_IMAGES]])
+        grid = grid_image(to_uint8(shown).permute(0, 2, 3, 1).numpy(), min(GRID_IMAGES, len(probe)),
+                          readable_scale(architecture.image_size))
+        write_png(grid, out / f"reconstructions-{name}.png")
+        self.monitor.image("reconstructions", trainer.images_seen / 1000, grid)
+        self.monitor.scalars(trainer.images_seen / 1000, trainer.step, {"measured/l1": l1,
+                                                                        "measured/latent_std": std})
+        # The state last: a folder whose state exists always has diffusers files at least as new.
+        checkpoint.save_atomic({"format": STATE_FORMAT, "version": 1, "ddgan_version": __version__,
+                                "architecture": {**asdict(architecture), "ch_mult": list(architecture.ch_mult)},
+                                "settings": self.settings, **trainer.state_dict()}, out / STATE_FILE)
+        return summary
+
+
 def check_flags(image_size, num_channels, ch_mult, kimg, lr, batch_size, kl_weight, snapshot_kimg,
                 workers) -> tuple:
     """(image_size, ch_mult, kimg, lr, batch_size) as their types, or ValueError naming the flag at fault."""
@@ -317,7 +382,7 @@ def autoencoder(data: str, *, out: str, image_size: int | None = None, num_chann
     for stale in out.glob(".diffusers-*"):  # a save killed before its renames
         shutil.rmtree(stale, ignore_errors=True)
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device or None)
     perceptual, lpips_off = perceptual_loss(device)
     trainer = AutoencoderTrainer(architecture, lr, float(kl_weight), int(seed), device, perceptual)
     settings = {"data": str(data), "batch_size": batch_size, "lr": lr, "kl_weight": float(kl_weight),
@@ -325,48 +390,10 @@ def autoencoder(data: str, *, out: str, image_size: int | None = None, num_chann
     if saved is not None:
         trainer.load_state_dict(saved)
     monitor = Monitor(out, kimg, trainer.images_seen / 1000, postfix=autoencoder_postfix)
-    monitor.message(f"autoencoder folder {out}\ndata: {describe_dataset(dataset)}\n"
-                    f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M parameters; latents "
-                    f"{architecture.latent_channels}x{architecture.image_size // architecture.factor}x"
-                    f"{architecture.image_size // architecture.factor} (f={architecture.factor}) on {device}")
-    if lpips_off:
-        monitor.message(f"LPIPS is off: {lpips_off}; the loss is L1 + KL")
-    if saved is not None:
-        monitor.message(f"resumed from {out / STATE_FILE} at {trainer.images_seen / 1000:.3f} kimg")
-        for name, value in settings.items():
-            if saved["settings"].get(name) != value:
-                monitor.message(f"note: --{name} is {value!r} now, {saved['settings'].get(name)!r} in the state; "
-                                "the run goes on with the new value, so it will not repeat an uninterrupted run")
-
-    probe = fixed_images(dataset, MEASURED_IMAGES)
-
-    def snapshot(name: str) -> dict:
-        """Write the diffusers folder, the summary, a reconstruction grid and the state; the summary."""
-        if not all(torch.isfinite(p).all() for p in trainer.model.parameters()):
-            raise FloatingPointError(f"the weights are not finite at step {trainer.step}; the last snapshot in {out} "
-                                     "stands: resume from it with a lower --lr")
-        l1, std, reconstructions = measure(trainer.model, probe, int(seed))
-        trainer.model.register_to_config(scaling_factor=1 / std)
-        write_diffusers_folder(trainer.model, out)
-        f = architecture.factor
-        summary = {"trained_by": "ddgan autoencoder", "ddgan_version": __version__, "data": str(data),
-                   "dataset": describe_dataset(dataset), "kimg": trainer.images_seen / 1000, "steps": trainer.step,
-                   "l1": l1, "l1_images": len(probe), "latent_std": std, "scaling_factor": 1 / std,
-                   "latent_shape": [architecture.latent_channels, architecture.image_size // f,
-                                    architecture.image_size // f],
-                   "downsampling_factor": f, "architecture": asdict(architecture), "training": settings}
-        write_json(out / SUMMARY_FILE, summary)
-        shown = torch.cat([probe[:GRID_IMAGES], reconstructions[:GRID_IMAGES]])
-        grid = grid_image(to_uint8(shown).permute(0, 2, 3, 1).numpy(), min(GRID_IMAGES, len(probe)),
-                          readable_scale(architecture.image_size))
-        write_png(grid, out / f"reconstructions-{name}.png")
-        monitor.image("reconstructions", trainer.images_seen / 1000, grid)
-        monitor.scalars(trainer.images_seen / 1000, trainer.step, {"measured/l1": l1, "measured/latent_std": std})
-        # The state last: a folder whose state exists always has diffusers files at least as new.
-        checkpoint.save_atomic({"format": STATE_FORMAT, "version": 1, "ddgan_version": __version__,
-                                "architecture": {**asdict(architecture), "ch_mult": list(ch_mult)},
-                                "settings": settings, **trainer.state_dict()}, out / STATE_FILE)
-        return summary
+    announce(monitor, out, dataset, trainer, architecture, device, lpips_off, saved, settings)
+    run = SnapshotWriter(trainer, out, fixed_images(dataset, MEASURED_IMAGES), int(seed), architecture, str(data),
+                         describe_dataset(dataset), settings, monitor)
+    snapshot = run.snapshot
 
     total_images = math.ceil(round(kimg * 1000, 6))
     if trainer.images_seen >= total_images:

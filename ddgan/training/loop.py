@@ -160,105 +160,121 @@ def _run_loop(config: Config, context: distributed.Context, max_steps: int | Non
               evaluate_fid: Evaluator | None) -> tuple[Path, bool]:
     """The run; returns its folder and whether it stopped on SIGUSR1 (to be started again)."""
     config, dataset, data, trainer, resumed, run_dir, log = _open_run(config, context)
-    monitor = Monitor(run_dir if context.is_main else None, config.kimg, trainer.images_seen / 1000,
-                      enabled=context.is_main)
+    run = _Run(config, context, dataset, data, trainer, resumed, run_dir, evaluate_fid)
     if context.is_main:
         trainer.space.save(run_dir)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         for line in log:
-            monitor.message(line)
+            run.monitor.message(line)
+    scheduled = [Every(config.sample_kimg * 1000, run.grid), Every(config.fid_every * 1000, run.fid),
+                 Every(config.snapshot_kimg * 1000, lambda: run.snapshot("a scheduled snapshot"))]
+    train(run.step, lambda: trainer.images_seen, run.total_images, run.monitor, scheduled, run.stopping, run.finish,
+          max_steps)
+    return run_dir, run.requeue
 
-    per_rank_batch = config.batch_size // context.world_size
-    batches = iter(make_loader(data, per_rank_batch, rank=context.rank, num_replicas=context.world_size,
-                               seed=config.seed, workers=config.workers,
-                               start_index=trainer.batches_drawn * per_rank_batch))
-    total_images = int(math.ceil(config.kimg * 1000))
-    best_fid = (resumed or {}).get("best_fid")
-    strict_checks = context.device.type == "cpu" or config.skip_nonfinite > 0
-    run = {"skipped": 0, "data_wait": 0.0, "saved_at": wall_minutes(), "requeue": False}  # rank 0's clock decides
 
-    def snapshot(reason: str) -> Path | None:
+class _Run:
+    """A DDGAN run's parts of the loop skeleton: its step, its scheduled grids, FID and snapshots, when it stops,
+    and how it ends. Every rank runs the same calls; rank 0 alone writes."""
+
+    def __init__(self, config: Config, context: distributed.Context, dataset, data, trainer: Trainer,
+                 resumed: dict | None, run_dir: Path, evaluate_fid: Evaluator | None):
+        self.config, self.context, self.dataset, self.trainer, self.run_dir = config, context, dataset, trainer, run_dir
+        self.evaluate_fid = evaluate_fid
+        self.monitor = Monitor(run_dir if context.is_main else None, config.kimg, trainer.images_seen / 1000,
+                               enabled=context.is_main)
+        per_rank_batch = config.batch_size // context.world_size
+        self.batches = iter(make_loader(data, per_rank_batch, rank=context.rank, num_replicas=context.world_size,
+                                        seed=config.seed, workers=config.workers,
+                                        start_index=trainer.batches_drawn * per_rank_batch))
+        self.total_images = int(math.ceil(config.kimg * 1000))
+        self.best_fid = (resumed or {}).get("best_fid")
+        self.strict_checks = context.device.type == "cpu" or config.skip_nonfinite > 0
+        self.skipped, self.data_wait, self.requeue = 0, 0.0, False
+        self.saved_at = wall_minutes()  # rank 0's clock decides when --checkpoint_minutes is due
+
+    def snapshot(self, reason: str) -> Path | None:
         """Save on rank 0; every rank calls it (each sends its random stream)."""
-        streams = rank_streams(trainer, context)
-        if not context.is_main:
+        streams = rank_streams(self.trainer, self.context)
+        if not self.context.is_main:
             return None
-        if not weights_finite(trainer):
-            monitor.message(f"not saving at {reason}: the weights are not finite; the last checkpoint stands")
+        if not weights_finite(self.trainer):
+            self.monitor.message(f"not saving at {reason}: the weights are not finite; the last checkpoint stands")
             return None
-        path = save_checkpoint(trainer, run_dir, {"best_fid": best_fid, **streams})
-        checkpoint.prune(run_dir, config.keep_checkpoints)
-        run["saved_at"] = wall_minutes()
+        path = save_checkpoint(self.trainer, self.run_dir, {"best_fid": self.best_fid, **streams})
+        checkpoint.prune(self.run_dir, self.config.keep_checkpoints)
+        self.saved_at = wall_minutes()
         return path
 
-    def step() -> bool:
+    def step(self) -> bool:
         """One iteration, logged every --log_every steps; False when a non-finite loss skipped it."""
+        config, trainer = self.config, self.trainer
         waited = time.perf_counter()
-        x0, y = next(batches) if config.cond else (next(batches), None)
-        run["data_wait"] += time.perf_counter() - waited
+        x0, y = next(self.batches) if config.cond else (next(self.batches), None)
+        self.data_wait += time.perf_counter() - waited
         log_now = trainer.step % config.log_every == 0
         try:
-            stats = trainer.run_iteration(x0, y, check_finite=strict_checks or log_now)
+            stats = trainer.run_iteration(x0, y, check_finite=self.strict_checks or log_now)
         except NonFiniteError as error:
-            run["skipped"] += 1
-            if run["skipped"] > config.skip_nonfinite:
-                saved = snapshot("the non-finite step")  # every rank raised: they save together
-                if context.is_main:
-                    kept = saved or checkpoint.latest_checkpoint(run_dir)
-                    monitor.message(f"stopping: {error}. Last finite state: {kept}")
+            self.skipped += 1
+            if self.skipped > config.skip_nonfinite:
+                saved = self.snapshot("the non-finite step")  # every rank raised: they save together
+                if self.context.is_main:
+                    kept = saved or checkpoint.latest_checkpoint(self.run_dir)
+                    self.monitor.message(f"stopping: {error}. Last finite state: {kept}")
                 raise
-            monitor.message(f"skipping a step: {error} ({run['skipped']}/{config.skip_nonfinite} tolerated)")
+            self.monitor.message(f"skipping a step: {error} ({self.skipped}/{config.skip_nonfinite} tolerated)")
             return False
         if log_now:
             stats.update(trainer.grad_norms())
             stats["lr/G"] = trainer.opt_G.param_groups[0]["lr"]
             stats["lr/D"] = trainer.opt_D.param_groups[0]["lr"]
-            stats["speed/data_wait_s"], run["data_wait"] = run["data_wait"], 0.0
+            stats["speed/data_wait_s"], self.data_wait = self.data_wait, 0.0
             if config.skip_bad_images:  # this rank's unreadable images so far, within --skip_bad_images
-                stats["data/bad_images_skipped"] = dataset.bad_image_count()
-            monitor.scalars(trainer.images_seen / 1000, trainer.step, stats)
+                stats["data/bad_images_skipped"] = self.dataset.bad_image_count()
+            self.monitor.scalars(trainer.images_seen / 1000, trainer.step, stats)
         return True
 
-    def grid() -> None:
-        if context.is_main:
-            write_sample_grid(trainer, run_dir / f"samples-{trainer.images_seen:012d}.png", monitor)
+    def grid(self) -> None:
+        if self.context.is_main:
+            write_sample_grid(self.trainer, self.run_dir / f"samples-{self.trainer.images_seen:012d}.png",
+                              self.monitor)
 
-    def fid() -> None:
-        nonlocal best_fid
-        best_fid = _evaluate_fid(evaluate_fid, trainer, run_dir, monitor, best_fid, context)
+    def fid(self) -> None:
+        self.best_fid = _evaluate_fid(self.evaluate_fid, self.trainer, self.run_dir, self.monitor, self.best_fid,
+                                      self.context)
 
-    def stopping(stop: StopRequest) -> bool:
+    def stopping(self, stop: StopRequest) -> bool:
         """Ranks agree on stopping (and on rank 0's clock) every AGREE_EVERY steps, so that a signal never
         leaves one rank waiting; a time-based checkpoint is saved when due."""
-        if context.distributed and trainer.step % AGREE_EVERY:
+        config, trainer = self.config, self.trainer
+        if self.context.distributed and trainer.step % AGREE_EVERY:
             return False
-        minutes = wall_minutes() - run["saved_at"]
-        unfinished = trainer.images_seen < total_images  # the end saves anyway
-        due = context.is_main and unfinished and 0 < config.checkpoint_minutes <= minutes
-        stop_now, run["requeue"], due = distributed.any_true_each([stop.requested, stop.requeue, due], context)
+        minutes = wall_minutes() - self.saved_at
+        unfinished = trainer.images_seen < self.total_images  # the end saves anyway
+        due = self.context.is_main and unfinished and 0 < config.checkpoint_minutes <= minutes
+        stop_now, self.requeue, due = distributed.any_true_each([stop.requested, stop.requeue, due], self.context)
         if stop_now:
-            why = "SIGUSR1: stopping to be started again" if run["requeue"] else "stop requested"
-            monitor.message(f"{why} at {trainer.images_seen / 1000:.2f} kimg: saving a checkpoint")
+            why = "SIGUSR1: stopping to be started again" if self.requeue else "stop requested"
+            self.monitor.message(f"{why} at {trainer.images_seen / 1000:.2f} kimg: saving a checkpoint")
             return True
         if due:
-            saved = snapshot("a time-based checkpoint")
-            monitor.message(f"{minutes:.1f} min since the last checkpoint (--checkpoint_minutes="
-                            f"{config.checkpoint_minutes:g}): saved {saved}")
+            saved = self.snapshot("a time-based checkpoint")
+            self.monitor.message(f"{minutes:.1f} min since the last checkpoint (--checkpoint_minutes="
+                                 f"{config.checkpoint_minutes:g}): saved {saved}")
         return False
 
-    def finish(stopped: bool) -> None:
-        final = snapshot("the end")
-        if context.is_main and run["requeue"]:
-            monitor.message(f"checkpoint: {final}\nexiting with status {EXIT_REQUEUE}: start the same command "
-                            "again (with --run_dir, or --resume) to continue")
-        elif context.is_main:
-            write_sample_grid(trainer, run_dir / "samples-final.png", monitor)
-            monitor.message(f"checkpoint: {final}\nsamples: {run_dir / 'samples-final.png'}\n"
-                            f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
-
-    scheduled = [Every(config.sample_kimg * 1000, grid), Every(config.fid_every * 1000, fid),
-                 Every(config.snapshot_kimg * 1000, lambda: snapshot("a scheduled snapshot"))]
-    train(step, lambda: trainer.images_seen, total_images, monitor, scheduled, stopping, finish, max_steps)
-    return run_dir, run["requeue"]
+    def finish(self, stopped: bool) -> None:
+        """The final checkpoint; then, unless the run is to be started again, the final grid."""
+        final = self.snapshot("the end")
+        run_dir = self.run_dir
+        if self.context.is_main and self.requeue:
+            self.monitor.message(f"checkpoint: {final}\nexiting with status {EXIT_REQUEUE}: start the same "
+                                 "command again (with --run_dir, or --resume) to continue")
+        elif self.context.is_main:
+            write_sample_grid(self.trainer, run_dir / "samples-final.png", self.monitor)
+            self.monitor.message(f"checkpoint: {final}\nsamples: {run_dir / 'samples-final.png'}\n"
+                                 f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
 
 
 def write_sample_grid(trainer: Trainer, path: Path, monitor=None) -> Path:

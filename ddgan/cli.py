@@ -22,7 +22,7 @@ def train(preset: str = "cifar10", **flags) -> str:
     sets every default, and any field can be overridden by its flag (`--num_channels_dae=64 --ch_mult='[1,2,2]'`).
     `--resume=RUN` continues a run exactly; with `--run_dir=PATH` the same command started again continues its
     run. Run under torchrun for several GPUs or nodes. Prints the run folder. SIGINT/SIGTERM save a checkpoint
-    and exit 0; SIGUSR1 saves one and exits 75 ("start me again", README: On a cluster)."""
+    and exit 0; SIGUSR1 saves one and exits 75 ("start me again", docs/cluster.md)."""
     from ddgan.training.loop import run_training
     from ddgan.training.start import config_from_flags
 

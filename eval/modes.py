@@ -1,15 +1,17 @@
-"""Mode coverage and class accuracy on the demo shapes, which need no download.
+"""Mode coverage and class accuracy on data that needs no download: the demo shapes and real digits.
 
-`count`: a Stacked-MNIST-style mode count, three demo shapes stacked as RGB channels.
+`count`: a Stacked-MNIST-style mode count, three images stacked as the RGB channels of one.
 
-Each channel of an image holds one of 4 grayscale shapes, so the data has 4**3 = 64 equally likely modes.
-A small classifier trained on single shapes labels each channel of a generated image; the report gives
-how many of the 64 modes the samples cover and the KL divergence of their mode histogram from uniform,
-the two numbers the DDGAN paper reports on Stacked-MNIST.
+`--task=digits`: each channel is one of scikit-learn's real handwritten digits (upscaled `nearest` or
+`bilinear`), so the data has 10**3 = 1000 equally likely modes, as the DDGAN paper's Stacked-MNIST;
+`--task=shapes`: one of the 4 demo shapes, 64 modes. A small classifier trained on single images labels
+each channel of a generated image; the report gives how many modes the samples cover and the KL divergence
+of their mode histogram from uniform (the paper's two numbers), and for digits the precision and recall
+of the samples against real stacked digits in the classifier's features (k-nearest-neighbour manifolds).
 
-    python -m eval.modes make-data stacked.npz --image_size=32
-    ddgan train --preset=stackmnist --data=stacked.npz --image_size=32 --num_channels_dae=32 --kimg=50
-    python -m eval.modes count RUN_FOLDER --n=2000
+    python -m eval.modes make-data stacked.npz --task=digits --upscale=nearest --image_size=16
+    ddgan train --preset=stackmnist --data=stacked.npz --image_size=16 --num_channels_dae=32 --kimg=50
+    python -m eval.modes count RUN_FOLDER --task=digits --n=10000
 
 `accuracy`: for a class-conditional checkpoint, the fraction of each class's samples that a classifier
 labels as the class asked for (the shape classifier for the demo shapes, a digit classifier trained on
@@ -38,6 +40,7 @@ from ddgan.data import DemoShapes, write_image_array
 from ddgan.data.demo import LUMA, SHAPES
 from ddgan.data.images import from_uint8
 from eval import digits
+from eval.manifold import manifold_metrics
 
 NUM_SHAPES = len(SHAPES)
 
@@ -119,13 +122,31 @@ def classify(images: np.ndarray, classifier: SmallCNN) -> np.ndarray:
         return classifier(from_uint8(x)).argmax(1).numpy()
 
 
-def mode_histogram(images: np.ndarray, classifier: SmallCNN) -> np.ndarray:
-    """Counts of the 64 modes among uint8 [N, H, W, 3] images."""
+def mode_histogram(images: np.ndarray, classifier: SmallCNN, classes: int = NUM_SHAPES) -> np.ndarray:
+    """Counts of the classes**3 modes among uint8 [N, H, W, 3] images, each channel one of `classes`."""
     x = from_uint8(torch.from_numpy(images).permute(0, 3, 1, 2))
     with torch.no_grad():
         labels = classifier(x.reshape(-1, 1, *x.shape[2:])).argmax(1).reshape(-1, 3).numpy()
-    modes = labels[:, 0] * NUM_SHAPES**2 + labels[:, 1] * NUM_SHAPES + labels[:, 2]
-    return np.bincount(modes, minlength=NUM_SHAPES**3)
+    modes = labels[:, 0] * classes**2 + labels[:, 1] * classes + labels[:, 2]
+    return np.bincount(modes, minlength=classes**3)
+
+
+def channel_features(images: np.ndarray, classifier: SmallCNN, batch: int = 2048) -> np.ndarray:
+    """The classifier's penultimate features of each channel, side by side: [N, 3 * 512] for uint8 [N, H, W, 3]."""
+    x = from_uint8(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        parts = [classifier.convs(chunk.reshape(-1, 1, *x.shape[2:])).flatten(1).reshape(len(chunk), -1)
+                 for chunk in x.split(batch)]
+    return torch.cat(parts).numpy()
+
+
+def stacked_digits(n: int, upscale: str = "nearest", image_size: int = 16,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [n, H, W, 3], labels [n, 3]): channel c is a real digit, drawn at random from all 1 797."""
+    images, labels = digits.digit_images(upscale, image_size)
+    picks = np.random.default_rng(seed).integers(0, len(labels), size=(n, 3))
+    stacked = images[picks, :, :, 0].transpose(0, 2, 3, 1)  # [n, H, W, 3]
+    return np.ascontiguousarray(stacked), labels[picks]
 
 
 def kl_to_uniform(histogram: np.ndarray) -> float:
@@ -135,29 +156,56 @@ def kl_to_uniform(histogram: np.ndarray) -> float:
     return float(np.sum(p[nonzero] * np.log(p[nonzero] * len(p))))
 
 
-def make_data(out: str, n: int = 20_000, image_size: int = 32, seed: int = 0) -> str:
-    """Write the stacked-shapes training set as a uint8 NHWC .npz (key `x`)."""
-    images, _ = stacked_shapes(n, image_size, seed)
-    write_image_array(out, images)
+TASKS = ("shapes", "digits")
+
+
+def stacked(task: str, n: int, image_size: int, seed: int, upscale: str = "nearest") -> np.ndarray:
+    """n stacked images of a task (uint8 NHWC)."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "digits":
+        return stacked_digits(n, upscale, image_size, seed)[0]
+    return stacked_shapes(n, image_size, seed)[0]
+
+
+def make_data(out: str, n: int = 20_000, image_size: int = 32, seed: int = 0, task: str = "shapes",
+              upscale: str = "nearest") -> str:
+    """Write a stacked training set as a uint8 NHWC .npz (key `x`): three demo shapes (64 modes) or three real
+    digits (1000 modes, --upscale=nearest or bilinear) as the RGB channels."""
+    write_image_array(out, stacked(task, n, image_size, seed, upscale))
     return out
 
 
-def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu") -> dict:
-    """Sample n images from a checkpoint and report the modes covered and the KL to uniform."""
+def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu", task: str = "shapes",
+          upscale: str = "nearest") -> dict:
+    """Sample n images from a checkpoint and report the modes covered and the KL to uniform (and, for digits,
+    precision and recall against n real stacked digits made with --upscale)."""
     from ddgan.models import load_generator
     from ddgan.sampling import generate
 
     G, config = load_generator(ckpt, device=device)
-    classifier, accuracy = train_classifier(config.image_size)
     samples = np.concatenate(list(generate(G, config, list(range(n)), batch=batch, device=device)))
-    real, _ = stacked_shapes(n, config.image_size, seed=12345)
-    report = {"checkpoint": str(ckpt), "samples": n, "classifier_accuracy": round(accuracy, 4),
-              "modes_covered": int((mode_histogram(samples, classifier) > 0).sum()),
-              "kl_to_uniform": round(kl_to_uniform(mode_histogram(samples, classifier)), 4),
-              "real_data_modes": int((mode_histogram(real, classifier) > 0).sum()),
-              "real_data_kl": round(kl_to_uniform(mode_histogram(real, classifier)), 4),
-              "max_modes": NUM_SHAPES**3, "kl_of_one_mode": round(math.log(NUM_SHAPES**3), 4)}
+    report = {"checkpoint": str(ckpt), "samples": n, **score_stacked(samples, task, upscale)}
     print(json.dumps(report))
+    return report
+
+
+def score_stacked(samples: np.ndarray, task: str = "shapes", upscale: str = "nearest") -> dict:
+    """Modes covered and KL to uniform of stacked uint8 [N, H, W, 3] images (digits: precision and recall too),
+    beside the same numbers for as many real stacked images."""
+    n, image_size = len(samples), samples.shape[1]
+    real = stacked(task, n, image_size, 12345, upscale)
+    classes = len(digits.CLASSES) if task == "digits" else NUM_SHAPES
+    classifier, accuracy = (train_digits_classifier if task == "digits" else train_classifier)(image_size)
+    histogram, real_histogram = mode_histogram(samples, classifier, classes), mode_histogram(real, classifier, classes)
+    report = {"task": task, "classifier_accuracy": round(accuracy, 4),
+              "modes_covered": int((histogram > 0).sum()), "kl_to_uniform": round(kl_to_uniform(histogram), 4),
+              "real_data_modes": int((real_histogram > 0).sum()),
+              "real_data_kl": round(kl_to_uniform(real_histogram), 4),
+              "max_modes": classes**3, "kl_of_one_mode": round(math.log(classes**3), 4)}
+    if task == "digits":
+        metrics = manifold_metrics(channel_features(real, classifier), channel_features(samples, classifier))
+        report |= {"precision": round(metrics["precision"], 4), "recall": round(metrics["recall"], 4)}
     return report
 
 

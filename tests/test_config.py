@@ -51,3 +51,17 @@ def test_unknown_preset():
 def test_architecture_changes_lists_fields():
     a, b = make_config("demo"), make_config("demo", ngf=8, lr_g=1e-3)
     assert architecture_changes(a, b) == ["ngf: 16 -> 8"]
+
+
+def test_time_conditioning_keeps_the_originals_name_as_an_alias():
+    """`--conditional` (the original's flag, and the key in configs saved before the rename) is time conditioning;
+    class conditioning stays `--cond`."""
+    assert make_config("cifar10").time_conditioning is True
+    assert make_config("cifar10", conditional=False).time_conditioning is False
+    saved = make_config("cifar10").to_dict()
+    saved["conditional"] = saved.pop("time_conditioning")
+    assert Config.from_dict(saved).time_conditioning is True
+    assert Config.from_dict({**saved, "conditional": False}).time_conditioning is False
+    assert make_config("cifar10", conditional=False).network_kwargs()["conditional"] is False  # the networks' name
+    with pytest.raises(ValueError, match="did you mean --time_conditioning"):
+        make_config("cifar10", time_conditionng=False)

@@ -58,3 +58,25 @@ def test_the_demo_command_reports_the_within_class_spread(tmp_path, capsys):
     main(["demo", f"--outdir={tmp_path}", "--image_size=8", "--ch_mult=[1,2]", "--kimg=0.032", *flags])
     err = capsys.readouterr().err
     assert "within-class spread of the samples over the data's" in err and "Demo finished" in err
+
+
+def test_real_stacked_digits_cover_about_1000_modes_with_kl_near_0():
+    """The coverage task of real digits: each channel a real digit, so real data covers the 1000 modes."""
+    from eval.manifold import manifold_metrics
+    from eval.modes import channel_features, stacked_digits, train_digits_classifier
+
+    classifier, accuracy = train_digits_classifier(16, steps=800)
+    assert accuracy > 0.95
+    for upscale in ("nearest", "bilinear"):
+        images, labels = stacked_digits(10_000, upscale, 16, seed=3)
+        assert images.shape == (10_000, 16, 16, 3) and labels.shape == (10_000, 3)
+        histogram = mode_histogram(images, classifier, classes=10)
+        truth = np.bincount(labels[:, 0] * 100 + labels[:, 1] * 10 + labels[:, 2], minlength=1000)
+        assert histogram.sum() == 10_000 and np.abs(histogram - truth).sum() < 0.2 * 10_000
+        assert (histogram > 0).sum() >= 990 and kl_to_uniform(histogram) < 0.12
+    real, other = stacked_digits(600, "nearest", 16, seed=4)[0], stacked_digits(600, "nearest", 16, seed=5)[0]
+    metrics = manifold_metrics(channel_features(real, classifier), channel_features(other, classifier))
+    assert metrics["precision"] > 0.6 and metrics["recall"] > 0.6
+    one_digit = np.repeat(real[:1], 600, axis=0)  # a collapsed generator: every sample the same image
+    collapsed = manifold_metrics(channel_features(real, classifier), channel_features(one_digit, classifier))
+    assert collapsed["recall"] < 0.05

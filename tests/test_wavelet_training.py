@@ -56,7 +56,7 @@ def test_the_trainer_diffuses_wavelet_tensors_of_flipped_images(tmp_path):
     (dict(space="wavelet", image_size=9, ch_mult=[1]), "--image_size=9 must be even in wavelet space"),
     (dict(space="wavelet", image_size=8, ch_mult=[1], patch_size=3), "--patch_size=3 must divide the 4 px"),
     (dict(space="wavelet", wavelet_order="haar"), "--wavelet_order must be one of bundled, pytorch_wavelets"),
-    (dict(net_type="wavelet"), "--net_type=wavelet works on wavelet tensors or zs: add --space=wavelet"),
+    (dict(net_type="wavelet"), "--net_type=wavelet works on wavelet tensors or latents: add --space=wavelet"),
     (dict(space="planck"), "--space must be pixel or wavelet"),
     (dict(num_disc_layers=5), "--num_disc_layers=5: the Discriminator_small has 4 down blocks"),
     (dict(space="wavelet", image_size=8, ch_mult=[1]), "halves the 4 px it sees 3 times"),

@@ -114,7 +114,7 @@ def run_original_iteration(trainer, x0: torch.Tensor) -> dict:
         loss_real = losses.d_loss_real(real_logits)
         loss_real.backward(retain_graph=True)
         if trainer.r1_due():
-            losses.r1_penalty(real_logits, x_t, c.r1_gamma).backward()
+            losses.gradient_penalty(real_logits, x_t, c.r1_gamma).backward()
         x_fake = trainer._fake_sample(G, x_next, t, ())[0]  # with G's graph, as the original builds it
         loss_fake = losses.d_loss_fake(D(x_fake, t, x_next).view(-1))
         loss_fake.backward()

@@ -34,7 +34,7 @@ def test_r1_matches_finite_differences():
     x_t = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     x_next, t = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.tensor([0, 1])
     gamma = 0.7
-    penalty = losses.r1_penalty(critic(x_t, t, x_next).view(-1), x_t, gamma)
+    penalty = losses.gradient_penalty(critic(x_t, t, x_next).view(-1), x_t, gamma)
 
     # Finite-difference gradient of sum_i D(x_t[i]) with respect to x_t, element by element.
     eps, flat = 1e-6, x_t.detach().clone().flatten()
@@ -61,7 +61,7 @@ def test_r1_with_a_loss_scaler_is_the_unscaled_penalty():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     results = []
     for used in (None, scaler):
-        penalty = losses.r1_penalty(critic(x_t, t, x_next).view(-1), x_t, 0.7, used)
+        penalty = losses.gradient_penalty(critic(x_t, t, x_next).view(-1), x_t, 0.7, used)
         (dw,) = torch.autograd.grad(penalty, critic.w)
         results.append((penalty, dw))
     torch.testing.assert_close(results[1][0], results[0][0])

@@ -129,6 +129,14 @@ class Config:
     use_ema: bool = option("optimisation", True, "keep an exponential moving average of G for sampling")
     ema_decay: float = option("optimisation", 0.9999, "EMA decay per iteration")
     r1_gamma: float = option("optimisation", 0.02, "weight of the R1 penalty on D's gradient at real pairs")
+    r2_gamma: float = option("optimisation", 0.0, "weight of the R2 penalty on D's gradient at fake pairs (zero-"
+                             "centred, every lazy_reg steps as R1; R3GAN pairs it with R1 under --loss=relativistic)")
+    loss: str = option("optimisation", "ns", "ns: the original's non-saturating loss on each pair; relativistic: "
+                       "RpGAN's, each real pair against the fake one made from the same x_{t+1} (R3GAN)")
+    ada_target: float = option("optimisation", 0.0, "adaptive augmentation (ADA) of D's pairs: the target of "
+                               "E[sign(D on real pairs)] (ADA's 0.6); 0 = off. Pixel space only")
+    ada_kimg: float = option("optimisation", 100.0, "ADA's speed: thousands of images for its probability to go "
+                             "from 0 to 1 at the fastest")
     rec_loss: bool = option("optimisation", False, "add the L1 distance of G's x'_0 to the real x_0 to G's loss "
                             "(WaveDiff)")
     rec_loss_weight: float = option("optimisation", 1.0, "weight of that L1 term (1 in WaveDiff)")

@@ -6,6 +6,7 @@ from dataclasses import fields
 
 from ddgan.config.fields import Config, canonical, check_known
 from ddgan.config.presets import LATENT_PRESET_AUTOENCODERS, PRESETS
+from ddgan.diffusion.losses import LOSSES
 from ddgan.diffusion.process import check_schedule
 from ddgan.runtime.precision import check_amp
 from ddgan.spaces import SPACES, space_class
@@ -87,6 +88,12 @@ def validate(c: Config) -> None:
     need(c.kimg > 0, f"--kimg must be > 0, got {c.kimg}")
     need(c.lazy_reg is None or c.lazy_reg >= 1, f"--lazy_reg must be >= 1 or None, got {c.lazy_reg}")
     need(c.r1_gamma >= 0, f"--r1_gamma must be >= 0, got {c.r1_gamma}")
+    need(c.r2_gamma >= 0, f"--r2_gamma must be >= 0, got {c.r2_gamma}")
+    need(c.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
+    need(0 <= c.ada_target < 1, f"--ada_target must lie in [0, 1) (0 = off; ADA's is 0.6), got {c.ada_target}")
+    need(c.ada_kimg > 0, f"--ada_kimg must be > 0, got {c.ada_kimg}")
+    need(not c.ada_target or space.augmentable, f"--ada_target augments images, and --space={c.space} diffuses "
+         "other tensors: leave --ada_target out, or train in --space=pixel")
     need(0 <= c.ema_decay < 1, f"--ema_decay must lie in [0, 1), got {c.ema_decay}")
     check_amp(c.amp)
     need(c.discriminator in ("auto", "small", "large"),

@@ -1,4 +1,6 @@
-"""The adversarial losses of DDGAN: non-saturating GAN loss on denoising pairs and the R1 penalty."""
+"""The adversarial losses of DDGAN: the non-saturating GAN loss on denoising pairs (the original's), the
+relativistic pairing loss (RpGAN, as R3GAN trains with it), and the zero-centred gradient penalties R1 (on real
+pairs) and R2 (on fake ones)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+LOSSES = ("ns", "relativistic")
 
 
 def d_loss_real(logits: torch.Tensor) -> torch.Tensor:
@@ -43,19 +47,29 @@ def reconstruction_weight(schedule: str, progress: float, weight: float = 1.0) -
     return weight * (1.0 - 1.0 / (1.0 + math.exp(-beta)))
 
 
-def r1_penalty(logits: torch.Tensor, x_t: torch.Tensor, gamma: float,
-               scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
-    """gamma/2 * E ||grad_{x_t} D(x_t, t, x_{t+1})||^2 on real pairs, differentiable for D's update.
+def d_loss_relativistic(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """softplus(-(D(real pair) - D(fake pair))), averaged over pairs: D ranks each real pair above its fake."""
+    return F.softplus(fake_logits.float() - real_logits.float()).mean()
+
+
+def g_loss_relativistic(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """softplus(-(D(fake pair) - D(real pair))), averaged: G raises each fake pair above its real one."""
+    return F.softplus(real_logits.float() - fake_logits.float()).mean()
+
+
+def gradient_penalty(logits: torch.Tensor, inputs: torch.Tensor, gamma: float,
+                     scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """gamma/2 * E ||grad_{inputs} D||^2, differentiable for D's update: R1 with real pairs' x_t, R2 with fake ones'.
 
     With an enabled (fp16) scaler the inner backward runs on the scaled sum, so that small fp16
     gradients do not underflow, and the gradient is unscaled before it is squared.
     """
     total = logits.float().sum()
     if scaler is not None and scaler.is_enabled():
-        (scaled_grad,) = torch.autograd.grad(scaler.scale(total), x_t, create_graph=True)
-        grad = scaled_grad.float() / scaler.get_scale()  # a host sync, on fp16 R1 steps only
+        (scaled_grad,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True)
+        grad = scaled_grad.float() / scaler.get_scale()  # a host sync, on fp16 penalty steps only
     else:
-        (grad,) = torch.autograd.grad(total, x_t, create_graph=True)
+        (grad,) = torch.autograd.grad(total, inputs, create_graph=True)
     return gamma / 2 * grad.float().square().flatten(1).sum(1).mean()
 
 

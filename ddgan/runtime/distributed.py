@@ -198,3 +198,13 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sum_over_ranks(values: torch.Tensor, context: Context) -> torch.Tensor:
+    """A CPU tensor's sum over every rank (itself in a single process); every rank must call it."""
+    if not context.distributed:
+        return values.clone()
+    device = context.device if context.device.type == "cuda" else torch.device("cpu")
+    total = values.to(device).clone()
+    dist.all_reduce(total)
+    return total.cpu()

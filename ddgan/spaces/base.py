@@ -34,6 +34,7 @@ class Space:
     named_in_summaries = True  # whether a model's one-line summary names the space (pixels go without saying)
     # The largest batch the exported ONNX sampler is traced for (None: any).
     onnx_batch_limit: int | None = None
+    augmentable = False  # whether D's inputs are images that ADA may augment
 
     def __init__(self, config: Config):
         self.config = config

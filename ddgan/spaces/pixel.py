@@ -17,6 +17,7 @@ class PixelSpace(Space):
 
     name = "pixel"
     named_in_summaries = False
+    augmentable = True
 
     @staticmethod
     def shape_of(config: Config) -> tuple[int, int, int]:

@@ -100,16 +100,17 @@ def augment_pairs(x: torch.Tensor, x_next: torch.Tensor, p: float,
                         torch.zeros(batch, 2, device=device))
     pairs = _remap(pairs, flip, quarter_turns.long(), shift.long())
     # Colour: the same factors for both images of a pair, each image about its own mean.
-    brightness = torch.where(applies(), normal(batch) * BRIGHTNESS_STD, torch.zeros(batch, device=device))
-    contrast = torch.where(applies(), torch.exp2(normal(batch) * CONTRAST_STD), torch.ones(batch, device=device))
-    saturation = torch.where(applies(), torch.exp2(normal(batch) * SATURATION_STD), torch.ones(batch, device=device))
+    # (Where a transform does not apply, the pair is left as it was, bit for bit.)
     view = (-1, 1, 1, 1, 1)
-    pairs = pairs + brightness.view(view)
+    brightness, brightened = normal(batch) * BRIGHTNESS_STD, applies().view(view)
+    contrast, contrasted = torch.exp2(normal(batch) * CONTRAST_STD).view(view), applies().view(view)
+    saturation, saturated = torch.exp2(normal(batch) * SATURATION_STD).view(view), applies().view(view)
+    pairs = torch.where(brightened, pairs + brightness.view(view), pairs)
     mean = pairs.mean(dim=(2, 3, 4), keepdim=True)
-    pairs = (pairs - mean) * contrast.view(view) + mean
+    pairs = torch.where(contrasted, (pairs - mean) * contrast + mean, pairs)
     if channels == 3:
         luma = (pairs * torch.tensor(LUMA, device=device).view(1, 1, 3, 1, 1)).sum(2, keepdim=True)
-        pairs = (pairs - luma) * saturation.view(view) + luma
+        pairs = torch.where(saturated, (pairs - luma) * saturation + luma, pairs)
     out = pairs.to(x.dtype)
     return out[:, 0], out[:, 1]
 

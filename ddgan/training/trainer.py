@@ -25,6 +25,7 @@ from ddgan.runtime import distributed
 from ddgan.runtime.distributed import Context
 from ddgan.runtime.precision import autocast, run_precision
 from ddgan.spaces import Space
+from ddgan.training.augment import AdaptiveAugment
 
 
 class NonFiniteError(ArithmeticError):
@@ -62,6 +63,9 @@ class Trainer:
                 net.to(memory_format=torch.channels_last)
         # fp16 needs loss scaling; bf16 keeps fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        # ADA: off (None) unless --ada_target is set; its draws come from the iteration's stream.
+        self.augment = AdaptiveAugment(config.ada_target, config.ada_kimg, config.batch_size, self.context) \
+            if config.ada_target > 0 else None
 
         # Every rank draws its own t, noise and z; the stream is part of the saved state.
         self.rng = torch.Generator(device=device)
@@ -130,8 +134,23 @@ class Trainer:
 
     def r1_due(self) -> bool:
         """Whether this iteration's D step adds the R1 penalty (every lazy_reg steps)."""
-        c = self.config
-        return c.r1_gamma > 0 and (c.lazy_reg is None or self.step % c.lazy_reg == 0)
+        return self.config.r1_gamma > 0 and self._penalty_step()
+
+    def r2_due(self) -> bool:
+        """Whether this iteration's D step adds the R2 penalty (on the same steps as R1)."""
+        return self.config.r2_gamma > 0 and self._penalty_step()
+
+    def _penalty_step(self) -> bool:
+        return self.config.lazy_reg is None or self.step % self.config.lazy_reg == 0
+
+    def _augmented(self, x: torch.Tensor, x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's pairs as D sees them: augmented alike (ADA), in the run's layout; unchanged without ADA."""
+        if self.augment is None:
+            return x, x_next
+        x, x_next = self.augment.augment(x, x_next, self.rng)
+        if self.channels_last:
+            x, x_next = (v.contiguous(memory_format=torch.channels_last) for v in (x, x_next))
+        return x, x_next
 
     def run_iteration(self, x0: torch.Tensor, y: torch.Tensor | None = None, check_finite: bool = True) -> dict:
         """One D step and one G step on a data batch in [-1, 1]; returns the step's scalars as tensors.
@@ -154,6 +173,10 @@ class Trainer:
         self.update_ema()
         self.step += 1
         self.images_seen += x0.shape[0] * self.context.world_size
+        evidence = d_scalars.pop("evidence")
+        if self.augment is not None:  # after both steps, so that a skipped iteration leaves p as it was
+            self.augment.observe(evidence)
+            stats["augment/p"] = self.augment.p
         real_logits, fake_logits = d_scalars.pop("logits/D_real"), d_scalars.pop("logits/D_fake")
         stats.update({**d_scalars, "loss/G": loss_G, "logits/D_real": real_logits, "logits/D_fake": fake_logits})
         return stats
@@ -171,37 +194,49 @@ class Trainer:
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         t, x_t, x_next = self._random_pairs(x0)
-        apply_r1 = self.r1_due()
+        apply_r1, apply_r2 = self.r1_due(), self.r2_due()
         x_t.requires_grad_(apply_r1)
         with torch.no_grad():
             x_fake, _ = self._fake_sample(self.G_forward, x_next, t, labels)
+        x_fake.requires_grad_(apply_r2)
+        pairs, pairs_next = self._augmented(torch.cat([x_t, x_fake]), x_next.repeat(2, 1, 1, 1))
         with self.autocast():
             # One batch of twice the size costs less than two (per-op overhead, larger GEMMs on the CPU);
             # D's minibatch-stddev groups stay within each half, so the logits are those of two calls.
-            out = self.D_train(torch.cat([x_t, x_fake]), t.repeat(2), x_next.repeat(2, 1, 1, 1),
-                               *(y.repeat(2) for y in labels), batches=2, **classify)
+            out = self.D_train(pairs, t.repeat(2), pairs_next, *(y.repeat(2) for y in labels), batches=2, **classify)
         logits, class_logits = out if classify else (out, None)
         real_logits, fake_logits = logits.view(-1).chunk(2)
-        loss_real, loss_fake = losses.d_loss_real(real_logits), losses.d_loss_fake(fake_logits)
-        loss = loss_real + loss_fake
+        if c.loss == "relativistic":  # one term, each real pair against its fake
+            adversarial = losses.d_loss_relativistic(real_logits, fake_logits)
+            terms = {"loss/D": adversarial.detach()}
+            evidence = real_logits.detach() - fake_logits.detach()
+        else:
+            loss_real, loss_fake = losses.d_loss_real(real_logits), losses.d_loss_fake(fake_logits)
+            adversarial = loss_real + loss_fake
+            terms = {"loss/D": loss_real.detach() + loss_fake.detach(), "loss/D_real": loss_real.detach(),
+                     "loss/D_fake": loss_fake.detach()}
+            evidence = real_logits.detach()
+        loss = adversarial
         if classify:  # D learns to name the class of real pairs only, so that it cannot learn G's mistakes
             d_class = losses.class_loss(class_logits[:x_t.shape[0]], labels[0])
             stats["loss/D_class"] = d_class.detach()
             loss = loss + c.class_loss * d_class
         if apply_r1:
-            r1 = losses.r1_penalty(real_logits, x_t, c.r1_gamma, self.scaler)
+            r1 = losses.gradient_penalty(real_logits, x_t, c.r1_gamma, self.scaler)
             loss = loss + r1
             stats["loss/r1"] = r1.detach()
+        if apply_r2:
+            r2 = losses.gradient_penalty(fake_logits, x_fake, c.r2_gamma, self.scaler)
+            loss = loss + r2
+            stats["loss/r2"] = r2.detach()
         self.scaler.scale(loss).backward()
-        loss_D = loss_real.detach() + loss_fake.detach()
         undo = None
         if check_finite:
-            self._check_finite("D loss", loss_D)
+            self._check_finite("D loss", terms["loss/D"])
             undo = StepUndo(self.D, self.opt_D, self.scaler)
         self.scaler.step(self.opt_D)
-        return undo, {"loss/D": loss_D, "loss/D_real": loss_real.detach(), "loss/D_fake": loss_fake.detach(),
-                      "logits/D_real": real_logits.detach().float().mean(),
-                      "logits/D_fake": fake_logits.detach().float().mean()}
+        return undo, {**terms, "logits/D_real": real_logits.detach().float().mean(),
+                      "logits/D_fake": fake_logits.detach().float().mean(), "evidence": evidence}
 
     def g_step(self, x0: torch.Tensor, labels: tuple, progress: float, stats: dict,
                undo_D_step: StepUndo | None) -> torch.Tensor:
@@ -212,12 +247,22 @@ class Trainer:
         classify = self._classify(labels)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        t, _, x_next = self._random_pairs(x0)
+        t, x_t, x_next = self._random_pairs(x0)
         x_fake, x0_pred = self._fake_sample(self.G_train, x_next, t, labels)
-        with self.autocast():
-            out = self.D(x_fake, t, x_next, *labels, **classify)
-        logits, class_logits = out if classify else (out, None)
-        loss_G = losses.g_loss(logits.view(-1))
+        if c.loss == "relativistic":  # D judges the real pair beside the fake one made from its x_{t+1}
+            pairs, pairs_next = self._augmented(torch.cat([x_t, x_fake]), x_next.repeat(2, 1, 1, 1))
+            with self.autocast():
+                out = self.D(pairs, t.repeat(2), pairs_next, *(y.repeat(2) for y in labels), batches=2, **classify)
+            logits, class_logits = out if classify else (out, None)
+            real_logits, fake_logits = logits.view(-1).chunk(2)
+            class_logits = None if class_logits is None else class_logits[x_fake.shape[0]:]
+            loss_G = losses.g_loss_relativistic(fake_logits, real_logits)
+        else:
+            pairs, pairs_next = self._augmented(x_fake, x_next)
+            with self.autocast():
+                out = self.D(pairs, t, pairs_next, *labels, **classify)
+            logits, class_logits = out if classify else (out, None)
+            loss_G = losses.g_loss(logits.view(-1))
         if classify:  # G's pairs should be named as the label they were made for
             g_class = losses.class_loss(class_logits, labels[0])
             stats["loss/G_class"] = g_class.detach()
@@ -271,6 +316,7 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "scaler": self.scaler.state_dict(), "step": self.step, "images_seen": self.images_seen,
             "batches_drawn": self.batches_drawn,
+            **({"augment": self.augment.state_dict()} if self.augment is not None else {}),
             "rng": {"iteration": self.rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -286,6 +332,8 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        if self.augment is not None and state.get("augment") is not None:
+            self.augment.load_state_dict(state["augment"])
         # Checkpoints from before skipped iterations were counted: every drawn batch was a completed step.
         self.batches_drawn = int(state.get("batches_drawn", self.step))
         rng = state.get("rng") or {}

@@ -15,6 +15,11 @@ For each checkpoint of a run (or one file), as JSON lines:
   logit on G's pairs rises when G's x'_0 is averaged over 2x2 blocks (is D judging the blocks?).
 
     python -m eval.conditioning measure RUN [--n=64]
+
+`z-share`: of the images' variance, the share that changes with the noise code z alone (x_T, the step noises
+and the class held): near 0, the generator ignores z.
+
+    python -m eval.conditioning z-share RUN
 """
 
 from __future__ import annotations
@@ -110,6 +115,42 @@ def discriminator_gaps(D: torch.nn.Module, G: torch.nn.Module, config: Config, r
             "d_real_fake_gap": round(float(np.mean(fake_gaps)), 4), **report}
 
 
+@torch.no_grad()
+def z_share(G: torch.nn.Module, config: Config, n: int = 16, bases: int = 8) -> dict:
+    """How much the noise code z decides an image: of the final images' pixel variance, the share that changes
+    with z alone (x_T, every step's posterior noise and the class held, one of `bases` seeds each; the z of every
+    step from n other seeds), and the same share of the first prediction x'_0 from pure noise (step T-1).
+    0: G ignores z; the images' share is at most 1."""
+    x_T, _, noises = seed_noise(range(bases), config)
+    _, zs, _ = seed_noise(range(10_000, 10_000 + n), config)
+    diffusion, space = Diffusion.from_config(config), space_for(config)
+    t = torch.full((n,), config.num_timesteps - 1, dtype=torch.int64)
+    images, firsts = [], []
+    for base in range(bases):
+        held_x = x_T[base:base + 1].expand(n, *x_T.shape[1:])
+        held_noise = noises[:, base:base + 1].expand(-1, n, *noises.shape[2:])
+        labels = (torch.full((n,), base % config.num_classes, dtype=torch.int64),) if config.num_classes else ()
+        images.append(space.decode(diffusion.sample(G, held_x, config.nz, zs=zs, noises=held_noise,
+                                                    labels=labels[0] if labels else None)))
+        firsts.append(G(held_x, t, zs[-1], *labels))
+
+    def share(values: list[torch.Tensor]) -> float:
+        flat = torch.stack(values).flatten(2).double()  # [bases, n, pixels]
+        return float(flat.var(1, unbiased=False).mean() / (flat.flatten(0, 1).var(0, unbiased=False).mean() + 1e-20))
+
+    return {"z_share_image": round(share(images), 4), "z_share_first": round(share(firsts), 4)}
+
+
+def z_share_command(ckpt: str, n: int = 16, bases: int = 8) -> dict:
+    """`z-share RUN`: how much z decides the images of a checkpoint's EMA generator (see z_share)."""
+    from ddgan.models import load_generator
+
+    G, config = load_generator(ckpt)
+    report = {"checkpoint": str(ckpt), **z_share(G, config, n, bases)}
+    print(json.dumps(report))
+    return report
+
+
 def measure(ckpt: str, n: int = 64, block: int = 0) -> list[dict]:
     """The measurements for every checkpoint of a run folder (oldest first), or for one file.
 
@@ -139,4 +180,5 @@ def measure(ckpt: str, n: int = 64, block: int = 0) -> list[dict]:
 if __name__ == "__main__":
     from ddgan.command import prints_its_result, run_group
 
-    run_group({"measure": prints_its_result(measure)}, "python -m eval.conditioning")
+    run_group({"measure": prints_its_result(measure), "z-share": prints_its_result(z_share_command)},
+              "python -m eval.conditioning")

@@ -37,3 +37,24 @@ def test_measure_refuses_an_unconditional_run(tmp_path):
     run_dir = run_training(tiny("demo", tmp_path, kimg=0.004))
     with pytest.raises(ValueError, match="unconditional"):
         measure(str(run_dir), n=2)
+
+
+def test_z_share_is_zero_for_a_generator_that_ignores_z_and_positive_otherwise(tmp_path):
+    from ddgan.models import build_generator
+    from eval.conditioning import z_share
+
+    config = tiny("demo", tmp_path)
+    torch.manual_seed(0)
+    G = build_generator(config).eval()
+
+    class IgnoresZ(torch.nn.Module):
+        def forward(self, x, t, z, *labels):
+            return G(x, t, torch.zeros_like(z), *labels)
+
+    with torch.no_grad():  # a fresh G's modulation starts at the identity (z is not heard): stir every weight
+        for parameter in G.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    ignoring = z_share(IgnoresZ(), config, n=4, bases=3)
+    assert ignoring == {"z_share_image": 0.0, "z_share_first": 0.0}
+    hearing = z_share(G, config, n=4, bases=3)
+    assert 0 < hearing["z_share_first"] <= 1 and 0 < hearing["z_share_image"] <= 1

@@ -49,7 +49,7 @@ def logged_steps(run_dir: Path) -> int:
     return log.read_text().count('"loss/D"') if log.exists() else 0
 
 
-def assert_same_state(a: Path, b: Path) -> None:
+def assert_same_checkpoints(a: Path, b: Path) -> None:
     """Two checkpoints hold the very same G, D, EMA and optimizer tensors."""
     first, second = checkpoint.read(a), checkpoint.read(b)
     assert first["step"] == second["step"] and first["images_seen"] == second["images_seen"]
@@ -97,7 +97,7 @@ def test_torchrun_restart_after_a_killed_worker_ends_as_an_uninterrupted_run(tmp
     assert "--run_dir holds a checkpoint: continuing from" in log, out
     assert finish(whole) and whole.returncode == 0
     final = checkpoint.checkpoint_name(160)
-    assert_same_state(tmp_path / "whole" / final, faulted / final)
+    assert_same_checkpoints(tmp_path / "whole" / final, faulted / final)
 
 
 def test_the_same_command_after_sigterm_continues_its_run(tmp_path):
@@ -117,7 +117,7 @@ def test_the_same_command_after_sigterm_continues_its_run(tmp_path):
     assert f"continuing from {run_dir}" in out
     assert finish(whole) and whole.returncode == 0
     assert not (tmp_path / "outdir").exists(), "--run_dir is the run folder: nothing goes to --outdir"
-    assert_same_state(checkpoint.latest_checkpoint(whole_dir), checkpoint.latest_checkpoint(run_dir))
+    assert_same_checkpoints(checkpoint.latest_checkpoint(whole_dir), checkpoint.latest_checkpoint(run_dir))
     assert checkpoint.read(checkpoint.latest_checkpoint(run_dir))["step"] == 50
 
 

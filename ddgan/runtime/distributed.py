@@ -201,9 +201,9 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def sum_over_ranks(values: torch.Tensor, context: Context) -> torch.Tensor:
-    """A CPU tensor's sum over every rank (itself in a single process); every rank must call it."""
+    """A tensor's sum over every rank, on the CPU (a copy of it in a single process); every rank must call it."""
     if not context.distributed:
-        return values.clone()
+        return values.cpu().clone()
     device = context.device if context.device.type == "cuda" else torch.device("cpu")
     total = values.to(device).clone()
     dist.all_reduce(total)

@@ -37,21 +37,22 @@ class AdaptiveAugment:
         self.target, self.speed_kimg, self.batch_images = target, speed_kimg, batch_images
         self.context = context or Context()
         self.p = 0.0
-        self.signs = torch.zeros(2, dtype=torch.float64)  # (sum of signs, count) since the last adjustment
+        # (sum of signs, count) since the last adjustment, kept where the logits are: read once an adjustment.
+        self.signs = torch.zeros(2, dtype=torch.float64, device=self.context.device)
         self.steps = 0
         self.last_rt = math.nan
 
     def observe(self, evidence: torch.Tensor) -> None:
         """Accumulate one D step's evidence: the logits whose sign says D calls a real pair real."""
-        signs = torch.sign(evidence.detach().float())
-        self.signs += torch.tensor([signs.sum().item(), signs.numel()], dtype=torch.float64)
+        self.signs[0] += torch.sign(evidence.detach().float()).sum().to(self.signs)
+        self.signs[1] += evidence.numel()
         self.steps += 1
         if self.steps % INTERVAL == 0:
             self.adjust()
 
     def adjust(self) -> None:
         """Move p toward r_t = target (every rank alike: the sums are added over ranks)."""
-        total = distributed.sum_over_ranks(self.signs, self.context)
+        total = distributed.sum_over_ranks(self.signs, self.context).cpu()
         self.signs.zero_()
         if total[1] == 0:
             return
@@ -61,11 +62,11 @@ class AdaptiveAugment:
         self.p = min(max(self.p + direction * step, 0.0), MAX_P)
 
     def state_dict(self) -> dict:
-        return {"p": self.p, "signs": self.signs.clone(), "steps": self.steps}
+        return {"p": self.p, "signs": self.signs.cpu(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.p, self.steps = float(state["p"]), int(state["steps"])
-        self.signs = state["signs"].to(torch.float64).clone()
+        self.signs = state["signs"].to(self.signs.device, torch.float64).clone()
 
     def augment(self, x: torch.Tensor, x_next: torch.Tensor,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

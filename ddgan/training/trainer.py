@@ -5,8 +5,8 @@ An iteration follows the paper: a D step on a real pair (x_t, x_{t+1}) ~ q with 
 fresh t and pairs with the non-saturating loss; then the EMA of G. Options off in every preset change the
 losses (--loss=relativistic, --r2_gamma) and augment D's pairs (ADA, `ddgan.training.augment`). The
 learning rates follow a cosine in images seen, so the schedule does not depend on the number of processes.
-An iteration whose loss is not finite raises NonFiniteError and leaves the networks, optimizers, EMA and counters as they were. The run
-around it (folder, data, checkpoints, signals) is `ddgan.training.loop`.
+An iteration whose loss is not finite raises NonFiniteError and leaves the networks, optimizers, EMA and
+counters as they were. The run around it (folder, data, checkpoints, signals) is `ddgan.training.loop`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from dataclasses import fields
 from ddgan.config.fields import Config, canonical, check_known
 from ddgan.config.presets import LATENT_PRESET_AUTOENCODERS, PRESETS
 from ddgan.diffusion.losses import LOSSES
+from ddgan.diffusion.objectives import OBJECTIVES
 from ddgan.diffusion.process import check_schedule
 from ddgan.runtime.precision import check_amp
 from ddgan.spaces import SPACES, space_class
@@ -90,6 +91,9 @@ def validate(c: Config) -> None:
     need(c.r1_gamma >= 0, f"--r1_gamma must be >= 0, got {c.r1_gamma}")
     need(c.r2_gamma >= 0, f"--r2_gamma must be >= 0, got {c.r2_gamma}")
     need(c.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {c.loss!r}")
+    need(c.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}, got {c.objective!r}")
+    need(c.ac_w >= 0, f"--ac_w must be >= 0, got {c.ac_w}")
+    need(c.ufo_rec_w >= 0, f"--ufo_rec_w must be >= 0, got {c.ufo_rec_w}")
     need(0 <= c.ada_target < 1, f"--ada_target must lie in [0, 1) (0 = off; ADA's is 0.6), got {c.ada_target}")
     need(c.ada_kimg > 0, f"--ada_kimg must be > 0, got {c.ada_kimg}")
     need(not c.ada_target or space.augmentable, f"--ada_target augments images, and --space={c.space} diffuses "

@@ -63,6 +63,13 @@ def randn(shape: Sequence[int], generator: Generators, device, dtype=torch.float
     return torch.stack(rows)
 
 
+def skipped_steps(num_timesteps: int, num_steps: int) -> list[int]:
+    """The step indices a `num_steps`-step sampler runs, from T-1 down to 0, evenly spread (1 step: [T-1])."""
+    if num_steps == 1:
+        return [num_timesteps - 1]
+    return [round((num_timesteps - 1) * (1 - i / (num_steps - 1))) for i in range(num_steps)]
+
+
 class Diffusion(nn.Module):
     """A T-step discretised diffusion: q(x_t | x_0), q(x_{t+1} | x_t) and the posterior q(x_t | x_{t+1}, x_0)."""
 
@@ -178,24 +185,41 @@ class Diffusion(nn.Module):
     @torch.no_grad()
     def sample(self, net: Callable, x_T: torch.Tensor, nz: int, generator: Generators = None,
                zs: torch.Tensor | None = None, noises: torch.Tensor | None = None,
-               labels: torch.Tensor | None = None, start_step: int | None = None) -> torch.Tensor:
+               labels: torch.Tensor | None = None, start_step: int | None = None,
+               num_steps: int | None = None) -> torch.Tensor:
         """Run the denoising steps from x_T: x'_0 = G(x_{t+1}, t, z[, y]) with fresh z, then x_t ~ posterior.
 
         `zs` [T, B, nz] and `noises` [T, B, C, H, W], indexed by step t, replace the draws from
         `generator` when given (precomputed noise makes each image a function of its own seed). `labels`
         [B] are the classes of a conditional G. With `start_step=k` the input is x_k instead of x_T and
         only the k remaining steps run (editing: diffuse an image to step k, then denoise it).
+
+        With `num_steps` below T, only that many of the T steps run (`skipped_steps`), as UFOGen samples: each
+        x'_0 is diffused forward to the next step's input, x_{s+1} ~ q(x_{s+1} | x'_0), and the last x'_0 is
+        the sample. (The T steps themselves draw from the posterior, the sampler every objective trains.)
         """
         start_step = self.num_timesteps if start_step is None else start_step
         if not 1 <= start_step <= self.num_timesteps:
             raise ValueError(f"start_step must lie in 1..{self.num_timesteps}, got {start_step}")
+        if num_steps is not None and not 1 <= num_steps <= self.num_timesteps:
+            raise ValueError(f"the number of sampling steps must lie in 1..{self.num_timesteps} (T), got {num_steps}")
+        skipping = num_steps is not None and num_steps < self.num_timesteps
+        if skipping and start_step != self.num_timesteps:
+            raise ValueError("fewer sampling steps than T start from x_T: leave start_step out")
+        steps = skipped_steps(self.num_timesteps, num_steps) if skipping else list(reversed(range(start_step)))
         x = x_T
-        for step in reversed(range(start_step)):
+        for i, step in enumerate(steps):
             t = torch.full((x.shape[0],), step, dtype=torch.int64, device=x.device)
             z = zs[step] if zs is not None else randn((x.shape[0], nz), generator, x.device, x.dtype)
             x0_pred = net(x, t, z) if labels is None else net(x, t, z, labels)
             noise = noises[step] if noises is not None else None
-            x = self.posterior_sample(x0_pred.to(x.dtype), x, t, generator=generator, noise=noise)
+            if not skipping:
+                x = self.posterior_sample(x0_pred.to(x.dtype), x, t, generator=generator, noise=noise)
+            elif i + 1 < len(steps):
+                next_input = torch.full_like(t, steps[i + 1] + 1)
+                x = self.q_sample(x0_pred.to(x.dtype), next_input, noise=noise, generator=generator)
+            else:
+                x = x0_pred.to(x.dtype)
         return x
 
     def prior(self, shape: Sequence[int], generator: Generators = None, device=None,

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ddgan.config import Config
 from ddgan.diffusion import losses
+from ddgan.diffusion.objectives import Fake, make_objective
 from ddgan.diffusion.process import Diffusion
 from ddgan.models import build_discriminator, build_generator
 from ddgan.models.space import space_for
@@ -42,7 +44,9 @@ def cosine_lr(base: float, minimum: float, progress: float) -> float:
 class Trainer:
     """G, D, the EMA of G, their optimizers and the iteration's random stream, for one process."""
 
-    def __init__(self, config: Config, context: Context | None = None, space: Space | None = None):
+    def __init__(self, config: Config, context: Context | None = None, space: Space | None = None,
+                 build_networks: Callable[[Config], tuple[torch.nn.Module, torch.nn.Module]] | None = None):
+        """build_networks: (G, D) for a config instead of NCSN++ and the image D (`ddgan toy`'s MLPs)."""
         self.config = config
         self.context = context or Context()
         self.space = space or space_for(config)  # what the networks see, made from each data batch
@@ -50,10 +54,11 @@ class Trainer:
         if device.type == "cuda" and config.tf32:  # process-wide, so the benchmark's iterations get it too
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.G = build_generator(config).to(device)
-        self.D = build_discriminator(config).to(device)
+        G, D = build_networks(config) if build_networks else (build_generator(config), build_discriminator(config))
+        self.G, self.D = G.to(device), D.to(device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.diffusion = Diffusion.from_config(config).to(device)
+        self.objective = make_objective(config.objective, self.diffusion, config.ac_w, config.ufo_rec_w)
         # The fused kernels read and write each parameter once: on the CPU 3x faster than foreach (61 M params).
         betas = (config.beta1, config.beta2)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr_g, betas=betas, fused=True)
@@ -102,12 +107,12 @@ class Trainer:
         x_t, x_next = self.diffusion.q_sample_pairs(x0, t, generator=self.rng)
         return t, x_t, x_next
 
-    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor, labels: tuple):
-        """(x_t ~ q(x_t | x_{t+1}, x'_0), x'_0) with x'_0 = G(x_{t+1}, t, z[, y]); posterior arithmetic in fp32."""
+    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor, labels: tuple) -> tuple[Fake, torch.Tensor]:
+        """(D's fake input, x'_0) with x'_0 = G(x_{t+1}, t, z[, y]); the objective makes the fake from x'_0."""
         z = self._randn(x_next.shape[0], self.config.nz)
         with self.autocast():
             x0_pred = generator(x_next, t, z, *labels).float()
-        return self.diffusion.posterior_sample(x0_pred, x_next, t, generator=self.rng), x0_pred
+        return self.objective.fake(x0_pred, x_next, t, self.rng), x0_pred
 
     def set_learning_rates(self) -> float:
         """Cosine decay in images seen (or constant with --no_lr_decay); returns the progress in [0, 1]."""
@@ -196,11 +201,12 @@ class Trainer:
         self.opt_D.zero_grad(set_to_none=True)
         t, x_t, x_next = self._random_pairs(x0)
         apply_r1, apply_r2 = self.r1_due(), self.r2_due()
-        x_t.requires_grad_(apply_r1)
+        x_real, real_condition = self.objective.real(x_t, x_next)
+        x_real.requires_grad_(apply_r1)
         with torch.no_grad():
-            x_fake, _ = self._fake_sample(self.G_forward, x_next, t, labels)
-        x_fake.requires_grad_(apply_r2)
-        pairs, pairs_next = self._augmented(torch.cat([x_t, x_fake]), x_next.repeat(2, 1, 1, 1))
+            fake, _ = self._fake_sample(self.G_forward, x_next, t, labels)
+        x_fake = fake.sample.requires_grad_(apply_r2)
+        pairs, pairs_next = self._augmented(torch.cat([x_real, x_fake]), torch.cat([real_condition, fake.condition]))
         with self.autocast():
             # One batch of twice the size costs less than two (per-op overhead, larger GEMMs on the CPU);
             # D's minibatch-stddev groups stay within each half, so the logits are those of two calls.
@@ -219,11 +225,11 @@ class Trainer:
             evidence = real_logits.detach()
         loss = adversarial
         if classify:  # D learns to name the class of real pairs only, so that it cannot learn G's mistakes
-            d_class = losses.class_loss(class_logits[:x_t.shape[0]], labels[0])
+            d_class = losses.class_loss(class_logits[:x_real.shape[0]], labels[0])
             stats["loss/D_class"] = d_class.detach()
             loss = loss + c.class_loss * d_class
         if apply_r1:
-            r1 = losses.gradient_penalty(real_logits, x_t, c.r1_gamma, self.scaler)
+            r1 = losses.gradient_penalty(real_logits, x_real, c.r1_gamma, self.scaler)
             loss = loss + r1
             stats["loss/r1"] = r1.detach()
         if apply_r2:
@@ -249,9 +255,12 @@ class Trainer:
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         t, x_t, x_next = self._random_pairs(x0)
-        x_fake, x0_pred = self._fake_sample(self.G_train, x_next, t, labels)
+        fake, x0_pred = self._fake_sample(self.G_train, x_next, t, labels)
+        x_fake = fake.sample
         if c.loss == "relativistic":  # D judges the real pair beside the fake one made from its x_{t+1}
-            pairs, pairs_next = self._augmented(torch.cat([x_t, x_fake]), x_next.repeat(2, 1, 1, 1))
+            x_real, real_condition = self.objective.real(x_t, x_next)
+            pairs, pairs_next = self._augmented(torch.cat([x_real, x_fake]),
+                                                torch.cat([real_condition, fake.condition]))
             with self.autocast():
                 out = self.D(pairs, t.repeat(2), pairs_next, *(y.repeat(2) for y in labels), batches=2, **classify)
             logits, class_logits = out if classify else (out, None)
@@ -259,7 +268,7 @@ class Trainer:
             class_logits = None if class_logits is None else class_logits[x_fake.shape[0]:]
             loss_G = losses.g_loss_relativistic(fake_logits, real_logits)
         else:
-            pairs, pairs_next = self._augmented(x_fake, x_next)
+            pairs, pairs_next = self._augmented(x_fake, fake.condition)
             with self.autocast():
                 out = self.D(pairs, t, pairs_next, *labels, **classify)
             logits, class_logits = out if classify else (out, None)
@@ -268,6 +277,9 @@ class Trainer:
             g_class = losses.class_loss(class_logits, labels[0])
             stats["loss/G_class"] = g_class.detach()
             loss_G = loss_G + c.class_loss * g_class
+        for name, (weight, value) in self.objective.generator_terms(x0, x0_pred, fake, x_next, t, self.rng).items():
+            stats[f"loss/{name}"] = value.detach()
+            loss_G = loss_G + weight * value
         if c.rec_loss:  # WaveDiff: G's x'_0 should also be close to the x_0 its pair came from
             rec = losses.reconstruction(x0_pred, x0)
             stats["loss/rec"] = rec.detach()

@@ -1,0 +1,81 @@
+"""Networks for low-dimensional data (the 2-D mixture of `ddgan toy`): a time-embedded MLP generator and
+discriminator that take the same arguments as NCSN++ and the image discriminators, so the image trainer
+trains them unchanged.
+
+G(x_{t+1}, t, z) -> x'_0 and D(x_t, t, x_{t+1}) -> logit, as in the paper's image networks; the step index t
+enters both through a sinusoidal embedding followed by a learned layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def step_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features [B, dim] of the integer step indices t (the Transformer's positional encoding)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * frequencies[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def mlp(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
+    """`depth` hidden layers of `width` units with LeakyReLU(0.2), then a linear output layer."""
+    layers, size = [], inputs
+    for _ in range(depth):
+        layers += [nn.Linear(size, width), nn.LeakyReLU(0.2)]
+        size = width
+    return nn.Sequential(*layers, nn.Linear(size, outputs))
+
+
+class StepEmbedding(nn.Module):
+    """t -> a learned projection of its sinusoidal features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.project = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.project(step_embedding(t, self.dim))
+
+
+class ToyGenerator(nn.Module):
+    """G(x_{t+1}, t, z) -> x'_0 for points of `data_dim` coordinates."""
+
+    def __init__(self, data_dim: int = 2,  # coordinates of a point
+                 nz: int = 2,  # dimension of the noise code z
+                 width: int = 128,  # units of each hidden layer
+                 depth: int = 3,  # hidden layers
+                 t_emb_dim: int = 32):  # width of the step embedding
+        super().__init__()
+        self.nz = nz
+        self.embed = StepEmbedding(t_emb_dim)
+        self.net = mlp(data_dim + nz + t_emb_dim, width, depth, data_dim)
+
+    def forward(self, x_next: torch.Tensor, t: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None):
+        if y is not None:
+            raise ValueError("the toy generator is unconditional; train it without --cond")
+        return self.net(torch.cat([x_next, z, self.embed(t)], dim=1))
+
+
+class ToyDiscriminator(nn.Module):
+    """D(x_t, t, x_{t+1}) -> one logit per pair of points."""
+
+    def __init__(self, data_dim: int = 2,  # coordinates of a point
+                 width: int = 128,  # units of each hidden layer
+                 depth: int = 3,  # hidden layers
+                 t_emb_dim: int = 32):  # width of the step embedding
+        super().__init__()
+        self.embed = StepEmbedding(t_emb_dim)
+        self.net = mlp(2 * data_dim + t_emb_dim, width, depth, 1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor, y: torch.Tensor | None = None,
+                batches: int = 1, class_logits: bool = False):
+        # `batches` (stacked real and fake batches) matters to the image D's minibatch statistics only.
+        if y is not None or class_logits:
+            raise ValueError("the toy discriminator is unconditional; train it without --cond or --class_loss")
+        return self.net(torch.cat([x_t, x_next, self.embed(t)], dim=1))

@@ -1,0 +1,65 @@
+"""The trainer state that --objective=ddgan must keep: a few iterations of tiny runs, summarised per tensor.
+
+`python tests/objective_reference.py REPO OUT.json` writes the summary of the trainer found in REPO; the
+stored tests/data/ddgan_objective_reference.json was written with main before the objectives were added
+(commit bbb1e25) and test_objectives compares today's trainer against it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+
+CASES = {  # name: (preset, overrides)
+    "pixel": ("cifar10", dict()),
+    "conditional": ("demo", dict(cond=True, num_classes=4, class_loss=1.0, num_channels=1)),
+    "relativistic": ("cifar10", dict(loss="relativistic", r2_gamma=0.3, lazy_reg=2)),
+}
+TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0, image_size=16,
+            ch_mult=(1, 2, 2), attn_resolutions=(8,), batch_size=4, amp="none", channels_last=False)
+STEPS = 3
+
+
+def cpu_model() -> str:
+    """The CPU's model name (bit-for-bit equality of float kernels is only expected on the same one)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def summary() -> dict:
+    """{case/net/tensor: [float64 sum, float64 sum of squares, float64 sum of |x| * index weights]} after STEPS."""
+    import torch
+
+    from ddgan.config import make_config
+    from ddgan.training.trainer import Trainer
+
+    out = {}
+    for name, (preset, extra) in CASES.items():
+        config = make_config(preset, **{**TINY, **extra})
+        trainer = Trainer(config)
+        data = torch.Generator().manual_seed(1)
+        for _ in range(STEPS):
+            x = torch.rand(4, config.num_channels, 16, 16, generator=data) * 2 - 1
+            y = torch.randint(0, 4, (4,), generator=data) if config.cond else None
+            trainer.run_iteration(x, y)
+        state = trainer.state_dict()
+        for net in ("G", "D", "G_ema"):
+            for key, tensor in state[net].items():
+                if tensor.is_floating_point():
+                    flat = tensor.detach().double().flatten()
+                    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
+                    out[f"{name}/{net}/{key}"] = [flat.sum().item(), flat.square().sum().item(),
+                                                  (flat * weights).sum().item()]
+    return out
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, sys.argv[1])
+    with open(sys.argv[2], "w") as f:
+        json.dump({"cpu": cpu_model(), "steps": STEPS, "tensors": summary()}, f)

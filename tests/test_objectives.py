@@ -1,0 +1,164 @@
+"""The objectives (--objective=ddgan|siddm|ufogen): loss terms against hand-computed values, the default one unchanged
+bit for bit, exact resume and torchrun with each, and the 2-D check `ddgan toy`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddgan.config import make_config
+from ddgan.diffusion.objectives import SIDDM, Objective, UFOGen, forward_matching, make_objective
+from ddgan.diffusion.process import Diffusion, skipped_steps
+from ddgan.training.trainer import Trainer
+from tests import objective_reference
+from tests.helpers import TINY, assert_resumes_exactly, tiny, torchrun_train
+
+REFERENCE = Path(__file__).parent / "data" / "ddgan_objective_reference.json"
+
+
+def diffusion() -> Diffusion:
+    return Diffusion(4).double()
+
+
+def test_forward_diffusion_of_a_step_is_q_of_the_next_step():
+    d = diffusion()
+    x_t = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    t = torch.tensor([1])
+    # alpha_bar from the marginal's own table: q(x_{t+1} | x_t) has mean sqrt(abar_{t+2}/abar_{t+1}) x_t ...
+    abar = d.a_s_cum.square()
+    mean = math.sqrt(abar[2] / abar[1]) * x_t
+    variance = 1 - abar[2] / abar[1]
+    assert torch.allclose(d.q_step(x_t, t, noise=torch.zeros_like(x_t)), mean)
+    draws = d.q_step(x_t.expand(200_000, 2), t.expand(200_000), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(draws.mean(0), mean[0], atol=4e-3)
+    assert torch.allclose(draws.var(0), torch.full((2,), float(variance), dtype=torch.float64), rtol=2e-2)
+    # ... which is how the posterior sample x_t, diffused forward, is matched to the real x_{t+1} (SIDDM).
+    x_next = torch.tensor([[0.2, 0.3]], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(1, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = ((mean + math.sqrt(variance) * noise - x_next) ** 2).mean()
+    assert torch.allclose(forward_matching(d, x_t, x_next, t, generator), expected)
+
+
+def test_siddm_judges_marginals_and_adds_the_weighted_forward_term():
+    d = diffusion()
+    objective = make_objective("siddm", d, aux_weight=0.7)
+    assert isinstance(objective, SIDDM)
+    x_t, x_next = torch.ones(2, 1, 2, 2, dtype=torch.float64), torch.full((2, 1, 2, 2), 3.0, dtype=torch.float64)
+    sample, condition = objective.real(x_t, x_next)
+    assert sample is x_t and torch.equal(condition, torch.zeros_like(x_next))
+    t = torch.tensor([0, 2])
+    x0_pred = torch.full_like(x_t, 0.25)
+    fake = objective.fake(x0_pred, x_next, t, torch.Generator().manual_seed(1))
+    # The fake x_t is the posterior sample: mean c1 x'_0 + c2 x_{t+1}, no noise at t = 0.
+    c1, c2 = d.posterior_mean_coef1[0], d.posterior_mean_coef2[0]
+    assert torch.allclose(fake.sample[0], c1 * 0.25 + c2 * 3.0)
+    assert fake.x_t is fake.sample and torch.equal(fake.condition, torch.zeros_like(x_next))
+    terms = objective.generator_terms(x_t, x0_pred, fake, x_next, t, torch.Generator().manual_seed(5))
+    weight, value = terms["aux"]
+    assert weight == 0.7
+    assert torch.allclose(value, forward_matching(d, fake.x_t, x_next, t, torch.Generator().manual_seed(5)))
+
+
+def test_ufogen_diffuses_x0_forward_and_adds_the_reconstruction_loss():
+    d = diffusion()
+    objective = make_objective("ufogen", d, rec_weight=2.0)
+    assert isinstance(objective, UFOGen)
+    x0 = torch.tensor([[[[1.0, -1.0]]]], dtype=torch.float64)
+    x0_pred = torch.tensor([[[[0.5, 0.0]]]], dtype=torch.float64)
+    x_next = torch.zeros_like(x0)
+    t = torch.tensor([2])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    fake = objective.fake(x0_pred, x_next, t, torch.Generator().manual_seed(9))
+    abar = d.a_s_cum[2] ** 2
+    assert torch.allclose(fake.sample, math.sqrt(abar) * x0_pred + math.sqrt(1 - abar) * noise)
+    assert torch.equal(fake.condition, torch.zeros_like(x_next))
+    weight, value = objective.generator_terms(x0, x0_pred, fake, x_next, t, None)["rec"]
+    assert weight == 2.0 and value.item() == pytest.approx((0.5**2 + 1.0**2) / 2)
+
+
+def test_ddgan_judges_joint_pairs_and_adds_nothing():
+    d = diffusion()
+    objective = make_objective("ddgan", d)
+    assert type(objective) is Objective
+    x_t, x_next = torch.randn(2, 3), torch.randn(2, 3)
+    sample, condition = objective.real(x_t, x_next)
+    assert sample is x_t and condition is x_next
+    assert objective.generator_terms(x_t, x_t, objective.fake(x_t, x_next, torch.tensor([0, 1]), None),
+                                     x_next, torch.tensor([0, 1]), None) == {}
+    with pytest.raises(ValueError, match="--objective must be one of ddgan, siddm, ufogen"):
+        make_objective("sidm", d)
+
+
+def test_few_step_sampling_diffuses_each_x0_forward():
+    d = Diffusion(4)
+    assert skipped_steps(4, 1) == [3] and skipped_steps(4, 2) == [3, 0] and skipped_steps(8, 4) == [7, 5, 2, 0]
+    calls = []
+
+    def net(x, t, z):
+        calls.append(int(t[0]))
+        return torch.full_like(x, 0.5)
+
+    noises = torch.randn(4, 1, 2)
+    out = d.sample(net, torch.randn(1, 2), nz=1, zs=torch.zeros(4, 1, 1), noises=noises, num_steps=2)
+    assert calls == [3, 0]
+    assert torch.equal(out, torch.full((1, 2), 0.5))  # the last step's x'_0 is the sample
+    one = d.sample(net, torch.randn(1, 2), nz=1, zs=torch.zeros(4, 1, 1), num_steps=1)
+    assert torch.equal(one, torch.full((1, 2), 0.5))
+    with pytest.raises(ValueError, match="1..4"):
+        d.sample(net, torch.randn(1, 2), nz=1, num_steps=5)
+
+
+def test_the_default_objective_trains_as_before_bit_for_bit():
+    """The trainer with --objective=ddgan against the state main's trainer reached before the objectives existed."""
+    reference = json.loads(REFERENCE.read_text())
+    now = objective_reference.summary()
+    assert now.keys() == reference["tensors"].keys()
+    same_cpu = objective_reference.cpu_model() == reference["cpu"]
+    for key, values in reference["tensors"].items():
+        if same_cpu:  # the same float kernels: every bit
+            assert now[key] == values, key
+        else:  # another CPU may sum in another order; any change of the arithmetic moves these far more
+            assert now[key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("objective", ["siddm", "ufogen"])
+def test_each_objective_trains_and_resumes_exactly(objective, tmp_path):
+    config = tiny("cifar10", tmp_path, objective=objective, batch_size=4, kimg=0.016, ac_w=0.5, ufo_rec_w=0.5)
+    run = assert_resumes_exactly(config, stop_after=2, total_steps=4)
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    if saved is not None:
+        assert saved["objective"] == objective
+
+
+def test_objectives_train_conditional_wavelet_models(tmp_path):
+    for objective, extra in (("siddm", dict(space="wavelet")), ("ufogen", dict(cond=True, num_classes=4))):
+        config = make_config("cifar10", **{**TINY, "image_size": 16, "ch_mult": (1, 2), "attn_resolutions": (),
+                                           "batch_size": 4, "objective": objective, "amp": "none", **extra})
+        trainer = Trainer(config)
+        x = torch.rand(4, 3, 16, 16) * 2 - 1
+        y = torch.randint(0, 4, (4,)) if config.cond else None
+        stats = trainer.run_iteration(x, y)
+        assert torch.isfinite(stats["loss/G"])
+        assert ("loss/aux" if objective == "siddm" else "loss/rec") in stats
+
+
+def test_siddm_under_torchrun(tmp_path):
+    flags = [f"--{k}={v}" for k, v in TINY.items()] + [
+        "--preset=cifar10", "--data=demo", "--image_size=8", "--ch_mult=[1,2]", "--attn_resolutions=[]",
+        "--batch_size=4", "--kimg=0.016", "--objective=siddm", f"--outdir={tmp_path}"]
+    torchrun_train(*flags)
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    ckpt = torch.load(sorted(run.glob("*.pt"))[-1], weights_only=True)
+    assert ckpt["config"]["objective"] == "siddm" and ckpt["step"] == 4  # 16 images, 2 per process and step
+
+
+def test_objective_flags_are_checked():
+    with pytest.raises(ValueError, match="--objective must be one of"):
+        make_config("cifar10", objective="gan")
+    with pytest.raises(ValueError, match="--ac_w must be >= 0"):
+        make_config("cifar10", objective="siddm", ac_w=-1.0)

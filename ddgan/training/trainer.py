@@ -107,7 +107,8 @@ class Trainer:
         x_t, x_next = self.diffusion.q_sample_pairs(x0, t, generator=self.rng)
         return t, x_t, x_next
 
-    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor, labels: tuple) -> tuple[Fake, torch.Tensor]:
+    def _fake_sample(self, generator, x_next: torch.Tensor, t: torch.Tensor,
+                     labels: tuple) -> tuple[Fake, torch.Tensor]:
         """(D's fake input, x'_0) with x'_0 = G(x_{t+1}, t, z[, y]); the objective makes the fake from x'_0."""
         z = self._randn(x_next.shape[0], self.config.nz)
         with self.autocast():

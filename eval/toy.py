@@ -32,31 +32,32 @@ from ddgan.sampling import write_png
 from networks.toy import ToyDiscriminator, ToyGenerator
 
 GRID = 5  # centres per side
-SPACING = 2.0  # distance between neighbouring centres (the grid spans -4..4)
-STD = 0.05  # standard deviation of each Gaussian
-SCALE = 4.0  # the networks see the data divided by this, so that it lies in about [-1, 1] as images do
+SPACING = 5.0  # distance between neighbouring centres: the centres are (5i, 5j), i, j = 0..4, as the authors'
+STD = 1 / 3  # each Gaussian's standard deviation, before its points are clamped to 3 std of the centre
+CENTRE, SCALE = 10.0, 10.0  # the networks see (x - 10) / 10: the grid in [-1.1, 1.1], as images in [-1, 1]
 
 
 def centres(grid: int = GRID, spacing: float = SPACING) -> np.ndarray:
-    """The [grid**2, 2] centres of the mixture, a square grid around the origin."""
-    axis = (np.arange(grid) - (grid - 1) / 2) * spacing
+    """The [grid**2, 2] centres of the mixture: (spacing i, spacing j), i, j = 0..grid-1."""
+    axis = np.arange(grid) * spacing
     return np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
 
 
-def sample_mixture(n: int, generator: torch.Generator, std: float = STD) -> torch.Tensor:
-    """n points [n, 2] of the equal-weight mixture (in data units)."""
+def sample_mixture(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n points [n, 2] of the equal-weight mixture, in data units: a centre plus N(0, STD^2) clamped to +-3 STD."""
     means = torch.from_numpy(centres()).float()
     index = torch.randint(0, len(means), (n,), generator=generator)
-    return means[index] + std * torch.randn(n, 2, generator=generator)
+    return means[index] + (STD * torch.randn(n, 2, generator=generator)).clamp(-3 * STD, 3 * STD)
 
 
-def score(samples: np.ndarray, data: np.ndarray, std: float = STD, mmd_points: int = 2000) -> dict:
-    """modes, high_quality, Fréchet distance and MMD of samples [n, 2] against data [m, 2] (data units)."""
+def score(samples: np.ndarray, data: np.ndarray, mmd_points: int = 10_000, seed: int = 0) -> dict:
+    """The scores of samples [n, 2] against data [m, 2] (data units): modes (of 25, with a sample within 3 std of
+    the centre), high_quality (share within 3 std of some centre), the Fréchet distance and the MMD."""
     distances = np.linalg.norm(samples[:, None, :] - centres()[None], axis=2)
-    near = distances < 3 * std
+    near = distances <= 3 * STD
     return {"modes": int(near.any(0).sum()), "high_quality": round(float(near.any(1).mean()), 4),
             "frechet": round(frechet_distance(samples, data), 4),
-            "mmd": round(mmd(samples[:mmd_points], data[:mmd_points]), 5)}
+            "mmd": round(polynomial_mmd(samples, data, mmd_points, seed), 5)}
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,19 +70,27 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 
-def mmd(a: np.ndarray, b: np.ndarray, bandwidth: float = 1.0) -> float:
-    """The biased squared MMD of two point sets with the Gaussian kernel exp(-||x - y||^2 / (2 bandwidth^2))."""
-    def kernel(x, y):
-        return np.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / (2 * bandwidth**2)).mean()
-    return float(kernel(a, a) + kernel(b, b) - 2 * kernel(a, b))
+def polynomial_mmd(a: np.ndarray, b: np.ndarray, points: int = 10_000, seed: int = 0) -> float:
+    """The unbiased squared MMD with the kernel (<x, y> / d + 1)^2, as the SIDDM authors report it: both sets
+    standardised by the data's (b's) mean and std, `points` drawn from each with replacement."""
+    rng = np.random.default_rng(seed)
+    mean, std = b.mean(), b.std()
+    x = (a[rng.integers(0, len(a), points)] - mean) / std
+    y = (b[rng.integers(0, len(b), points)] - mean) / std
+    dim = x.shape[1]
+
+    def kernel_sum(u, v, same):
+        k = (u @ v.T / dim + 1) ** 2
+        return (k.sum() - np.trace(k)) / (len(u) * (len(u) - 1)) if same else k.mean()
+    return float(kernel_sum(x, x, True) + kernel_sum(y, y, True) - 2 * kernel_sum(x, y, False))
 
 
-def scatter_png(samples: np.ndarray, path: Path, size: int = 320, extent: float = 6.0) -> Path:
-    """A square plot of the points (dark) over the mixture's centres (red), extent data units from the origin."""
+def scatter_png(samples: np.ndarray, path: Path, size: int = 400, low: float = -3.0, high: float = 23.0) -> Path:
+    """A square plot of the points (dark) over the mixture's centres (red), from `low` to `high` on both axes."""
     image = np.full((size, size, 3), 255, np.uint8)
 
     def pixels(points):
-        ij = np.round((points + extent) / (2 * extent) * (size - 1)).astype(int)
+        ij = np.round((points - low) / (high - low) * (size - 1)).astype(int)
         inside = ((ij >= 0) & (ij < size)).all(1)
         return ij[inside]
 
@@ -93,8 +102,9 @@ def scatter_png(samples: np.ndarray, path: Path, size: int = 320, extent: float 
 
 
 def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 3000, batch_size: int = 512,
-        seed: int = 0, nz: int = 2, width: int = 128, depth: int = 3, lr_g: float = 1e-4, lr_d: float = 1e-4,
-        r1_gamma: float = 0.05, ac_w: float = 1.0, ufo_rec_w: float = 1.0, loss: str = "ns", r2_gamma: float = 0.0,
+        seed: int = 0, nz: int = 2, width: int = 100, depth: int = 3, lr_g: float = 1e-4, lr_d: float = 4e-4,
+        beta2: float = 0.999, r1_gamma: float = 0.0, ac_w: float = 1.0, ufo_rec_w: float = 1.0, loss: str = "ns",
+        r2_gamma: float = 0.0,
         samples: int = 10_000, steps: Sequence[int] | None = None, out: str = "runs/toy") -> dict:
     """Train G and D on the 25-Gaussian grid with an objective, then score samples drawn in 1, 2, ... T steps.
 
@@ -108,7 +118,7 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 3000
     steps = sorted({*(steps or [s for s in (1, 2, 4, 8) if s < num_timesteps]), num_timesteps})
     config = make_config(
         "cifar10", data="toy", hflip=False, objective=objective, num_timesteps=num_timesteps,
-        nz=nz, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, r1_gamma=r1_gamma, lazy_reg=1, ac_w=ac_w,
+        nz=nz, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, beta2=beta2, r1_gamma=r1_gamma, lazy_reg=1, ac_w=ac_w,
         ufo_rec_w=ufo_rec_w, loss=loss, r2_gamma=r2_gamma, no_lr_decay=True, use_ema=False, seed=seed,
         kimg=iterations * batch_size / 1000, amp="none", channels_last=False, t_emb_dim=32)
 
@@ -119,7 +129,7 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 3000
     data_stream = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     for _ in tqdm(range(iterations), desc=f"toy {objective}", unit="it", mininterval=1.0, file=sys.stderr):
-        trainer.run_iteration(sample_mixture(batch_size, data_stream) / SCALE)
+        trainer.run_iteration((sample_mixture(batch_size, data_stream) - CENTRE) / SCALE)
     train_seconds = time.perf_counter() - started
 
     data = sample_mixture(samples, torch.Generator().manual_seed(10_000 + seed)).numpy()
@@ -131,8 +141,8 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 3000
             noise = torch.Generator().manual_seed(20_000 + seed)
             x_T = trainer.diffusion.prior((samples, 2), noise)
             points = trainer.diffusion.sample(trainer.G.eval(), x_T, nz, generator=noise, num_steps=count)
-        points = points.numpy() * SCALE
-        by_steps[count] = score(points, data)
+        points = points.numpy() * SCALE + CENTRE
+        by_steps[count] = score(points, data, mmd_points=min(samples, 10_000))
         scatter_png(points, folder / f"{objective}-steps{count}.png")
     report = {"objective": objective, "num_timesteps": num_timesteps, "seed": seed, "iterations": iterations,
               "train_seconds": round(train_seconds, 1), **by_steps[num_timesteps],

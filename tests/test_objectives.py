@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,38 @@ def test_objective_flags_are_checked():
         make_config("cifar10", objective="gan")
     with pytest.raises(ValueError, match="--ac_w must be >= 0"):
         make_config("cifar10", objective="siddm", ac_w=-1.0)
+
+
+def test_published_presets_keep_ddgans_objective_and_cifar10_siddm_changes_only_it():
+    from ddgan.config import PRESETS
+
+    for name in PRESETS:
+        config = make_config(name, **({"autoencoder": "x"} if name.endswith("_latent") else {}))
+        assert config.objective == ("siddm" if name == "cifar10_siddm" else "ddgan"), name
+    siddm, cifar10 = make_config("cifar10_siddm").to_dict(), make_config("cifar10").to_dict()
+    assert {k for k in siddm if siddm[k] != cifar10[k]} == {"objective", "preset"}
+    assert siddm["ac_w"] == 1.0
+
+
+def test_toy_scores_real_points_as_every_mode_and_noise_as_few():
+    from eval import toy
+
+    data = toy.sample_mixture(20_000, torch.Generator().manual_seed(0)).numpy()
+    other = toy.sample_mixture(20_000, torch.Generator().manual_seed(1)).numpy()
+    real = toy.score(other, data, mmd_points=2000)
+    assert real["modes"] == 25 and real["high_quality"] > 0.98  # clamped to 3 std per coordinate, so a few lie beyond
+    assert real["frechet"] < 0.05 and abs(real["mmd"]) < 0.01
+    one_mode = toy.score(np.zeros((1000, 2)) + np.array([5.0, 10.0]), data, mmd_points=1000)
+    assert one_mode["modes"] == 1 and one_mode["high_quality"] == 1.0 and one_mode["frechet"] > 10
+    noise = toy.score(np.random.default_rng(0).normal(10, 3, (5000, 2)), data, mmd_points=2000)
+    assert noise["high_quality"] < 0.2 and noise["mmd"] > real["mmd"] + 0.1
+
+
+def test_ddgan_toy_prints_its_scores_last_and_draws_each_step_count(tmp_path, capsys):
+    from eval import toy
+
+    toy.main(["--objective=siddm", "--iterations=3", "--batch_size=64", "--samples=300", f"--out={tmp_path}"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["objective"] == "siddm" and set(report["by_steps"]) == {"1", "2", "4"}
+    assert {"modes", "high_quality", "frechet", "mmd"} <= set(report)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"siddm-steps{n}.png" for n in (1, 2, 4)]

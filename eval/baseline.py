@@ -115,7 +115,7 @@ def run_original_iteration(trainer, x0: torch.Tensor) -> dict:
         loss_real.backward(retain_graph=True)
         if trainer.r1_due():
             losses.gradient_penalty(real_logits, x_t, c.r1_gamma).backward()
-        x_fake = trainer._fake_sample(G, x_next, t, ())[0]  # with G's graph, as the original builds it
+        x_fake = trainer._fake_sample(G, x_next, t, ())[0].sample  # with G's graph, as the original builds it
         loss_fake = losses.d_loss_fake(D(x_fake, t, x_next).view(-1))
         loss_fake.backward()
         trainer.opt_D.step()
@@ -123,7 +123,7 @@ def run_original_iteration(trainer, x0: torch.Tensor) -> dict:
         D.requires_grad_(False)
         trainer.opt_G.zero_grad(set_to_none=True)
         t, _, x_next = trainer._random_pairs(x0)
-        x_fake = trainer._fake_sample(G, x_next, t, ())[0]
+        x_fake = trainer._fake_sample(G, x_next, t, ())[0].sample
         loss_G = losses.g_loss(D(x_fake, t, x_next).view(-1))
         loss_G.backward()
         trainer.opt_G.step()

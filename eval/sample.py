@@ -65,7 +65,8 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
            interpolate=None, frames: int = 8, device=None, ema: bool = True, overwrite: bool = False,
            preset: str | None = None, reference_config: str | None = None, amp: str | None = None,
            channels_last: bool | None = None, compile: bool = False, cuda_graph: bool = False,
-           scale: int | None = None, autoencoder: str | None = None, autoencoder_config: str | None = None) -> str:
+           scale: int | None = None, autoencoder: str | None = None, autoencoder_config: str | None = None,
+           steps: int | None = None) -> str:
     """Sample images from a checkpoint (file or run folder) and write them; returns the output path. Under
     torchrun every process draws a share of the seeds and rank 0 writes the same output as one process would.
 
@@ -91,18 +92,20 @@ def sample(ckpt: str, out: str | None = None, n: int | None = None, batch: int =
     scale: enlarge each image in a grid this many times (nearest); default 4x for 16 px, 1x from 32 px.
     autoencoder, autoencoder_config: the autoencoder an LDDGAN file's latents decode through (a ddgan
         checkpoint keeps its own).
+    steps: denoising steps to run, 1..T (default T): fewer diffuse each x'_0 forward to the next step's input,
+        as UFOGen samples in one or a few steps.
     """
     check_batch(batch)
     check_amp(amp)
     with distributed.joined(device) as context:
         return _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context, ema, overwrite, preset,
                        reference_config, amp, channels_last, compile, cuda_graph, scale, autoencoder,
-                       autoencoder_config)
+                       autoencoder_config, steps)
 
 
 def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: distributed.Context, ema, overwrite,
             preset, reference_config, amp, channels_last, compile, cuda_graph, scale, autoencoder=None,
-            autoencoder_config=None) -> str:
+            autoencoder_config=None, steps=None) -> str:
     source = resolve_source(ckpt)
     out_path = Path(out).expanduser() if out is not None else default_output(ckpt, source, "samples")
     kind = output_kind(out if out is not None else out_path)
@@ -125,6 +128,11 @@ def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: di
         raise ValueError(f"--out={str(out_path)!r}: a grid of {len(stems)} images is too large for one PNG "
                          f"(at most {MAX_GRID_IMAGES}); write a folder or an .npz instead")
     check_output(out_path, kind, overwrite)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                              or not 1 <= steps <= config.num_timesteps):
+        raise ValueError(f"--steps must be an integer in 1..{config.num_timesteps} (the model's T), got {steps!r}")
+    if steps is not None and interpolate is not None:
+        raise ValueError("--interpolate draws with all T steps; leave out --steps")
 
     _, channels_last = run_precision(amp, device, G, channels_last)  # NHWC on CUDA and for bf16 on the CPU
     if channels_last:
@@ -137,7 +145,7 @@ def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: di
     else:
         # Under torchrun every rank draws a share of each round of batches; rank 0 receives them in order.
         batches = generate_shared(G, config, seeds * (len(classes) if classes else 1), batch, context, labels=labels,
-                                  amp=amp, channels_last=channels_last, cuda_graph=cuda_graph)
+                                  amp=amp, channels_last=channels_last, cuda_graph=cuda_graph, num_steps=steps)
     if not context.is_main:
         for _ in batches:  # take part in every round's exchange; rank 0 writes
             pass

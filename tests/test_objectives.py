@@ -198,3 +198,21 @@ def test_ddgan_toy_prints_its_scores_last_and_draws_each_step_count(tmp_path, ca
     assert report["objective"] == "siddm" and set(report["by_steps"]) == {"1", "2", "4"}
     assert {"modes", "high_quality", "frechet", "mmd"} <= set(report)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"siddm-steps{n}.png" for n in (1, 2, 4)]
+
+
+def test_ddgan_sample_draws_with_fewer_steps(tmp_path, capsys):
+    from tests.helpers import run_cli, write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path)
+    T = torch.load(ckpt, weights_only=True)["config"]["num_timesteps"]
+    arrays = {}
+    for steps in (None, 1, T):
+        out = tmp_path / f"s{steps}.npz"
+        flags = [] if steps is None else [f"--steps={steps}"]
+        code, _, err = run_cli(["sample", str(ckpt), "--n=4", f"--out={out}", *flags], capsys)
+        assert code == 0, err
+        arrays[steps] = np.load(out)["x"]
+    assert np.array_equal(arrays[None], arrays[T])  # all T steps: the usual sampler
+    assert not np.array_equal(arrays[None], arrays[1])
+    code, _, err = run_cli(["sample", str(ckpt), "--n=4", f"--out={tmp_path / 'bad.npz'}", f"--steps={T + 1}"], capsys)
+    assert code == 2 and f"--steps must be an integer in 1..{T}" in err

@@ -24,7 +24,7 @@ from ddgan.spaces import Space
 def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int], batch: int = 64, device=None,
              amp: str | None = None, channels_last: bool = False, progress: bool = True,
              cuda_graph: bool = False, prefetch: int | None = None, labels=None,
-             space: Space | None = None) -> Iterator[np.ndarray]:
+             space: Space | None = None, num_steps: int | None = None) -> Iterator[np.ndarray]:
     """Sample the images of `seeds` in batches; yields uint8 (B, H, W, C) numpy arrays in seed order.
 
     seeds: a list of seeds, or a spec as `parse_seeds` reads it (`64`, `0-49999`, `1,5,7`).
@@ -36,15 +36,20 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     CUDA, where drawing 50 000 CIFAR-10 seeds' noise takes about 3.5 s of one CPU core; 0 on the CPU).
     space: the `ddgan.spaces.Space` that decodes the samples (default: space_for(config); a latent model's opens
     the autoencoder that config.autoencoder names, as load_generator sets it).
+    num_steps: run only this many of the T denoising steps (`Diffusion.sample`: each x'_0 diffused forward to the
+    next step's input, as UFOGen samples); default all T.
     """
     check_batch(batch)
+    if num_steps is not None and cuda_graph:
+        raise ValueError("--cuda_graph records the T-step sampler; leave it out with --steps")
     seeds = parse_seeds(seeds) if isinstance(seeds, int | str) else list(seeds)
     labels = class_labels(config, labels, len(seeds))
     device = torch.device(device) if device is not None else next(G.parameters()).device
     chunks = [range(start, min(start + batch, len(seeds))) for start in range(0, len(seeds), batch)]
     draw = functools.partial(_seed_rows, seeds=seeds, config=config, pin_memory=device.type == "cuda")
     yield from _sample_batches(G, config, chunks, draw, labels, None, None, device, amp, channels_last, progress,
-                               cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch, space)
+                               cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch, space,
+                               num_steps=num_steps)
 
 
 def generate_share(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,
@@ -124,7 +129,7 @@ def _seed_rows(chunk: range, seeds: Sequence[int], config: Config, pin_memory: b
 def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, labels: torch.Tensor | None,
                     inputs: torch.Tensor | None, start_step: int | None, device: torch.device, amp: str | None,
                     channels_last: bool, progress: bool, cuda_graph: bool, prefetch: int,
-                    space: Space | None) -> Iterator[np.ndarray]:
+                    space: Space | None, num_steps: int | None = None) -> Iterator[np.ndarray]:
     """The batch loop behind generate, interpolate and edit: draw(chunk) gives each batch's noise rows."""
     space = space or space_for(config)
     dtype, _ = run_precision(amp, device, G)
@@ -149,7 +154,7 @@ def _sample_batches(G, config: Config, chunks: Sequence[range], draw: Callable, 
         else:
             with torch.no_grad(), autocast(device, dtype):
                 x = diffusion.sample(G, x_T, config.nz, zs=zs, noises=noises, labels=y,
-                                     start_step=start_step)
+                                     start_step=start_step, num_steps=num_steps)
         yield to_uint8(space.decode(x)).permute(0, 2, 3, 1).cpu().numpy()
 
 

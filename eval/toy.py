@@ -101,7 +101,7 @@ def scatter_png(samples: np.ndarray, path: Path, size: int = 400, low: float = -
     return write_png(image, path)
 
 
-def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 3000, batch_size: int = 512,
+def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000, batch_size: int = 256,
         seed: int = 0, nz: int = 2, width: int = 100, depth: int = 3, lr_g: float = 1e-4, lr_d: float = 4e-4,
         beta2: float = 0.999, r1_gamma: float = 0.0, ac_w: float = 1.0, ufo_rec_w: float = 1.0, loss: str = "ns",
         r2_gamma: float = 0.0,

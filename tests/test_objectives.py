@@ -79,7 +79,12 @@ def test_ufogen_diffuses_x0_forward_and_adds_the_reconstruction_loss():
     assert torch.allclose(fake.sample, math.sqrt(abar) * x0_pred + math.sqrt(1 - abar) * noise)
     assert torch.equal(fake.condition, torch.zeros_like(x_next))
     weight, value = objective.generator_terms(x0, x0_pred, fake, x_next, t, None)["rec"]
-    assert weight == 2.0 and value.item() == pytest.approx((0.5**2 + 1.0**2) / 2)
+    # The noise in x_{t+1} that x'_0 implies, against the one that x_0 does: SNR(t+1) (x'_0 - x_0)^2.
+    a, s = d.a_s_cum[3], d.sigmas_cum[3]
+    x_next = a * x0 + s * torch.randn(x0.shape, dtype=torch.float64)
+    eps, eps_pred = (x_next - a * x0) / s, (x_next - a * x0_pred) / s
+    assert weight == 2.0 and value.item() == pytest.approx(((eps - eps_pred) ** 2).mean().item())
+    assert value.item() == pytest.approx(float(a**2 / s**2) * (0.5**2 + 1.0**2) / 2)
 
 
 def test_ddgan_judges_joint_pairs_and_adds_nothing():

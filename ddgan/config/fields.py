@@ -135,10 +135,11 @@ class Config:
                        "RpGAN's, each real pair against the fake one made from the same x_{t+1} (R3GAN)")
     objective: str = option("optimisation", "ddgan", "ddgan: D judges pairs (x_t, x_{t+1}), the original's; siddm: D "
                             "judges x_t's marginal and G adds SIDDM's auxiliary forward diffusion (--ac_w); ufogen: D "
-                            "judges x'_0 diffused to t, G adds ||x'_0 - x_0||^2 (--ufo_rec_w)")
+                            "judges x'_0 diffused to t, G adds the diffusion loss SNR ||x'_0 - x_0||^2 (--ufo_rec_w)")
     ac_w: float = option("optimisation", 1.0, "siddm: weight of the auxiliary forward-diffusion term (the SIDDM "
                          "authors' --ac_w; 1.0 in their run_MOG.sh)")
-    ufo_rec_w: float = option("optimisation", 1.0, "ufogen: weight of the reconstruction term ||x'_0 - x_0||^2")
+    ufo_rec_w: float = option("optimisation", 1.0, "ufogen: weight of G's diffusion loss, the noise-prediction error "
+                              "SNR(t+1) ||x'_0 - x_0||^2 (UFOGen's epsilon-MSE; 1 in its trainer)")
     ada_target: float = option("optimisation", 0.0, "adaptive augmentation (ADA) of D's pairs: the target of "
                                "E[sign(D on real pairs)] (ADA's 0.6); 0 = off. Pixel space only")
     ada_kimg: float = option("optimisation", 100.0, "ADA's speed: thousands of images for its probability to go "

@@ -11,7 +11,9 @@ siddm (Xu et al. 2023): D judges the marginal of x_t alone (its condition input 
     conditional q(x_{t+1} | x_t) with an auxiliary forward diffusion: its posterior sample, diffused forward
     one step, should land on the real x_{t+1} (squared error).
 ufogen (Xu et al. 2024): D judges the marginal of x_t, the fake one made by diffusing x'_0 forward to t
-    (not the posterior), and G adds the diffusion model's own reconstruction loss ||x'_0 - x_0||^2.
+    (not the posterior), and G adds the diffusion model's own loss: the squared error of the noise in x_{t+1}
+    that x'_0 implies, SNR(t+1) ||x'_0 - x_0||^2 (their G is an epsilon-predicting diffusion model; unweighted,
+    the term would pull a one-step sample from pure noise to the data's mean).
 
 The 2-D mixture check (`ddgan toy`) trains through this same code with small MLPs.
 """
@@ -83,7 +85,8 @@ class SIDDM(Objective):
 
 
 class UFOGen(Objective):
-    """UFOGen's: D judges the marginal of x_t, G's made by diffusing x'_0 forward to t; G adds ||x'_0 - x_0||^2."""
+    """UFOGen's: D judges the marginal of x_t, G's made by diffusing x'_0 forward to t; G adds the noise-prediction
+    error that x'_0 implies in x_{t+1}."""
 
     name = "ufogen"
     marginal = True
@@ -92,13 +95,20 @@ class UFOGen(Objective):
         return self.diffusion.q_sample(x0_pred, t, generator=generator)
 
     def generator_terms(self, x0, x0_pred, fake, x_next, t, generator):
-        return {"rec": (self.rec_weight, F.mse_loss(x0_pred.float(), x0.float()))}
+        return {"rec": (self.rec_weight, noise_prediction_error(self.diffusion, x0_pred, x0, t + 1))}
 
 
 def forward_matching(diffusion: Diffusion, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor,
                      generator: Generators) -> torch.Tensor:
     """Mean squared distance of x_t diffused one step forward (x_{t+1} ~ q(x_{t+1} | x_t)) to the real x_{t+1}."""
     return F.mse_loss(diffusion.q_step(x_t, t, generator=generator), x_next.float())
+
+
+def noise_prediction_error(diffusion: Diffusion, x0_pred: torch.Tensor, x0: torch.Tensor,
+                           t: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the noise that x'_0 implies in x_t = a x_0 + s eps (eps' = (x_t - a x'_0) / s):
+    SNR(t) (x'_0 - x_0)^2, averaged, the loss of an epsilon-predicting diffusion model."""
+    return (diffusion.snr(t, x0) * (x0_pred.float() - x0.float()).square()).mean()
 
 
 OBJECTIVE_CLASSES = {cls.name: cls for cls in (Objective, SIDDM, UFOGen)}

@@ -142,6 +142,11 @@ class Diffusion(nn.Module):
         values = table.to(like.device)[t.to(like.device)]
         return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
+    def snr(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The signal-to-noise ratio a_s_cum[t]^2 / sigmas_cum[t]^2 of q(x_t | x_0), t in 1..T, shaped like `like`."""
+        self._check_index(t, self.num_timesteps)
+        return self._at(self.a_s_cum, t, like).square() / self._at(self.sigmas_cum, t, like).square()
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
                  generator: Generators = None) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = N(a_s_cum[t] x_0, sigmas_cum[t]^2), t in 0..T."""

@@ -16,8 +16,9 @@ CASES = {  # name: (preset, overrides)
     "conditional": ("demo", dict(cond=True, num_classes=4, class_loss=1.0, num_channels=1)),
     "relativistic": ("cifar10", dict(loss="relativistic", r2_gamma=0.3, lazy_reg=2)),
 }
-TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0, image_size=16,
-            ch_mult=(1, 2, 2), attn_resolutions=(8,), batch_size=4, amp="none", channels_last=False)
+TINY = dict(num_channels_dae=8, nz=4, z_emb_dim=8, t_emb_dim=8, n_mlp=1, ngf=4, workers=0, image_size=8,
+            ch_mult=(1, 2), attn_resolutions=(4,), num_res_blocks=1, batch_size=4, amp="none", channels_last=False)
+SIZE = TINY["image_size"]
 STEPS = 3
 
 
@@ -56,7 +57,7 @@ def _summary() -> dict:
         trainer = Trainer(config)
         data = torch.Generator().manual_seed(1)
         for _ in range(STEPS):
-            x = torch.rand(4, config.num_channels, 16, 16, generator=data) * 2 - 1
+            x = torch.rand(4, config.num_channels, SIZE, SIZE, generator=data) * 2 - 1
             y = torch.randint(0, 4, (4,), generator=data) if config.cond else None
             trainer.run_iteration(x, y)
         state = trainer.state_dict()

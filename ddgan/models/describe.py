@@ -27,9 +27,26 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
         f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters, "
         f"D {networks.count_parameters(build_discriminator(config)) / 1e6:.2f} M",
     ]
+    if _objective_line(config):
+        lines.append(_objective_line(config))
     if state.get("best_fid") is not None:
         lines.append(f"best FID {state['best_fid']:.3f}")
     return "\n".join(lines)
+
+
+def _objective_line(config: Config) -> str:
+    """The objective and loss options when they are not the original's, else empty."""
+    parts = []
+    if config.objective != "ddgan":
+        weight = {"siddm": f"ac_w {config.ac_w}", "ufogen": f"ufo_rec_w {config.ufo_rec_w}"}[config.objective]
+        parts.append(f"objective {config.objective} ({weight})")
+    if config.loss != "ns":
+        parts.append(f"loss {config.loss}")
+    if config.r2_gamma:
+        parts.append(f"R2 {config.r2_gamma}")
+    if config.ada_target:
+        parts.append(f"ADA target {config.ada_target}")
+    return ", ".join(parts)
 
 
 def _model_line(config: Config) -> str:

@@ -14,6 +14,7 @@ import torch
 from ddgan.config import make_config
 from ddgan.diffusion.objectives import SIDDM, Objective, UFOGen, forward_matching, make_objective
 from ddgan.diffusion.process import Diffusion, skipped_steps
+from ddgan.models import checkpoint
 from ddgan.training.trainer import Trainer
 from tests import objective_reference
 from tests.helpers import TINY, assert_resumes_exactly, tiny, torchrun_train
@@ -78,7 +79,7 @@ def test_ufogen_diffuses_x0_forward_and_adds_the_reconstruction_loss():
     abar = d.a_s_cum[2] ** 2
     assert torch.allclose(fake.sample, math.sqrt(abar) * x0_pred + math.sqrt(1 - abar) * noise)
     assert torch.equal(fake.condition, torch.zeros_like(x_next))
-    weight, value = objective.generator_terms(x0, x0_pred, fake, x_next, t, None)["rec"]
+    weight, value = objective.generator_terms(x0, x0_pred, fake, x_next, t, None)["diffusion"]
     # The noise in x_{t+1} that x'_0 implies, against the one that x_0 does: SNR(t+1) (x'_0 - x_0)^2.
     a, s = d.a_s_cum[3], d.sigmas_cum[3]
     x_next = a * x0 + s * torch.randn(x0.shape, dtype=torch.float64)
@@ -150,17 +151,19 @@ def test_objectives_train_conditional_wavelet_models(tmp_path):
         y = torch.randint(0, 4, (4,)) if config.cond else None
         stats = trainer.run_iteration(x, y)
         assert torch.isfinite(stats["loss/G"])
-        assert ("loss/aux" if objective == "siddm" else "loss/rec") in stats
+        assert ("loss/aux" if objective == "siddm" else "loss/diffusion") in stats
 
 
-def test_siddm_under_torchrun(tmp_path):
+def test_siddm_under_torchrun_writes_one_checkpoint(tmp_path):
+    """A 2-process run (the one torchrun training test besides the cluster and data ones) with SIDDM's objective."""
     flags = [f"--{k}={v}" for k, v in TINY.items()] + [
-        "--preset=cifar10", "--data=demo", "--image_size=8", "--ch_mult=[1,2]", "--attn_resolutions=[]",
-        "--batch_size=4", "--kimg=0.016", "--objective=siddm", f"--outdir={tmp_path}"]
+        "--preset=demo", "--data=demo", "--image_size=8", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.012",
+        "--objective=siddm", f"--outdir={tmp_path}"]
     torchrun_train(*flags)
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    ckpt = torch.load(sorted(run.glob("*.pt"))[-1], weights_only=True)
-    assert ckpt["config"]["objective"] == "siddm" and ckpt["step"] == 4  # 16 images, 2 per process and step
+    state = checkpoint.load(run)
+    assert state["config"]["objective"] == "siddm"
+    assert state["images_seen"] == 12 and state["step"] == 3  # 3 steps of 2 images on each of 2 ranks
 
 
 def test_objective_flags_are_checked():

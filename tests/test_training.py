@@ -12,7 +12,7 @@ from ddgan.models import checkpoint, load_generator
 from ddgan.training.loop import run_training
 from ddgan.training.start import config_from_flags
 from ddgan.training.trainer import Trainer
-from tests.helpers import REPO, TINY, assert_resumes_exactly, free_port, tiny, torchrun_train
+from tests.helpers import REPO, TINY, assert_resumes_exactly, free_port, tiny
 
 
 def flat(module):
@@ -117,16 +117,6 @@ def test_two_process_gloo_keeps_ranks_identical(tmp_path, variant, nan_rank):
     steps = 3 if nan_rank < 0 else 2  # a skipped step does not count
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == f"identical after {steps} steps"
-
-
-def test_torchrun_training_run_writes_one_checkpoint(tmp_path):
-    flags = [f"--{k}={v}" for k, v in TINY.items()] + [
-        "--preset=demo", "--data=demo", "--image_size=8", "--ch_mult=[1,2]", "--batch_size=4", "--kimg=0.012",
-        f"--outdir={tmp_path}"]
-    torchrun_train(*flags)
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    state = checkpoint.load(run_dir)
-    assert state["images_seen"] == 12 and state["step"] == 3  # 3 steps of 2 images on each of 2 ranks
 
 
 def test_fid_during_training_is_logged_and_keeps_the_best(tmp_path):

@@ -95,7 +95,7 @@ class UFOGen(Objective):
         return self.diffusion.q_sample(x0_pred, t, generator=generator)
 
     def generator_terms(self, x0, x0_pred, fake, x_next, t, generator):
-        return {"rec": (self.rec_weight, noise_prediction_error(self.diffusion, x0_pred, x0, t + 1))}
+        return {"diffusion": (self.rec_weight, noise_prediction_error(self.diffusion, x0_pred, x0, t + 1))}
 
 
 def forward_matching(diffusion: Diffusion, x_t: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor,

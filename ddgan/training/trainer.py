@@ -3,7 +3,8 @@
 An iteration follows the paper: a D step on a real pair (x_t, x_{t+1}) ~ q with the R1 penalty every
 `lazy_reg` steps and a fake pair whose x_t is drawn from the posterior given G's x'_0; then a G step on
 fresh t and pairs with the non-saturating loss; then the EMA of G. Options off in every preset change the
-losses (--loss=relativistic, --r2_gamma) and augment D's pairs (ADA, `ddgan.training.augment`). The
+losses (--loss=relativistic, --r2_gamma) and augment D's pairs (ADA, `ddgan.training.augment`); --objective
+(`ddgan.diffusion.objectives`: SIDDM's, UFOGen's) changes what D judges and adds terms to G's loss. The
 learning rates follow a cosine in images seen, so the schedule does not depend on the number of processes.
 An iteration whose loss is not finite raises NonFiniteError and leaves the networks, optimizers, EMA and
 counters as they were. The run around it (folder, data, checkpoints, signals) is `ddgan.training.loop`.

@@ -59,11 +59,11 @@ def test_siddm_judges_marginals_and_adds_the_weighted_forward_term():
     # The fake x_t is the posterior sample: mean c1 x'_0 + c2 x_{t+1}, no noise at t = 0.
     c1, c2 = d.posterior_mean_coef1[0], d.posterior_mean_coef2[0]
     assert torch.allclose(fake.sample[0], c1 * 0.25 + c2 * 3.0)
-    assert fake.x_t is fake.sample and torch.equal(fake.condition, torch.zeros_like(x_next))
+    assert torch.equal(fake.condition, torch.zeros_like(x_next))
     terms = objective.generator_terms(x_t, x0_pred, fake, x_next, t, torch.Generator().manual_seed(5))
     weight, value = terms["aux"]
     assert weight == 0.7
-    assert torch.allclose(value, forward_matching(d, fake.x_t, x_next, t, torch.Generator().manual_seed(5)))
+    assert torch.allclose(value, forward_matching(d, fake.sample, x_next, t, torch.Generator().manual_seed(5)))
 
 
 def test_ufogen_diffuses_x0_forward_and_adds_the_reconstruction_loss():

@@ -32,11 +32,10 @@ OBJECTIVES = ("ddgan", "siddm", "ufogen")
 
 @dataclass
 class Fake:
-    """D's fake input, and the sample at step t that G's extra terms may need."""
+    """D's fake input: G's sample at step t (the posterior sample, or x'_0 diffused to t) and its condition."""
 
-    sample: torch.Tensor  # what D judges
+    sample: torch.Tensor  # what D judges, and what SIDDM's forward term diffuses
     condition: torch.Tensor  # D's x_{t+1} input (zeros where D judges the marginal)
-    x_t: torch.Tensor  # G's sample at step t (the posterior sample, or x'_0 diffused to t)
 
 
 class Objective:
@@ -48,7 +47,7 @@ class Objective:
     def __init__(self, diffusion: Diffusion, aux_weight: float = 0.0, rec_weight: float = 0.0):
         self.diffusion = diffusion
         self.aux_weight = aux_weight  # siddm: weight of the auxiliary forward-diffusion term
-        self.rec_weight = rec_weight  # ufogen: weight of the reconstruction term
+        self.rec_weight = rec_weight  # ufogen: weight of G's diffusion (noise-prediction) loss
 
     def condition(self, x_next: torch.Tensor) -> torch.Tensor:
         """D's x_{t+1} input: the real x_{t+1}, or zeros where D judges the marginal of x_t."""
@@ -65,8 +64,7 @@ class Objective:
 
     def fake(self, x0_pred: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor, generator: Generators) -> Fake:
         """D's fake input made from G's x'_0 (the trainer passes it in float32)."""
-        x_t = self.fake_x_t(x0_pred, x_next, t, generator)
-        return Fake(x_t, self.condition(x_next), x_t)
+        return Fake(self.fake_x_t(x0_pred, x_next, t, generator), self.condition(x_next))
 
     def generator_terms(self, x0: torch.Tensor, x0_pred: torch.Tensor, fake: Fake, x_next: torch.Tensor,
                         t: torch.Tensor, generator: Generators) -> dict[str, tuple[float, torch.Tensor]]:
@@ -81,7 +79,7 @@ class SIDDM(Objective):
     marginal = True
 
     def generator_terms(self, x0, x0_pred, fake, x_next, t, generator):
-        return {"aux": (self.aux_weight, forward_matching(self.diffusion, fake.x_t, x_next, t, generator))}
+        return {"aux": (self.aux_weight, forward_matching(self.diffusion, fake.sample, x_next, t, generator))}
 
 
 class UFOGen(Objective):

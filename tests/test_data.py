@@ -26,6 +26,7 @@ from ddgan.data import (
     write_image_array,
 )
 from ddgan.data.demo import SHAPES
+from ddgan.data.images import from_uint8
 
 RED, GREEN, BLUE, GRAY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128)
 
@@ -322,6 +323,17 @@ def test_demo_is_deterministic_and_shapes_are_big():
     assert foreground.min() > 0.1 and foreground.max() < 0.5, "each shape covers a fair part of the image"
     assert a[0].min() >= -1 and a[0].max() <= 1
     assert DemoShapes(16, num_channels=1, size=4).images.shape == (4, 1, 16, 16)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_demo_images_drawn_one_at_a_time_equal_those_drawn_together(channels):
+    """Items are drawn when first read: in any order, alone, they are the very images drawn in chunks."""
+    together = DemoShapes(12, num_channels=channels, size=1100, seed=2).images
+    lazy = DemoShapes(12, num_channels=channels, size=1100, seed=2)
+    for index in (1099, 0, 517, 1024, 0):
+        assert torch.equal(lazy[index], from_uint8(together[index]))
+    assert int(lazy._drawn.sum()) == 4  # the others wait
+    assert torch.equal(lazy.images, together)
 
 
 def test_datasets_never_flip_and_one_place_decides_flips(tmp_path):

@@ -185,7 +185,8 @@ def test_runner_names_missing_and_unknown_inputs(exported, tmp_path):
         OnnxSampler(tmp_path / "absent.onnx")
 
 
-@pytest.mark.slow  # an export, three timed passes and the roofline's measurements: about a minute
+@pytest.mark.slow  # an export and three timed passes: about half a minute
+@pytest.mark.usefixtures("quick_ceilings")
 def test_bench_times_onnx_runtime_against_pytorch_and_the_original(capsys):
     """`ddgan bench --what=sample --backend=onnxruntime` at a tiny width; the CIFAR-10 preset's export (minutes
     on 2 cores) and run is that benchmark at full width, too heavy for a unit test."""

@@ -19,8 +19,7 @@ def flat(module):
     return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
-@pytest.mark.parametrize("preset", ["cifar10", pytest.param("celeba256", marks=pytest.mark.slow),
-                                    pytest.param("lsun256", marks=pytest.mark.slow), "stackmnist", "demo"])
+@pytest.mark.parametrize("preset", ["cifar10", "celeba256", "lsun256", "stackmnist", "demo"])
 def test_short_run_per_preset_shape(preset, tmp_path):
     batch = 2 if preset in ("celeba256", "lsun256") else 4
     config = tiny(preset, tmp_path, batch_size=batch, kimg=0.002 * batch, lazy_reg=1)

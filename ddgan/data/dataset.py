@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ddgan.data.arrays import read_image_array, read_labels
-from ddgan.data.demo import SHAPES, DemoShapes
+from ddgan.data.demo import DemoShapes, DemoSource
 from ddgan.data.images import check_image_args, fit_image, pixels_to_tensor
 from ddgan.data.shards import is_sharded, open_sharded
 from ddgan.data.sources import (
@@ -164,9 +164,7 @@ def open_dataset(data: str, image_size: int, num_channels: int = 3, download: bo
     check_image_args(image_size, num_channels)
     data_root = Path(root).expanduser() if root is not None else default_data_root()
     if data == "demo":
-        demo = DemoShapes(image_size=max(image_size, 8), num_channels=num_channels)
-        shape_labels = np.array([SHAPES.index(shape) for shape in demo.shapes], dtype=np.int64)
-        source = ArraySource(demo.images.permute(0, 2, 3, 1).numpy(), "demo", shape_labels, SHAPES)
+        source = DemoSource(DemoShapes(image_size=max(image_size, 8), num_channels=num_channels))
     elif data == "cifar10":
         images, classes, class_names = torchvision_images("CIFAR10", data_root, download)
         source = ArraySource(images, "cifar10", classes, class_names)

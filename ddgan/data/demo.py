@@ -28,7 +28,8 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 class DemoShapes(Dataset):
     """Procedural images of one circle, square, triangle or cross, 1/2 to 2/3 of the image wide, on a plain background.
 
-    Deterministic for a seed; built once at construction into `images`, a uint8 tensor (N, C, H, W).
+    Deterministic for a seed. An image is drawn when first read and kept (so that 8192 images at 256 px, 1.6 GB,
+    cost nothing until used); `images` draws the rest and is the uint8 tensor (N, C, H, W) of all of them.
     Items are float32 tensors (C, H, W) in [-1, 1]; `shapes[i]` names the shape of image i.
     """
 
@@ -41,21 +42,63 @@ class DemoShapes(Dataset):
             raise ValueError(f"size={size}: expected at least 1 image")
         self.image_size, self.num_channels, self.seed = image_size, num_channels, seed
         rng = np.random.default_rng(seed)
-        kinds = rng.integers(len(SHAPES), size=size)
-        schemes = rng.integers(len(COLOR_SCHEMES), size=size)
-        centers = 0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=(size, 2))
-        radii = rng.uniform(*RADII, size=size)
-        # Chunks bound the temporary float arrays to a few megabytes.
-        chunks = [render_shapes(kinds[i:i + 1024], schemes[i:i + 1024], centers[i:i + 1024],
-                                radii[i:i + 1024], image_size, num_channels) for i in range(0, size, 1024)]
-        self.images = torch.from_numpy(np.concatenate(chunks))
-        self.shapes = [SHAPES[k] for k in kinds]
+        self._kinds = rng.integers(len(SHAPES), size=size)
+        self._schemes = rng.integers(len(COLOR_SCHEMES), size=size)
+        self._centers = 0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=(size, 2))
+        self._radii = rng.uniform(*RADII, size=size)
+        self._images = torch.empty((size, num_channels, image_size, image_size), dtype=torch.uint8)
+        self._drawn = np.zeros(size, dtype=bool)
+        self.shapes = [SHAPES[k] for k in self._kinds]
+
+    def _draw(self, indices: np.ndarray) -> None:
+        """Render the images of `indices` not drawn yet, in chunks that bound the temporary float arrays."""
+        todo = indices[~self._drawn[indices]]
+        for start in range(0, len(todo), 1024):
+            chunk = todo[start:start + 1024]
+            self._images[chunk] = torch.from_numpy(render_shapes(
+                self._kinds[chunk], self._schemes[chunk], self._centers[chunk], self._radii[chunk],
+                self.image_size, self.num_channels))
+            self._drawn[chunk] = True
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image, uint8 (N, C, H, W)."""
+        self._draw(np.arange(len(self)))
+        return self._images
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self._images)
+
+    def pixels(self, index: int) -> torch.Tensor:
+        """Image `index` as uint8 (C, H, W), drawn if it was not yet."""
+        self._draw(np.array([index]))
+        return self._images[index]
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return from_uint8(self.images[index])
+        return from_uint8(self.pixels(index))
+
+
+class DemoSource:
+    """The demo's shapes as an image source of ddgan.data.dataset.ImageDataset, labelled by shape (SHAPES order);
+    like DemoShapes, an image is drawn when first loaded."""
+
+    flippable = True
+    name = "demo"
+
+    def __init__(self, shapes: DemoShapes):
+        self.shapes = shapes
+        self.labels = np.array([SHAPES.index(shape) for shape in shapes.shapes], dtype=np.int64)
+        self.class_names = list(SHAPES)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def load(self, index: int) -> np.ndarray:
+        """Image `index` as a uint8 array (H, W, C)."""
+        return self.shapes.pixels(index).permute(1, 2, 0).numpy()
+
+    def describe(self, index: int) -> str:
+        return f"demo[{index}]"
 
 
 def render_shapes(kinds: np.ndarray, schemes: np.ndarray, centers: np.ndarray, radii: np.ndarray,

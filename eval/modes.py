@@ -48,7 +48,7 @@ NUM_SHAPES = len(SHAPES)
 def stacked_shapes(n: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [n, H, W, 3], labels [n, 3]): channel c is a grayscale shape of kind labels[:, c]."""
     single = DemoShapes(image_size, num_channels=1, size=3 * n, seed=seed)
-    kinds = np.array([SHAPES.index(s) for s in single.shapes]).reshape(3, n)
+    kinds = single.labels.reshape(3, n)
     gray = single.images[:, 0].numpy().reshape(3, n, image_size, image_size)
     return np.ascontiguousarray(gray.transpose(1, 2, 3, 0)), kinds.T
 
@@ -93,7 +93,7 @@ def train_classifier(image_size: int, steps: int = 400, seed: int = 1) -> tuple[
     """Fit the shape classifier on fresh single shapes; returns it and its held-out accuracy."""
     data = DemoShapes(image_size, num_channels=1, size=6000, seed=seed)
     x = from_uint8(data.images)
-    y = torch.tensor([SHAPES.index(s) for s in data.shapes])
+    y = torch.from_numpy(data.labels)
     return fit_classifier(x, y, 5000, NUM_SHAPES, steps, seed)
 
 
@@ -278,9 +278,8 @@ def sample_spread(G, config, n: int = 256, batch: int = 256, device: str = "cpu"
     samples = [np.concatenate(list(generate(G, config, range(n), batch=batch, device=device, labels=label,
                                             progress=False))) for label in range(NUM_SHAPES)]
     data = DemoShapes(config.image_size, config.num_channels, size=reference, seed=7)
-    data_labels = np.array([SHAPES.index(s) for s in data.shapes])
     return within_class_spread(np.concatenate(samples), np.repeat(np.arange(NUM_SHAPES), n),
-                               data.images.permute(0, 2, 3, 1).numpy(), data_labels)
+                               data.images.permute(0, 2, 3, 1).numpy(), data.labels)
 
 
 if __name__ == "__main__":

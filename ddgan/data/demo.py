@@ -30,7 +30,8 @@ class DemoShapes(Dataset):
 
     Deterministic for a seed. An image is drawn when first read and kept (so that 8192 images at 256 px, 1.6 GB,
     cost nothing until used); `images` draws the rest and is the uint8 tensor (N, C, H, W) of all of them.
-    Items are float32 tensors (C, H, W) in [-1, 1]; `shapes[i]` names the shape of image i.
+    Items are float32 tensors (C, H, W) in [-1, 1]; `shapes[i]` names the shape of image i, `labels[i]` is its index
+    in SHAPES.
     """
 
     def __init__(self, image_size: int = 32, num_channels: int = 3, size: int = 8192, seed: int = 0):
@@ -42,13 +43,13 @@ class DemoShapes(Dataset):
             raise ValueError(f"size={size}: expected at least 1 image")
         self.image_size, self.num_channels, self.seed = image_size, num_channels, seed
         rng = np.random.default_rng(seed)
-        self._kinds = rng.integers(len(SHAPES), size=size)
+        self.labels = rng.integers(len(SHAPES), size=size)  # int64
         self._schemes = rng.integers(len(COLOR_SCHEMES), size=size)
         self._centers = 0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=(size, 2))
         self._radii = rng.uniform(*RADII, size=size)
         self._images = torch.empty((size, num_channels, image_size, image_size), dtype=torch.uint8)
         self._drawn = np.zeros(size, dtype=bool)
-        self.shapes = [SHAPES[k] for k in self._kinds]
+        self.shapes = [SHAPES[k] for k in self.labels]
 
     def _draw(self, indices: np.ndarray) -> None:
         """Render the images of `indices` not drawn yet, in chunks that bound the temporary float arrays."""
@@ -56,7 +57,7 @@ class DemoShapes(Dataset):
         for start in range(0, len(todo), 1024):
             chunk = todo[start:start + 1024]
             self._images[chunk] = torch.from_numpy(render_shapes(
-                self._kinds[chunk], self._schemes[chunk], self._centers[chunk], self._radii[chunk],
+                self.labels[chunk], self._schemes[chunk], self._centers[chunk], self._radii[chunk],
                 self.image_size, self.num_channels))
             self._drawn[chunk] = True
 
@@ -87,7 +88,7 @@ class DemoSource:
 
     def __init__(self, shapes: DemoShapes):
         self.shapes = shapes
-        self.labels = np.array([SHAPES.index(shape) for shape in shapes.shapes], dtype=np.int64)
+        self.labels = shapes.labels
         self.class_names = list(SHAPES)
 
     def __len__(self) -> int:

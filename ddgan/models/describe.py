@@ -27,8 +27,8 @@ def describe_checkpoint(path: str | os.PathLike) -> str:
         f"G {networks.count_parameters(build_generator(config)) / 1e6:.2f} M parameters, "
         f"D {networks.count_parameters(build_discriminator(config)) / 1e6:.2f} M",
     ]
-    if _objective_line(config):
-        lines.append(_objective_line(config))
+    if objective := _objective_line(config):
+        lines.append(objective)
     if state.get("best_fid") is not None:
         lines.append(f"best FID {state['best_fid']:.3f}")
     return "\n".join(lines)

@@ -104,12 +104,16 @@ def scatter_png(samples: np.ndarray, path: Path, size: int = 400, low: float = -
 def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000, batch_size: int = 256,
         seed: int = 0, nz: int = 2, width: int = 100, depth: int = 3, lr_g: float = 1e-4, lr_d: float = 4e-4,
         beta2: float = 0.999, r1_gamma: float = 0.0, ac_w: float = 1.0, ufo_rec_w: float = 1.0, loss: str = "ns",
-        r2_gamma: float = 0.0,
+        r2_gamma: float = 0.0, fourier_features: int = 64, fourier_scale_g: float = 0.5,
+        fourier_scale_d: float = 0.25,
         samples: int = 10_000, steps: Sequence[int] | None = None, out: str = "runs/toy") -> dict:
     """Train G and D on the 25-Gaussian grid with an objective, then score samples drawn in 1, 2, ... T steps.
 
     objective: ddgan, siddm or ufogen (the trainer's --objective); ac_w, ufo_rec_w their weights.
     iterations: D and G steps; batch_size points per step; width, depth: the MLPs' hidden layers.
+    fourier_features: random Fourier features of the points each network sees (0: raw coordinates, the
+        authors' networks); fourier_scale_g, fourier_scale_d: their frequencies' std in G and D, in cycles per
+        unit of the networks' coordinates.
     steps: numbers of sampling steps to score (default: 1, 2, 4, ... up to T, and T).
     out: folder of the scatter plots (one per number of steps) and scores.json.
     """
@@ -123,7 +127,8 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000
         kimg=iterations * batch_size / 1000, amp="none", channels_last=False, t_emb_dim=32)
 
     def networks(c):
-        return (ToyGenerator(2, c.nz, width, depth, c.t_emb_dim), ToyDiscriminator(2, width, depth, c.t_emb_dim))
+        return (ToyGenerator(2, c.nz, width, depth, c.t_emb_dim, fourier_features, fourier_scale_g),
+                ToyDiscriminator(2, width, depth, c.t_emb_dim, fourier_features, fourier_scale_d))
 
     trainer = Trainer(config, build_networks=networks)
     data_stream = torch.Generator().manual_seed(seed)

@@ -4,6 +4,10 @@ trains them unchanged.
 
 G(x_{t+1}, t, z) -> x'_0 and D(x_t, t, x_{t+1}) -> logit, as in the paper's image networks; the step index t
 enters both through a sinusoidal embedding followed by a learned layer.
+
+With `fourier_features`, each network sees its points through fixed random Fourier features as well (Tancik et
+al., NeurIPS 2020): an MLP on raw coordinates learns the mixture's small, sharply separated modes slowly (its
+spectral bias), and sines of random projections give it the higher frequencies from the start.
 """
 
 from __future__ import annotations
@@ -31,6 +35,27 @@ def mlp(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(size, outputs))
 
 
+class FourierFeatures(nn.Module):
+    """x -> [x, sin(2 pi x B), cos(2 pi x B)] with a fixed B ~ N(0, scale^2) of shape [dim, count]."""
+
+    def __init__(self, dim: int, count: int, scale: float):
+        super().__init__()
+        # A buffer, so that checkpoints hold the projection the network was trained with.
+        self.register_buffer("projection", 2 * math.pi * scale * torch.randn(dim, count))
+        self.outputs = dim + 2 * count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = x @ self.projection
+        return torch.cat([x, angles.sin(), angles.cos()], dim=1)
+
+
+def point_features(dim: int, count: int, scale: float) -> nn.Module:
+    """Fourier features of points, or the points themselves when count is 0."""
+    if count < 0 or (count and scale <= 0):
+        raise ValueError(f"Fourier features need count >= 0 and a positive scale, got {count} and {scale}")
+    return FourierFeatures(dim, count, scale) if count else nn.Identity()
+
+
 class StepEmbedding(nn.Module):
     """t -> a learned projection of its sinusoidal features."""
 
@@ -50,16 +75,19 @@ class ToyGenerator(nn.Module):
                  nz: int = 2,  # dimension of the noise code z
                  width: int = 128,  # units of each hidden layer
                  depth: int = 3,  # hidden layers
-                 t_emb_dim: int = 32):  # width of the step embedding
+                 t_emb_dim: int = 32,  # width of the step embedding
+                 fourier_features: int = 0,  # random Fourier features of x_{t+1} (0: the coordinates only)
+                 fourier_scale: float = 0.5):  # their frequencies' std, in cycles per unit of x
         super().__init__()
         self.nz = nz
         self.embed = StepEmbedding(t_emb_dim)
-        self.net = mlp(data_dim + nz + t_emb_dim, width, depth, data_dim)
+        self.features = point_features(data_dim, fourier_features, fourier_scale)
+        self.net = mlp(data_dim + 2 * fourier_features + nz + t_emb_dim, width, depth, data_dim)
 
     def forward(self, x_next: torch.Tensor, t: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None):
         if y is not None:
             raise ValueError("the toy generator is unconditional; train it without --cond")
-        return self.net(torch.cat([x_next, z, self.embed(t)], dim=1))
+        return self.net(torch.cat([self.features(x_next), z, self.embed(t)], dim=1))
 
 
 class ToyDiscriminator(nn.Module):
@@ -68,14 +96,17 @@ class ToyDiscriminator(nn.Module):
     def __init__(self, data_dim: int = 2,  # coordinates of a point
                  width: int = 128,  # units of each hidden layer
                  depth: int = 3,  # hidden layers
-                 t_emb_dim: int = 32):  # width of the step embedding
+                 t_emb_dim: int = 32,  # width of the step embedding
+                 fourier_features: int = 0,  # random Fourier features of x_t and x_{t+1} (one projection)
+                 fourier_scale: float = 0.25):  # their frequencies' std, in cycles per unit of x
         super().__init__()
         self.embed = StepEmbedding(t_emb_dim)
-        self.net = mlp(2 * data_dim + t_emb_dim, width, depth, 1)
+        self.features = point_features(data_dim, fourier_features, fourier_scale)
+        self.net = mlp(2 * (data_dim + 2 * fourier_features) + t_emb_dim, width, depth, 1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_next: torch.Tensor, y: torch.Tensor | None = None,
                 batches: int = 1, class_logits: bool = False):
         # `batches` (stacked real and fake batches) matters to the image D's minibatch statistics only.
         if y is not None or class_logits:
             raise ValueError("the toy discriminator is unconditional; train it without --cond or --class_loss")
-        return self.net(torch.cat([x_t, x_next, self.embed(t)], dim=1))
+        return self.net(torch.cat([self.features(x_t), self.features(x_next), self.embed(t)], dim=1))

@@ -176,16 +176,23 @@ def make_data(out: str, n: int = 20_000, image_size: int = 32, seed: int = 0, ta
     return out
 
 
+def sampling_steps(config, steps: int | None) -> dict:
+    """The report's `steps` entry: the number of denoising steps its samples took."""
+    return {"steps": config.num_timesteps if steps is None else steps}
+
+
 def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu", task: str = "shapes",
-          upscale: str = "nearest") -> dict:
+          upscale: str = "nearest", steps: int | None = None) -> dict:
     """Sample n images from a checkpoint and report the modes covered and the KL to uniform (and, for digits,
-    precision and recall against n real stacked digits made with --upscale)."""
+    precision and recall against n real stacked digits made with --upscale). steps: sample in that many of the
+    model's T steps (default all)."""
     from ddgan.models import load_generator
     from ddgan.sampling import generate
 
     G, config = load_generator(ckpt, device=device)
-    samples = np.concatenate(list(generate(G, config, list(range(n)), batch=batch, device=device)))
-    report = {"checkpoint": str(ckpt), "samples": n, **score_stacked(samples, task, upscale)}
+    samples = np.concatenate(list(generate(G, config, list(range(n)), batch=batch, device=device, num_steps=steps)))
+    report = {"checkpoint": str(ckpt), "samples": n, **sampling_steps(config, steps),
+              **score_stacked(samples, task, upscale)}
     print(json.dumps(report))
     return report
 
@@ -209,13 +216,15 @@ def score_stacked(samples: np.ndarray, task: str = "shapes", upscale: str = "nea
     return report
 
 
-def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", classifier: str | None = None) -> dict:
+def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", classifier: str | None = None,
+             steps: int | None = None) -> dict:
     """Per-class accuracy of a conditional checkpoint: n samples per class, the share labelled as asked.
 
     classifier: `shapes` (the demo shape classifier), `digits` (one trained on scikit-learn's real digits, for
         models of eval.digits' data), or "package.module:function", a function from uint8 images (N, H, W, C)
         to the predicted class indices (N,) in the model's classes; default: shapes when the classes are the
         demo shapes, digits when they are '0'..'9'.
+    steps: sample in that many of the model's T steps (default all).
     """
     from ddgan.models import load_generator
     from ddgan.sampling import generate
@@ -247,36 +256,42 @@ def accuracy(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", cla
     per_class = {}
     for label, name in enumerate(names):
         samples = np.concatenate(list(generate(G, config, list(range(n)), batch=batch, device=device, labels=label,
-                                               progress=False)))
+                                               progress=False, num_steps=steps)))
         per_class[name] = round(float(np.mean(np.asarray(predict(samples)) == label)), 4)
     scores = list(per_class.values())
-    report = {"checkpoint": str(ckpt), "samples_per_class": n, "accuracy": per_class, "min_accuracy": min(scores),
+    report = {"checkpoint": str(ckpt), "samples_per_class": n, **sampling_steps(config, steps),
+              "accuracy": per_class, "min_accuracy": min(scores),
               "mean_accuracy": round(float(np.mean(scores)), 4),
               "classifier_held_out_accuracy": None if held_out is None else round(held_out, 4)}
     print(json.dumps(report))
     return report
 
 
-def spread(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", reference: int = 2048) -> dict:
+def spread(ckpt: str, n: int = 256, batch: int = 256, device: str = "cpu", reference: int = 2048,
+           steps: int | None = None) -> dict:
     """Within-class variety of a demo-shapes checkpoint: per class, the std of the samples' shape centre and size
-    over the data's (`ddgan.data.demo.within_class_spread`; 1 = the data's variety, 0 = all alike)."""
+    over the data's (`ddgan.data.demo.within_class_spread`; 1 = the data's variety, 0 = all alike). steps: sample
+    in that many of the model's T steps (default all)."""
     from ddgan.models import load_generator
 
     G, config = load_generator(ckpt, device=device)
-    report = {"checkpoint": str(ckpt), "samples_per_class": n} | sample_spread(G, config, n, batch, device, reference)
+    report = ({"checkpoint": str(ckpt), "samples_per_class": n, **sampling_steps(config, steps)}
+              | sample_spread(G, config, n, batch, device, reference, steps))
     print(json.dumps(report))
     return report
 
 
-def sample_spread(G, config, n: int = 256, batch: int = 256, device: str = "cpu", reference: int = 2048) -> dict:
-    """within_class_spread of n samples per class of G against `reference` fresh demo images."""
+def sample_spread(G, config, n: int = 256, batch: int = 256, device: str = "cpu", reference: int = 2048,
+                  steps: int | None = None) -> dict:
+    """within_class_spread of n samples per class of G (in `steps` of its T steps) against `reference` fresh demo
+    images."""
     from ddgan.data.demo import within_class_spread
     from ddgan.sampling import generate
 
     if list(config.class_names) != list(SHAPES):
         raise ValueError(f"spread measures the demo shapes; the model's classes are {', '.join(config.class_names)}")
     samples = [np.concatenate(list(generate(G, config, range(n), batch=batch, device=device, labels=label,
-                                            progress=False))) for label in range(NUM_SHAPES)]
+                                            progress=False, num_steps=steps))) for label in range(NUM_SHAPES)]
     data = DemoShapes(config.image_size, config.num_channels, size=reference, seed=7)
     return within_class_spread(np.concatenate(samples), np.repeat(np.arange(NUM_SHAPES), n),
                                data.images.permute(0, 2, 3, 1).numpy(), data.labels)

@@ -209,6 +209,11 @@ def test_accuracy_of_the_demo_classes(run):
     assert set(report["accuracy"]) == {"circle", "square", "triangle", "cross"}
     assert all(0 <= v <= 1 for v in report["accuracy"].values())
     assert report["classifier_held_out_accuracy"] > 0.9
+    T = report["steps"]
+    one_step = accuracy(str(run_dir), n=8, steps=1)
+    assert one_step["steps"] == 1 and T > 1 and set(one_step["accuracy"]) == set(report["accuracy"])
+    with pytest.raises(ValueError, match=f"sampling steps must lie in 1..{T}"):  # the steps reach the sampler
+        accuracy(str(run_dir), n=8, steps=T + 1)
 
 
 def as_format_1(state: dict) -> dict:

@@ -52,7 +52,8 @@ class FourierFeatures(nn.Module):
 def point_features(dim: int, count: int, scale: float) -> nn.Module:
     """Fourier features of points, or the points themselves when count is 0."""
     if count < 0 or (count and scale <= 0):
-        raise ValueError(f"Fourier features need count >= 0 and a positive scale, got {count} and {scale}")
+        raise ValueError(f"Fourier features need a count >= 0 and a positive scale (ddgan toy's --fourier_features, "
+                         f"--fourier_scale_g, --fourier_scale_d), got {count} and {scale}")
     return FourierFeatures(dim, count, scale) if count else nn.Identity()
 
 

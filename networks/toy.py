@@ -42,7 +42,6 @@ class FourierFeatures(nn.Module):
         super().__init__()
         # A buffer, so that checkpoints hold the projection the network was trained with.
         self.register_buffer("projection", 2 * math.pi * scale * torch.randn(dim, count))
-        self.outputs = dim + 2 * count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         angles = x @ self.projection

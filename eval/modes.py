@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from ddgan.data import DemoShapes, write_image_array
 from ddgan.data.demo import LUMA, SHAPES
 from ddgan.data.images import from_uint8
+from ddgan.sampling import default_steps
 from eval import digits
 from eval.manifold import manifold_metrics
 
@@ -140,6 +141,13 @@ def channel_features(images: np.ndarray, classifier: SmallCNN, batch: int = 2048
     return torch.cat(parts).numpy()
 
 
+def feature_frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance of Gaussians fitted to two feature sets [N, F] (FID in the digits classifier's features)."""
+    from eval.fid_stats import frechet
+
+    return frechet(*((f.mean(0), np.cov(f, rowvar=False)) for f in (a, b)))
+
+
 def stacked_digits(n: int, upscale: str = "nearest", image_size: int = 16,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [n, H, W, 3], labels [n, 3]): channel c is a real digit, drawn at random from all 1 797."""
@@ -178,7 +186,7 @@ def make_data(out: str, n: int = 20_000, image_size: int = 32, seed: int = 0, ta
 
 def sampling_steps(config, steps: int | None) -> dict:
     """The report's `steps` entry: the number of denoising steps its samples took."""
-    return {"steps": config.num_timesteps if steps is None else steps}
+    return {"steps": steps or default_steps(config) or config.num_timesteps}
 
 
 def count(ckpt: str, n: int = 2000, batch: int = 250, device: str = "cpu", task: str = "shapes",
@@ -211,8 +219,10 @@ def score_stacked(samples: np.ndarray, task: str = "shapes", upscale: str = "nea
               "real_data_kl": round(kl_to_uniform(real_histogram), 4),
               "max_modes": classes**3, "kl_of_one_mode": round(math.log(classes**3), 4)}
     if task == "digits":
-        metrics = manifold_metrics(channel_features(real, classifier), channel_features(samples, classifier))
-        report |= {"precision": round(metrics["precision"], 4), "recall": round(metrics["recall"], 4)}
+        real_features, sample_features = channel_features(real, classifier), channel_features(samples, classifier)
+        metrics = manifold_metrics(real_features, sample_features)
+        report |= {"precision": round(metrics["precision"], 4), "recall": round(metrics["recall"], 4),
+                   "classifier_fid": round(feature_frechet(real_features, sample_features), 3)}
     return report
 
 

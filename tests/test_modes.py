@@ -63,7 +63,7 @@ def test_the_demo_command_reports_the_within_class_spread(tmp_path, capsys):
 def test_real_stacked_digits_cover_about_1000_modes_with_kl_near_0():
     """The coverage task of real digits: each channel a real digit, so real data covers the 1000 modes."""
     from eval.manifold import manifold_metrics
-    from eval.modes import channel_features, stacked_digits, train_digits_classifier
+    from eval.modes import channel_features, feature_frechet, stacked_digits, train_digits_classifier
 
     classifier, accuracy = train_digits_classifier(16, steps=800)
     assert accuracy > 0.95
@@ -80,3 +80,6 @@ def test_real_stacked_digits_cover_about_1000_modes_with_kl_near_0():
     one_digit = np.repeat(real[:1], 600, axis=0)  # a collapsed generator: every sample the same image
     collapsed = manifold_metrics(channel_features(real, classifier), channel_features(one_digit, classifier))
     assert collapsed["recall"] < 0.05
+    real_fid = feature_frechet(channel_features(real, classifier), channel_features(other, classifier))
+    collapsed_fid = feature_frechet(channel_features(real, classifier), channel_features(one_digit, classifier))
+    assert 0 < real_fid < collapsed_fid / 5

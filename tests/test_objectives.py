@@ -250,3 +250,31 @@ def test_ddgan_sample_draws_with_fewer_steps(tmp_path, capsys):
     assert not np.array_equal(arrays[None], arrays[1])
     code, _, err = run_cli(["sample", str(ckpt), "--n=4", f"--out={tmp_path / 'bad.npz'}", f"--steps={T + 1}"], capsys)
     assert code == 2 and f"--steps must be an integer in 1..{T}" in err
+
+
+def test_a_model_samples_in_its_sample_steps_unless_asked_otherwise():
+    """--sample_steps sets the steps of every sample the model draws (grids, ddgan sample, FID, ONNX)."""
+    from ddgan.config import PRESETS, make_config, replace
+    from ddgan.export import card_text
+    from ddgan.models import build_generator
+    from ddgan.sampling import generate
+    from eval.modes import sampling_steps
+    from tests.conftest import perturbed
+
+    config = make_config("demo", image_size=8, ch_mult=[1, 2], cond=False, num_classes=0, class_names=())
+    G = perturbed(build_generator(config)).eval()
+    one_step = replace(config, sample_steps=1)
+
+    def images(c, **options):
+        return np.concatenate(list(generate(G, c, range(4), progress=False, **options)))
+
+    assert np.array_equal(images(one_step), images(config, num_steps=1))
+    assert not np.array_equal(images(one_step), images(config))
+    assert np.array_equal(images(one_step, num_steps=2), images(config))  # asking for all T still runs all T
+    assert sampling_steps(one_step, None) == {"steps": 1} and sampling_steps(one_step, 2) == {"steps": 2}
+    card = {c.sample_steps: card_text(c, {}, None, "model") for c in (config, one_step)}
+    assert "sampled in 1 of them" in card[1] and "sampled in" not in card[None]
+    assert {**PRESETS["demo"], "sample_steps": 1} == PRESETS["demo_onestep"]
+    for bad in (0, 3, True):
+        with pytest.raises(ValueError, match=r"--sample_steps must be an integer in 1\.\.2"):
+            make_config("demo", sample_steps=bad)

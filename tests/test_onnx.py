@@ -29,6 +29,7 @@ MODELS = {
     "conditional": dict(cond=True, num_classes=4, class_names=("circle", "square", "triangle", "cross"),
                         image_size=8),
     "wavelet": dict(cond=False, image_size=16, space="wavelet", net_type="wavelet"),  # WaveDiff's generator
+    "one_step": dict(cond=False, image_size=8, sample_steps=1),  # the graph runs the model's one step of its T
 }
 SEEDS = "0-5"
 

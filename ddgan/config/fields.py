@@ -66,6 +66,9 @@ class Config:
     class_names: tuple = option("data", (), "the classes' names (set from the data under --cond)")
 
     num_timesteps: int = option("diffusion", 4, "T, the number of denoising steps")
+    sample_steps: int | None = option("diffusion", None, "steps a sample takes by default (grids, FID, ddgan sample, "
+                                      "ONNX): below T, each x'_0 is diffused forward to the next step's input, as "
+                                      "UFOGen samples; None = all T")
     beta_min: float = option("diffusion", 0.1, "beta(t) at t = 0 of the noise schedule")
     beta_max: float = option("diffusion", 20.0, "beta(t) at t = 1 of the noise schedule")
     use_geometric: bool = option("diffusion", False, "geometric variance schedule instead of the VP SDE's")

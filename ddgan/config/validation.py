@@ -112,6 +112,10 @@ def validate(c: Config) -> None:
          f"--class_names lists {len(c.class_names)} names for {c.num_classes} classes")
     need(c.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
     check_schedule(c.num_timesteps, c.beta_min, c.beta_max, c.schedule)
+    need(c.sample_steps is None or (isinstance(c.sample_steps, int) and not isinstance(c.sample_steps, bool)
+                                    and 1 <= c.sample_steps <= c.num_timesteps),
+         f"--sample_steps must be an integer in 1..{c.num_timesteps} (--num_timesteps) or None (all T steps), "
+         f"got {c.sample_steps!r}")
 
 
 def _check_shapes(c: Config, need) -> None:

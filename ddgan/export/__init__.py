@@ -18,7 +18,7 @@ import torch
 from ddgan.config import Config
 from ddgan.models import checkpoint, model_folder
 from ddgan.models.model_folder import DTYPES
-from ddgan.sampling import generate, grid_image, grid_layout, readable_scale, write_png
+from ddgan.sampling import default_steps, generate, grid_image, grid_layout, readable_scale, write_png
 from ddgan.spaces import space_class
 
 FORMATS = ("folder", "onnx")
@@ -136,10 +136,11 @@ def card_text(config: Config, trained: dict, license: str | None, folder_name: s
     front += [f"- {tag}" for tag in tags] + ([f"license: {license}"] if license else []) + ["---", ""]
     where = shlex.quote(folder_name)
     kind = space.diffuses
+    sampled = f", sampled in {config.sample_steps} of them" if default_steps(config) else ""
     lines = [f"# DDGAN: {config.preset}, {config.image_size} px", "",
              f"A Denoising Diffusion GAN (Xiao, Kreis & Vahdat, ICLR 2022) that draws {config.image_size}x"
              f"{config.image_size} images with {config.num_channels} channel(s) in T = {config.num_timesteps} "
-             f"denoising steps ({config.schedule} schedule), diffusing {kind}. Generator: {config.generator_kind}, "
+             f"denoising steps ({config.schedule} schedule){sampled}, diffusing {kind}. Generator: {config.generator_kind}, "
              f"nf {config.num_channels_dae}, ch_mult {list(config.ch_mult)}, nz {config.nz}. Exported with "
              "`ddgan export`; the weights are the EMA generator's.", ""]
     if config.num_classes:

@@ -36,7 +36,7 @@ from ddgan.config import Config
 from ddgan.diffusion.process import Diffusion
 from ddgan.models.space import space_for
 from ddgan.runtime.files import atomic_write
-from ddgan.sampling import class_labels, parse_classes, parse_seeds, seed_noise, to_uint8
+from ddgan.sampling import class_labels, default_steps, parse_classes, parse_seeds, seed_noise, to_uint8
 from ddgan.spaces import Space
 
 INPUT_NAMES = ("x_T", "z", "noise", "labels")
@@ -64,7 +64,8 @@ def input_names(config: Config) -> list[str]:
 
 
 class SamplerGraph(nn.Module):
-    """Noise in, uint8 images [N, H, W, C] out: the T denoising steps of G, the space's decode and to_uint8."""
+    """Noise in, uint8 images [N, H, W, C] out: G's denoising steps (the model's sample_steps of its T), the
+    space's decode and to_uint8."""
 
     def __init__(self, G: nn.Module, config: Config, space: Space | None = None):
         super().__init__()
@@ -76,7 +77,7 @@ class SamplerGraph(nn.Module):
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         # Batch-first inputs are what a deployment draws; Diffusion.sample indexes its noise by step first.
         x = self.diffusion.sample(self.G, x_T, self.config.nz, zs=z.transpose(0, 1),
-                                  noises=noise.transpose(0, 1), labels=labels)
+                                  noises=noise.transpose(0, 1), labels=labels, num_steps=default_steps(self.config))
         return to_uint8(self.space.decode(x)).permute(0, 2, 3, 1)
 
 

@@ -13,10 +13,10 @@ seed gives the same image in any batch, split or order. The T-step loop itself i
 `ddgan sample` (eval/sample.py) is the command line around it.
 """
 
-from ddgan.sampling.generate import edit, generate, generate_share, generate_shared, interpolate
+from ddgan.sampling.generate import default_steps, edit, generate, generate_share, generate_shared, interpolate
 from ddgan.sampling.images import grid_image, grid_layout, readable_scale, save_grid, to_uint8, write_png
 from ddgan.sampling.seeds import class_labels, parse_classes, parse_seeds, seed_list, seed_noise
 
-__all__ = ["class_labels", "edit", "generate", "generate_share", "generate_shared", "grid_image", "grid_layout",
-           "interpolate", "parse_classes", "parse_seeds", "readable_scale", "save_grid", "seed_list", "seed_noise",
+__all__ = ["class_labels", "default_steps", "edit", "generate", "generate_share", "generate_shared", "grid_image",
+           "grid_layout", "interpolate", "parse_classes", "parse_seeds", "readable_scale", "save_grid", "seed_list", "seed_noise",
            "to_uint8", "write_png"]

@@ -37,11 +37,13 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     space: the `ddgan.spaces.Space` that decodes the samples (default: space_for(config); a latent model's opens
     the autoencoder that config.autoencoder names, as load_generator sets it).
     num_steps: run only this many of the T denoising steps (`Diffusion.sample`: each x'_0 diffused forward to the
-    next step's input, as UFOGen samples); default all T.
+    next step's input, as UFOGen samples); default the model's `sample_steps` (all T unless it names fewer).
     """
     check_batch(batch)
+    num_steps = default_steps(config) if num_steps is None else num_steps
     if num_steps is not None and cuda_graph:
-        raise ValueError("--cuda_graph records the T-step sampler; leave it out with --steps")
+        raise ValueError(f"--cuda_graph records the T-step sampler, and these samples take {num_steps} of the "
+                         f"{config.num_timesteps} steps (--steps or the model's sample_steps); leave --cuda_graph out")
     seeds = parse_seeds(seeds) if isinstance(seeds, int | str) else list(seeds)
     labels = class_labels(config, labels, len(seeds))
     device = torch.device(device) if device is not None else next(G.parameters()).device
@@ -50,6 +52,12 @@ def generate(G: torch.nn.Module, config: Config, seeds: int | str | Sequence[int
     yield from _sample_batches(G, config, chunks, draw, labels, None, None, device, amp, channels_last, progress,
                                cuda_graph, (4 if device.type == "cuda" else 0) if prefetch is None else prefetch, space,
                                num_steps=num_steps)
+
+
+def default_steps(config: Config) -> int | None:
+    """The steps the model's samples take unless asked otherwise: its sample_steps, None when that is all T."""
+    steps = config.sample_steps
+    return None if steps is None or steps == config.num_timesteps else steps
 
 
 def generate_share(G: torch.nn.Module, config: Config, seeds: Sequence[int], batch: int,

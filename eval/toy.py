@@ -105,7 +105,7 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000
         seed: int = 0, nz: int = 2, width: int = 100, depth: int = 3, lr_g: float = 1e-4, lr_d: float = 4e-4,
         beta2: float = 0.999, r1_gamma: float = 0.0, ac_w: float = 1.0, ufo_rec_w: float = 1.0, loss: str = "ns",
         r2_gamma: float = 0.0, fourier_features: int = 64, fourier_scale_g: float = 0.5,
-        fourier_scale_d: float = 0.25,
+        fourier_scale_d: float = 0.25, lr_decay: bool = False, ema_decay: float = 0.0,
         samples: int = 10_000, steps: Sequence[int] | None = None, out: str = "runs/toy") -> dict:
     """Train G and D on the 25-Gaussian grid with an objective, then score samples drawn in 1, 2, ... T steps.
 
@@ -114,6 +114,8 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000
     fourier_features: random Fourier features of the points each network sees (0: raw coordinates, the
         authors' networks); fourier_scale_g, fourier_scale_d: their frequencies' std in G and D, in cycles per
         unit of the networks' coordinates.
+    lr_decay: cosine decay of both learning rates over the iterations (the trainer's, to its lr_min 1e-5).
+    ema_decay: sample from an exponential moving average of G with this decay per iteration (0: G itself).
     steps: numbers of sampling steps to score (default: 1, 2, 4, ... up to T, and T).
     out: folder of the scatter plots (one per number of steps) and scores.json.
     """
@@ -123,7 +125,8 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000
     config = make_config(
         "cifar10", data="toy", hflip=False, objective=objective, num_timesteps=num_timesteps,
         nz=nz, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, beta2=beta2, r1_gamma=r1_gamma, lazy_reg=1, ac_w=ac_w,
-        ufo_rec_w=ufo_rec_w, loss=loss, r2_gamma=r2_gamma, no_lr_decay=True, use_ema=False, seed=seed,
+        ufo_rec_w=ufo_rec_w, loss=loss, r2_gamma=r2_gamma, no_lr_decay=not lr_decay, use_ema=ema_decay > 0,
+        ema_decay=ema_decay, seed=seed,
         kimg=iterations * batch_size / 1000, amp="none", channels_last=False, t_emb_dim=32)
 
     def networks(c):
@@ -145,11 +148,14 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000
         with torch.no_grad():
             noise = torch.Generator().manual_seed(20_000 + seed)
             x_T = trainer.diffusion.prior((samples, 2), noise)
-            points = trainer.diffusion.sample(trainer.G.eval(), x_T, nz, generator=noise, num_steps=count)
+            # G_ema is G's copy after every step when ema_decay is 0.
+            points = trainer.diffusion.sample(trainer.G_ema, x_T, nz, generator=noise, num_steps=count)
         points = points.numpy() * SCALE + CENTRE
         by_steps[count] = score(points, data, mmd_points=min(samples, 10_000))
         scatter_png(points, folder / f"{objective}-steps{count}.png")
     report = {"objective": objective, "num_timesteps": num_timesteps, "seed": seed, "iterations": iterations,
+              "batch_size": batch_size, "fourier_features": fourier_features, "lr_decay": lr_decay,
+              "ema_decay": ema_decay,
               "train_seconds": round(train_seconds, 1), **by_steps[num_timesteps],
               "by_steps": {str(k): v for k, v in by_steps.items()}, "plots": str(folder)}
     (folder / f"{objective}-scores.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -232,6 +232,19 @@ def test_ddgan_toy_prints_its_scores_last_and_draws_each_step_count(tmp_path, ca
     assert report["objective"] == "siddm" and set(report["by_steps"]) == {"1", "2", "4"}
     assert {"modes", "high_quality", "frechet", "mmd"} <= set(report)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"siddm-steps{n}.png" for n in (1, 2, 4)]
+    assert report["ema_decay"] == 0 and report["lr_decay"] is False
+
+
+def test_ddgan_toy_samples_from_the_average_of_g_when_asked(tmp_path, capsys):
+    from eval import toy
+
+    def scores(*flags):
+        toy.main(["--iterations=4", "--batch_size=32", "--samples=200", "--steps=[4]", f"--out={tmp_path}", *flags])
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    plain, averaged = scores(), scores("--ema_decay=0.999999", "--lr_decay=True")
+    assert averaged["ema_decay"] == 0.999999 and averaged["lr_decay"] is True
+    assert averaged["by_steps"]["4"] != plain["by_steps"]["4"]  # G_ema is still about the initial G
 
 
 def test_ddgan_sample_draws_with_fewer_steps(tmp_path, capsys):

@@ -140,9 +140,9 @@ def card_text(config: Config, trained: dict, license: str | None, folder_name: s
     lines = [f"# DDGAN: {config.preset}, {config.image_size} px", "",
              f"A Denoising Diffusion GAN (Xiao, Kreis & Vahdat, ICLR 2022) that draws {config.image_size}x"
              f"{config.image_size} images with {config.num_channels} channel(s) in T = {config.num_timesteps} "
-             f"denoising steps ({config.schedule} schedule){sampled}, diffusing {kind}. Generator: {config.generator_kind}, "
-             f"nf {config.num_channels_dae}, ch_mult {list(config.ch_mult)}, nz {config.nz}. Exported with "
-             "`ddgan export`; the weights are the EMA generator's.", ""]
+             f"denoising steps ({config.schedule} schedule){sampled}, diffusing {kind}. Generator: "
+             f"{config.generator_kind}, nf {config.num_channels_dae}, ch_mult {list(config.ch_mult)}, nz {config.nz}. "
+             "Exported with `ddgan export`; the weights are the EMA generator's.", ""]
     if config.num_classes:
         lines += [f"Class-conditional: {config.num_classes} classes ({', '.join(config.class_names)}); "
                   "`--class=NAME` picks one.", ""]

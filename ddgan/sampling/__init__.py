@@ -18,5 +18,5 @@ from ddgan.sampling.images import grid_image, grid_layout, readable_scale, save_
 from ddgan.sampling.seeds import class_labels, parse_classes, parse_seeds, seed_list, seed_noise
 
 __all__ = ["class_labels", "default_steps", "edit", "generate", "generate_share", "generate_shared", "grid_image",
-           "grid_layout", "interpolate", "parse_classes", "parse_seeds", "readable_scale", "save_grid", "seed_list", "seed_noise",
-           "to_uint8", "write_png"]
+           "grid_layout", "interpolate", "parse_classes", "parse_seeds", "readable_scale", "save_grid", "seed_list",
+           "seed_noise", "to_uint8", "write_png"]

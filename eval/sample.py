@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ddgan.data import write_image_array
+from ddgan.diffusion.process import is_step_count
 from ddgan.models import default_output, load_generator, resolve_source
 from ddgan.runtime import distributed
 from ddgan.runtime.precision import check_amp, run_precision
@@ -128,8 +129,7 @@ def _sample(ckpt, out, n, batch, seeds, class_, interpolate, frames, context: di
         raise ValueError(f"--out={str(out_path)!r}: a grid of {len(stems)} images is too large for one PNG "
                          f"(at most {MAX_GRID_IMAGES}); write a folder or an .npz instead")
     check_output(out_path, kind, overwrite)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                              or not 1 <= steps <= config.num_timesteps):
+    if steps is not None and not is_step_count(steps, config.num_timesteps):
         raise ValueError(f"--steps must be an integer in 1..{config.num_timesteps} (the model's T), got {steps!r}")
     if steps is not None and interpolate is not None:
         raise ValueError("--interpolate draws with all T steps; leave out --steps")

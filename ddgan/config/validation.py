@@ -8,7 +8,7 @@ from ddgan.config.fields import Config, canonical, check_known
 from ddgan.config.presets import LATENT_PRESET_AUTOENCODERS, PRESETS
 from ddgan.diffusion.losses import LOSSES
 from ddgan.diffusion.objectives import OBJECTIVES
-from ddgan.diffusion.process import check_schedule
+from ddgan.diffusion.process import check_schedule, is_step_count
 from ddgan.runtime.precision import check_amp
 from ddgan.spaces import SPACES, space_class
 from ddgan.spaces.wavelet import ORDERS
@@ -112,8 +112,7 @@ def validate(c: Config) -> None:
          f"--class_names lists {len(c.class_names)} names for {c.num_classes} classes")
     need(c.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {c.keep_checkpoints}")
     check_schedule(c.num_timesteps, c.beta_min, c.beta_max, c.schedule)
-    need(c.sample_steps is None or (isinstance(c.sample_steps, int) and not isinstance(c.sample_steps, bool)
-                                    and 1 <= c.sample_steps <= c.num_timesteps),
+    need(c.sample_steps is None or is_step_count(c.sample_steps, c.num_timesteps),
          f"--sample_steps must be an integer in 1..{c.num_timesteps} (--num_timesteps) or None (all T steps), "
          f"got {c.sample_steps!r}")
 

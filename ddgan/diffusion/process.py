@@ -63,6 +63,11 @@ def randn(shape: Sequence[int], generator: Generators, device, dtype=torch.float
     return torch.stack(rows)
 
 
+def is_step_count(steps, num_timesteps: int) -> bool:
+    """Whether `steps` is a number of sampling steps a T-step model can take: an integer (not a bool) in 1..T."""
+    return isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= num_timesteps
+
+
 def skipped_steps(num_timesteps: int, num_steps: int) -> list[int]:
     """The step indices a `num_steps`-step sampler runs, from T-1 down to 0, evenly spread (1 step: [T-1])."""
     if num_steps == 1:

@@ -1,5 +1,5 @@
 """`ddgan toy`: the 2-D check of the objectives, as the SIDDM authors simulated it: 25 Gaussians on a 5x5 grid,
-small time-embedded MLPs (`networks.toy`) trained by the image trainer itself (`ddgan.training.trainer`, the
+small time-embedded MLPs (`networks.mlp`) trained by the image trainer itself (`ddgan.training.trainer`, the
 same D and G steps and `ddgan.diffusion.objectives`), then sampled in 1, 2, ... T steps.
 
     ddgan toy --objective=siddm --num_timesteps=4 --seed=0
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ddgan.command import run_command
 from ddgan.config import make_config
 from ddgan.sampling import write_png
-from networks.toy import ToyDiscriminator, ToyGenerator
+from networks.mlp import MLPDiscriminator, MLPGenerator
 
 GRID = 5  # centres per side
 SPACING = 5.0  # distance between neighbouring centres: the centres are (5i, 5j), i, j = 0..4, as the authors'
@@ -130,8 +130,8 @@ def toy(objective: str = "ddgan", num_timesteps: int = 4, iterations: int = 4000
         kimg=iterations * batch_size / 1000, amp="none", channels_last=False, t_emb_dim=32)
 
     def networks(c):
-        return (ToyGenerator(2, c.nz, width, depth, c.t_emb_dim, fourier_features, fourier_scale_g),
-                ToyDiscriminator(2, width, depth, c.t_emb_dim, fourier_features, fourier_scale_d))
+        return (MLPGenerator(2, c.nz, width, depth, c.t_emb_dim, fourier_features, fourier_scale_g),
+                MLPDiscriminator(2, width, depth, c.t_emb_dim, fourier_features, fourier_scale_d))
 
     trainer = Trainer(config, build_networks=networks)
     data_stream = torch.Generator().manual_seed(seed)

@@ -3,10 +3,12 @@
 `build`, `from_reference`, `to_reference` and `load_reference_file` speak the original implementation's
 config names and weight layout (NVlabs/denoising-diffusion-gan), so its checkpoints load unchanged.
 `WaveletNCSNpp` is WaveDiff's wavelet generator; `from_wavediff` and `to_wavediff` convert its weights.
+`MLPGenerator` and `MLPDiscriminator` are ours: time-embedded MLPs for 2-D points and small images on a CPU.
 """
 
 from networks.discriminator import Discriminator, DiscriminatorLarge, DiscriminatorSmall
 from networks.generator import NCSNpp, check_generator_args
+from networks.mlp import MLPDiscriminator, MLPGenerator
 from networks.reference import (
     KINDS,
     REFERENCE_DEFAULTS,
@@ -23,6 +25,8 @@ from networks.wavelet_generator import WaveletNCSNpp
 
 __all__ = [
     "KINDS",
+    "MLPDiscriminator",
+    "MLPGenerator",
     "REFERENCE_DEFAULTS",
     "Discriminator",
     "DiscriminatorLarge",

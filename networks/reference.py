@@ -21,9 +21,10 @@ import torch.nn as nn
 from networks.discriminator import DiscriminatorLarge, DiscriminatorSmall, DownConvBlock
 from networks.generator import InputSkip, NCSNpp, ResidualInputPyramid
 from networks.layers import ResnetBlockBigGAN, SelfAttention
+from networks.mlp import MLPDiscriminator, MLPGenerator
 from networks.wavelet_generator import WaveletDownsample, WaveletNCSNpp, WaveletResnetBlock
 
-KINDS = ("NCSNpp", "Discriminator_small", "Discriminator_large", "WaveletNCSNpp")
+KINDS = ("NCSNpp", "Discriminator_small", "Discriminator_large", "WaveletNCSNpp", "MLP", "Discriminator_mlp")
 # Kinds with the original generator's flat `all_modules` layout (WaveDiff's WaveletNCSNpp keeps it).
 GENERATOR_KINDS = ("NCSNpp", "WaveletNCSNpp")
 
@@ -118,12 +119,17 @@ def generator_kwargs(config: Mapping | argparse.Namespace) -> dict:
 
 
 def build(kind: str, config: Mapping | argparse.Namespace | None = None) -> nn.Module:
-    """Randomly initialised network of `kind` (NCSNpp, WaveletNCSNpp, Discriminator_small/large) from a
-    reference config (WaveDiff's names for WaveletNCSNpp's switches and the discriminators' num_disc_layers)."""
+    """Randomly initialised network of `kind` (NCSNpp, WaveletNCSNpp, Discriminator_small/large; ours: MLP and
+    Discriminator_mlp, sized by mlp_width and mlp_depth) from a reference config (WaveDiff's names for
+    WaveletNCSNpp's switches and the discriminators' num_disc_layers)."""
     kind = _check_kind(kind)
     if kind == "NCSNpp":
         return NCSNpp(**generator_kwargs(config))
     cfg = with_reference_defaults(config)
+    if kind in ("MLP", "Discriminator_mlp"):
+        sizes = dict(data_dim=cfg["num_channels"] * cfg["image_size"] ** 2, width=cfg["mlp_width"],
+                     depth=cfg["mlp_depth"], t_emb_dim=cfg["t_emb_dim"], fourier_features=0)
+        return MLPGenerator(nz=cfg["nz"], **sizes) if kind == "MLP" else MLPDiscriminator(**sizes)
     if kind == "WaveletNCSNpp":
         cfg = {**WAVELET_DEFAULTS, **cfg}
         return WaveletNCSNpp(**generator_kwargs(cfg), **{name: cfg[name] for name in WAVELET_DEFAULTS})

@@ -199,7 +199,7 @@ def test_toy_scores_real_points_as_every_mode_and_noise_as_few():
 
 
 def test_toy_networks_see_points_through_fixed_fourier_features_kept_in_their_state():
-    from networks.toy import FourierFeatures, ToyDiscriminator, ToyGenerator
+    from networks.mlp import FourierFeatures, MLPDiscriminator, MLPGenerator
 
     features = FourierFeatures(2, 3, 0.5)
     x = torch.tensor([[0.25, -0.5], [1.0, 0.0]])
@@ -210,18 +210,18 @@ def test_toy_networks_see_points_through_fixed_fourier_features_kept_in_their_st
     assert abs(many.std().item() / (2 * math.pi) - 0.5) < 0.01  # frequencies in cycles per unit, std 0.5
 
     torch.manual_seed(1)
-    G = ToyGenerator(fourier_features=8)
+    G = MLPGenerator(fourier_features=8)
     torch.manual_seed(2)
-    other = ToyGenerator(fourier_features=8)
+    other = MLPGenerator(fourier_features=8)
     assert "features.projection" in G.state_dict() and not torch.equal(G.features.projection, other.features.projection)
     other.load_state_dict(G.state_dict())  # a checkpoint restores the projection it was trained with
     t, z = torch.tensor([0, 3]), torch.randn(2, 2)
     assert torch.equal(G(x, t, z), other(x, t, z))
-    D = ToyDiscriminator(fourier_features=8)
-    assert D(x, t, x).shape == (2, 1) and ToyDiscriminator(fourier_features=0)(x, t, x).shape == (2, 1)
-    assert "features.projection" not in ToyGenerator(fourier_features=0).state_dict()
+    D = MLPDiscriminator(fourier_features=8)
+    assert D(x, t, x).shape == (2, 1) and MLPDiscriminator(fourier_features=0)(x, t, x).shape == (2, 1)
+    assert "features.projection" not in MLPGenerator(fourier_features=0).state_dict()
     with pytest.raises(ValueError, match="Fourier features"):
-        ToyGenerator(fourier_features=4, fourier_scale=0.0)
+        MLPGenerator(fourier_features=4, fourier_scale=0.0)
 
 
 def test_ddgan_toy_prints_its_scores_last_and_draws_each_step_count(tmp_path, capsys):

@@ -30,6 +30,7 @@ MODELS = {
                         image_size=8),
     "wavelet": dict(cond=False, image_size=16, space="wavelet", net_type="wavelet"),  # WaveDiff's generator
     "one_step": dict(cond=False, image_size=8, sample_steps=1),  # the graph runs the model's one step of its T
+    "mlp": dict(cond=False, image_size=8, net_type="mlp", mlp_width=16, mlp_depth=2),  # the flattened image's MLP
 }
 SEEDS = "0-5"
 

@@ -20,7 +20,7 @@ ARCHITECTURE_FIELDS = (
     "progressive_input", "progressive_combine", "embedding_type", "fourier_scale", "not_use_tanh", "nz",
     "z_emb_dim", "t_emb_dim", "n_mlp", "ngf", "discriminator", "num_timesteps", "cond", "num_classes",
     "space", "wavelet_order", "net_type", "patch_size", "no_use_fbn", "no_use_freq", "no_use_residual",
-    "num_disc_layers", "latent_channels", "latent_factor", "latent_scale", "class_loss",
+    "num_disc_layers", "latent_channels", "latent_factor", "latent_scale", "class_loss", "mlp_width", "mlp_depth",
 )
 
 
@@ -109,14 +109,18 @@ class Config:
     nz: int = option("generator", 100, "dimension of the noise code z")
     z_emb_dim: int = option("generator", 256, "width of the mapping network's output that drives AdaGN")
     n_mlp: int = option("generator", 4, "hidden layers of the mapping network (the released CIFAR-10 model has 4)")
-    net_type: str = option("generator", "normal", "normal (NCSN++) or wavelet (WaveDiff's frequency-aware NCSN++)")
+    net_type: str = option("generator", "normal", "normal (NCSN++), wavelet (WaveDiff's frequency-aware NCSN++) or "
+                           "mlp (an MLP on the flattened image: small images on a CPU)")
+    mlp_width: int = option("generator", 1024, "units of each hidden layer of the MLP networks (G and D)")
+    mlp_depth: int = option("generator", 3, "hidden layers of the MLP networks (G and D)")
     patch_size: int = option("generator", 1, "the generator works on patch_size x patch_size patches (WaveDiff)")
     no_use_fbn: bool = option("generator", False, "wavelet G without the frequency bottleneck (ablation)")
     no_use_freq: bool = option("generator", False, "wavelet G without wavelet down/up blocks (ablation)")
     no_use_residual: bool = option("generator", False, "wavelet G without the wavelet input pyramid (ablation)")
 
     ngf: int = option("discriminator", 64, "base width of the discriminator")
-    discriminator: str = option("discriminator", "auto", "small (32 px), large (256 px) or auto (by image_size)")
+    discriminator: str = option("discriminator", "auto", "small (32 px), large (256 px), auto (by image_size) or "
+                                "mlp (an MLP on the flattened pair)")
     t_emb_dim: int = option("discriminator", 256, "width of the discriminator's time embedding")
     num_disc_layers: int | None = option("discriminator", None, "down blocks D uses (small: up to 4, large: up to "
                                          "6); None = all")
@@ -211,12 +215,12 @@ class Config:
 
     @property
     def generator_kind(self) -> str:
-        """`NCSNpp` or `WaveletNCSNpp` (net_type wavelet)."""
-        return "WaveletNCSNpp" if self.net_type == "wavelet" else "NCSNpp"
+        """`NCSNpp`, `WaveletNCSNpp` (net_type wavelet) or `MLP` (net_type mlp)."""
+        return {"wavelet": "WaveletNCSNpp", "mlp": "MLP"}.get(self.net_type, "NCSNpp")
 
     @property
     def discriminator_kind(self) -> str:
-        """`Discriminator_small` or `Discriminator_large`."""
+        """`Discriminator_small`, `Discriminator_large` or `Discriminator_mlp`."""
         kind = self.discriminator if self.discriminator != "auto" else ("small" if self.image_size <= 64 else "large")
         return f"Discriminator_{kind}"
 

@@ -66,12 +66,16 @@ def validate(c: Config) -> None:
     need(c.rec_loss_schedule == "constant" or c.rec_loss,
          "--rec_loss_schedule=sigmoid weights the --rec_loss term: add --rec_loss=True")
     need(c.wavelet_order in ORDERS, f"--wavelet_order must be one of {', '.join(ORDERS)}, got {c.wavelet_order!r}")
-    need(c.net_type in ("normal", "wavelet"), f"--net_type must be normal or wavelet, got {c.net_type!r}")
-    need(c.net_type == "normal" or space.takes_wavelet_generator,
+    need(c.net_type in ("normal", "wavelet", "mlp"), f"--net_type must be normal, wavelet or mlp, got {c.net_type!r}")
+    need(c.net_type != "wavelet" or space.takes_wavelet_generator,
          "--net_type=wavelet works on wavelet tensors or latents: add --space=wavelet (or --space=latent)")
     problem = space.config_problem(c)
     need(not problem, problem)
-    need(c.num_disc_layers is None or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
+    need(c.discriminator in ("auto", "small", "large", "mlp"),
+         f"--discriminator must be auto, small, large or mlp, got {c.discriminator!r}")
+    _check_mlp(c, need)
+    need(c.num_disc_layers is None or c.discriminator == "mlp"
+         or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
          f"--num_disc_layers={c.num_disc_layers}: the {c.discriminator_kind} has "
          f"{4 if c.discriminator_kind.endswith('small') else 6} down blocks; give 1 to that, or None for all")
     need(isinstance(c.skip_bad_images, bool) or (isinstance(c.skip_bad_images, int) and c.skip_bad_images >= 0),
@@ -100,8 +104,6 @@ def validate(c: Config) -> None:
          "other tensors: leave --ada_target out, or train in --space=pixel")
     need(0 <= c.ema_decay < 1, f"--ema_decay must lie in [0, 1), got {c.ema_decay}")
     check_amp(c.amp)
-    need(c.discriminator in ("auto", "small", "large"),
-         f"--discriminator must be auto, small or large, got {c.discriminator!r}")
     for name in ("snapshot_kimg", "sample_kimg", "fid_every", "checkpoint_minutes"):
         need(getattr(c, name) >= 0, f"--{name} must be >= 0")
     need(c.grid_images >= 1, f"--grid_images must be >= 1, got {c.grid_images}")
@@ -117,6 +119,22 @@ def validate(c: Config) -> None:
          f"got {c.sample_steps!r}")
 
 
+def _check_mlp(c: Config, need) -> None:
+    """The MLP networks: positive sizes, no classes, no D layers to count."""
+    if "mlp" not in (c.net_type, c.discriminator):
+        return
+    for name in ("mlp_width", "mlp_depth"):
+        value = getattr(c, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f"--{name} must be a positive integer, got {value!r}")
+    need(not c.cond, "the MLP networks (--net_type=mlp, --discriminator=mlp) are unconditional: leave --cond out, "
+         "or use the NCSN++ networks (--net_type=normal --discriminator=auto)")
+    need(c.discriminator != "mlp" or not c.class_loss,
+         "--class_loss needs the convolutional discriminator's class head: leave it out with --discriminator=mlp")
+    need(c.discriminator != "mlp" or c.num_disc_layers is None,
+         "--num_disc_layers counts the convolutional discriminator's blocks; size the MLP with --mlp_depth")
+
+
 def _check_shapes(c: Config, need) -> None:
     """The checks of what the networks see: patches, the generator's levels, the discriminator's halvings."""
     _, resolution, _ = c.diffused_shape
@@ -128,8 +146,11 @@ def _check_shapes(c: Config, need) -> None:
              f"--image_size={c.image_size}: the frequency bottleneck halves the generator's lowest resolution once "
              f"more, so {resolution} px must be divisible by 2**len(ch_mult)={2 ** len(c.ch_mult)}; change "
              "--image_size or --ch_mult, or pass --no_use_fbn=True")
-    check_generator_args(resolution, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
-                         c.progressive_input, c.progressive_combine, c.embedding_type)
+    if c.net_type != "mlp":
+        check_generator_args(resolution, c.ch_mult, c.attn_resolutions, c.resblock_type, c.progressive,
+                             c.progressive_input, c.progressive_combine, c.embedding_type)
+    if c.discriminator == "mlp":
+        return
     small = c.discriminator_kind.endswith("small")
     layers = c.num_disc_layers or (4 if small else 6)
     halvings = layers - 1 if small else layers  # the small D's first block keeps the resolution

@@ -17,6 +17,7 @@ import torch
 
 from ddgan.config import Config
 from ddgan.models import checkpoint, model_folder
+from ddgan.models.describe import generator_sizes
 from ddgan.models.model_folder import DTYPES
 from ddgan.sampling import default_steps, generate, grid_image, grid_layout, readable_scale, write_png
 from ddgan.spaces import space_class
@@ -141,7 +142,7 @@ def card_text(config: Config, trained: dict, license: str | None, folder_name: s
              f"A Denoising Diffusion GAN (Xiao, Kreis & Vahdat, ICLR 2022) that draws {config.image_size}x"
              f"{config.image_size} images with {config.num_channels} channel(s) in T = {config.num_timesteps} "
              f"denoising steps ({config.schedule} schedule){sampled}, diffusing {kind}. Generator: "
-             f"{config.generator_kind}, nf {config.num_channels_dae}, ch_mult {list(config.ch_mult)}, nz {config.nz}. "
+             f"{generator_sizes(config)}, nz {config.nz}. "
              "Exported with `ddgan export`; the weights are the EMA generator's.", ""]
     if config.num_classes:
         lines += [f"Class-conditional: {config.num_classes} classes ({', '.join(config.class_names)}); "

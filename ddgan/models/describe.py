@@ -49,12 +49,19 @@ def _objective_line(config: Config) -> str:
     return ", ".join(parts)
 
 
+def generator_sizes(config: Config) -> str:
+    """The generator's kind and widths: NCSN++'s nf and ch_mult, or the MLP's layers."""
+    if config.generator_kind == "MLP":
+        return f"MLP, {config.mlp_depth} hidden layers of {config.mlp_width}"
+    return f"{config.generator_kind}, nf {config.num_channels_dae}, ch_mult {list(config.ch_mult)}"
+
+
 def _model_line(config: Config) -> str:
     """Size, steps, widths, space and classes of a model, on one line."""
     space = space_for(config) if space_class(config.space).named_in_summaries else None
     return (f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
-            f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}"
-            + (f", {space.describe()}, {config.generator_kind}" if space is not None else "")
+            + generator_sizes(config)
+            + (f", {space.describe()}" if space is not None else "")
             + (f", {config.num_classes} classes ({', '.join(config.class_names)})" if config.num_classes else ""))
 
 

@@ -9,6 +9,7 @@ from ddgan.config import make_config
 from ddgan.models import describe_checkpoint, load_generator
 from ddgan.models.build import build_discriminator, build_generator
 from ddgan.sampling import generate
+from ddgan.training.trainer import Trainer
 from networks import MLPDiscriminator, MLPGenerator, count_parameters
 from tests.helpers import assert_resumes_exactly, tiny
 
@@ -65,3 +66,14 @@ def test_the_mlp_generator_runs_beside_the_convolutional_discriminator():
     assert config.discriminator_kind == "Discriminator_small"
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
     assert build_discriminator(config)(build_generator(config)(x, t, torch.randn(2, 4)), t, x).shape == (2, 1)
+
+
+def test_the_stackmnist16_preset_trains_its_mlps_on_16_px_stacks():
+    config = make_config("stackmnist16", batch_size=4)
+    trainer = Trainer(config)
+    assert isinstance(trainer.G, MLPGenerator) and isinstance(trainer.D, MLPDiscriminator)
+    assert (config.image_size, config.num_timesteps, config.ema_decay) == (16, 4, 0.99)
+    before = [p.clone() for p in trainer.G.parameters()]
+    stats = trainer.run_iteration(torch.rand(4, 3, 16, 16) * 2 - 1)
+    assert torch.isfinite(stats["loss/G"]) and torch.isfinite(stats["loss/D"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.G.parameters(), strict=True))

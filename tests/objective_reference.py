@@ -23,14 +23,17 @@ STEPS = 3
 
 
 def cpu_model() -> str:
-    """The CPU's model name (bit-for-bit equality of float kernels is only expected on the same one)."""
+    """The CPU's model name, family and model numbers: bit-for-bit equality of float kernels is only expected on
+    the same one (two hosts both named "AMD EPYC", one with AVX-512 and one without, sum differently)."""
+    fields = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    return f"{fields.get('model name', platform.processor())} (family {fields.get('cpu family')}, " \
+           f"model {fields.get('model')})"
 
 
 def summary() -> dict:

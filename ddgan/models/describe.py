@@ -59,9 +59,10 @@ def generator_sizes(config: Config) -> str:
 def _model_line(config: Config) -> str:
     """Size, steps, widths, space and classes of a model, on one line."""
     space = space_for(config) if space_class(config.space).named_in_summaries else None
+    widths = generator_sizes(config) if config.generator_kind == "MLP" else \
+        f"nf={config.num_channels_dae}, ch_mult={list(config.ch_mult)}"
     return (f"{config.image_size} px x {config.num_channels} ch, T={config.num_timesteps} ({config.schedule}), "
-            + generator_sizes(config)
-            + (f", {space.describe()}" if space is not None else "")
+            + widths + (f", {space.describe()}, {config.generator_kind}" if space is not None else "")
             + (f", {config.num_classes} classes ({', '.join(config.class_names)})" if config.num_classes else ""))
 
 

@@ -121,7 +121,8 @@ class Config:
     ngf: int = option("discriminator", 64, "base width of the discriminator")
     discriminator: str = option("discriminator", "auto", "small (32 px), large (256 px), auto (by image_size) or "
                                 "mlp (an MLP on the flattened pair)")
-    t_emb_dim: int = option("discriminator", 256, "width of the discriminator's time embedding")
+    t_emb_dim: int = option("discriminator", 256, "width of the discriminator's time embedding (and the MLP "
+                            "generator's)")
     num_disc_layers: int | None = option("discriminator", None, "down blocks D uses (small: up to 4, large: up to "
                                          "6); None = all")
 

@@ -103,7 +103,7 @@ PRESETS: dict[str, dict] = {
 # 20 minutes see about 1.5 M images instead of 0.15 M. On stacked real digits (`python -m eval.modes make-data
 # --task=digits --image_size=16`, passed as --data) every NCSN++ screen drew noise in that time; this draws
 # digits. EMA 0.99 (0.999 lagged minutes behind G); cosine decay, T = 2, batch 256, R1 0.2 and D's minibatch
-# stddev did not do better (BENCHMARKS.md). It covers about 940 of the 1000 modes, not yet the 990.
+# stddev did not do better (BENCHMARKS.md). It covers 918-945 of the 1000 modes, not yet the 990.
 PRESETS["stackmnist16"] = dict(
     data="stackmnist", image_size=16, hflip=False, net_type="mlp", discriminator="mlp", mlp_width=1024, mlp_depth=3,
     nz=64, t_emb_dim=64, num_timesteps=4, batch_size=128, kimg=1200.0, lr_g=2e-4, lr_d=2e-4, no_lr_decay=True,

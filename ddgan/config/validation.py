@@ -74,8 +74,7 @@ def validate(c: Config) -> None:
     need(c.discriminator in ("auto", "small", "large", "mlp"),
          f"--discriminator must be auto, small, large or mlp, got {c.discriminator!r}")
     _check_mlp(c, need)
-    need(c.num_disc_layers is None or c.discriminator == "mlp"
-         or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
+    need(c.num_disc_layers is None or 1 <= c.num_disc_layers <= (4 if c.discriminator_kind.endswith("small") else 6),
          f"--num_disc_layers={c.num_disc_layers}: the {c.discriminator_kind} has "
          f"{4 if c.discriminator_kind.endswith('small') else 6} down blocks; give 1 to that, or None for all")
     need(isinstance(c.skip_bad_images, bool) or (isinstance(c.skip_bad_images, int) and c.skip_bad_images >= 0),
